@@ -1,0 +1,22 @@
+# Thin aliases of `python -m devstack <command>` (which also works without make).
+PYTHON ?= python3
+
+.PHONY: demo test up down status bench lint
+
+demo:  ## the end-to-end demo on the local stack (installs what is missing, starts and stops it)
+	$(PYTHON) -m devstack demo
+
+test:  ## every test: unit, integration (local stack started by fixtures), e2e, linters
+	$(PYTHON) -m devstack test
+
+up:    ## start the local stack in the background; settings in .devstack/env
+	$(PYTHON) -m devstack up
+
+down:  ## stop it
+	$(PYTHON) -m devstack down
+
+status:
+	$(PYTHON) -m devstack status
+
+bench: ## benchmarks (print numbers)
+	$(PYTHON) -m devstack bench

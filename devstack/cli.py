@@ -1,0 +1,67 @@
+"""The commands behind `python -m devstack` (run inside .venv)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from devstack.azurite import ensure_installed
+from devstack.procs import REPO_ROOT, port_open
+from devstack.stack import Ports, read_env, start_stack, stop_recorded
+
+
+def up(state_dir: Path) -> int:
+    ensure_installed()
+    stack = start_stack(state_dir, Ports())
+    print("local stack is up:")
+    for service in stack.services:
+        print(f"  {service.name:<10} pid {service.process.pid:<7} log {service.log_path.relative_to(REPO_ROOT)}")
+    print(f"connection settings: {stack.env_file.relative_to(REPO_ROOT)}  (stop with `make down`)")
+    return 0
+
+
+def down(state_dir: Path) -> int:
+    stopped = stop_recorded(state_dir)
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def status(state_dir: Path) -> int:
+    for name, port in Ports().all().items():
+        print(f"  {name:<18} 127.0.0.1:{port:<6} {'up' if port_open(port) else 'down'}")
+    return 0
+
+
+def env(state_dir: Path) -> int:
+    for key, value in read_env(state_dir).items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+def test(pytest_args: list[str]) -> int:
+    ensure_installed()
+    args = [a for a in pytest_args if a != "--"]
+    return subprocess.call([sys.executable, "-m", "pytest", *args], cwd=REPO_ROOT)
+
+
+def run(args: argparse.Namespace, state_dir: Path) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "up":
+        return up(state_dir)
+    if args.command == "down":
+        return down(state_dir)
+    if args.command == "status":
+        return status(state_dir)
+    if args.command == "env":
+        return env(state_dir)
+    if args.command == "test":
+        return test(args.pytest_args)
+    if args.command == "demo":
+        from devstack.demo import run_demo
+
+        return run_demo(state_dir, keep=args.keep)
+    raise AssertionError(args.command)

@@ -1,0 +1,13 @@
+"""Evergreen's Function App: wiring only. Each trigger family lives in its own blueprint."""
+
+import azure.functions as func
+
+from functions.ingest import bp as ingest
+from shared.clients import load_configuration
+
+# Read and validate settings and the policy file now, so a bad deployment fails at start-up with
+# one error that lists every problem (instead of failing on the first event).
+load_configuration()
+
+app = func.FunctionApp()
+app.register_functions(ingest)

@@ -1,0 +1,1 @@
+"""Evergreen's domain: typed events, policies, decisions, and the adapters that execute them."""

@@ -1,0 +1,83 @@
+"""Azure ML adapter: the only module that talks to azure-ai-ml.
+
+`azure.ai.ml` costs about 1.3 s to import, so it is imported on first use, never at start-up:
+functions that never touch Azure ML (webhook handshakes, ignored blobs) stay fast on a cold start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from azure.core.credentials import TokenCredential
+
+if TYPE_CHECKING:
+    from azure.ai.ml import MLClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataVersionSpec:
+    name: str
+    asset_type: str  # uri_file | uri_folder
+    uri: str
+    description: str
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class RegisteredDataVersion:
+    name: str
+    version: str
+    uri: str
+
+
+class AzureML:
+    """Creates the MLClient once, on first use, and exposes the few operations Evergreen needs."""
+
+    def __init__(self, credential: TokenCredential, subscription_id: str, resource_group: str, workspace: str):
+        self._credential = credential
+        self._coordinates = (subscription_id, resource_group, workspace)
+        self._client: MLClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> MLClient:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    from azure.ai.ml import MLClient
+
+                    sub, rg, ws = self._coordinates
+                    self._client = MLClient(self._credential, sub, rg, ws)
+        return self._client
+
+    def register_data_version(self, spec: DataVersionSpec) -> RegisteredDataVersion:
+        """Register the next version of a data asset (the service assigns the number)."""
+        from azure.ai.ml.entities import Data
+
+        data = Data(
+            name=spec.name,
+            path=spec.uri,
+            type=spec.asset_type,
+            description=spec.description,
+            tags=spec.tags,
+        )
+        created = self.client.data.create_or_update(data)
+        return RegisteredDataVersion(name=created.name, version=str(created.version), uri=str(created.path))
+
+    def find_data_version(self, name: str, tag: str, value: str) -> RegisteredDataVersion | None:
+        """Find a version carrying tag=value: reconciles a registration whose ledger write was lost."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            versions: Any = self.client.data.list(name=name)
+            for item in versions:
+                if (item.tags or {}).get(tag) == value:
+                    return RegisteredDataVersion(name=item.name, version=str(item.version), uri=str(item.path))
+        except ResourceNotFoundError:
+            return None
+        return None
