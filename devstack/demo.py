@@ -104,14 +104,15 @@ def _run(env: dict[str, str]) -> None:
     def version_for(name: str, tag: str, value: str) -> Any:
         try:
             return next((d for d in ml.data.list(name=name) if (d.tags or {}).get(tag) == value), None)
-        except Exception:  # noqa: BLE001 (the asset may not exist yet; keep polling)
+        except Exception:
             return None
 
     _say("\n2. waiting for Evergreen to register the data versions...")
     drop = _wait_for("the drop's data version",
                      lambda: version_for("churn-training", "evergreen.source_folder", f"landing/{folder}"))
+    reference_url = landing.get_blob_client(reference).url
     ref = _wait_for("the reference file's data version",
-                    lambda: version_for("churn-reference", "evergreen.source_url", landing.get_blob_client(reference).url))
+                    lambda: version_for("churn-reference", "evergreen.source_url", reference_url))
     _say("\n   registered data versions:")
     for d in (drop, ref):
         tags = d.tags or {}

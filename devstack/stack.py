@@ -60,7 +60,7 @@ def stack_env(state_dir: Path, ports: Ports) -> dict[str, str]:
     from devstack.aml import client_env
 
     storage = connection_string(ports.blob, ports.queue, ports.table)
-    env = client_env(ports.aml, state_dir)
+    env: dict[str, str] = dict(client_env(ports.aml, state_dir))
     env.update(
         {
             "AzureWebJobsStorage": storage,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import azure.functions as func
-import azurefunctions.extensions.bindings.blob as blob
+from azurefunctions.extensions.bindings import blob
 
 from shared.clients import SEAL_QUEUE, get_services
 from shared.events import BlobCreated
@@ -13,7 +13,7 @@ from shared.ingest import seal_request_from_json
 
 log = logging.getLogger(__name__)
 
-bp = func.Blueprint()
+bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 
 @bp.function_name("on_blob_created")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from contextlib import suppress
 from dataclasses import dataclass
 
 from azure.core.credentials import AzureKeyCredential, TokenCredential
@@ -17,6 +18,7 @@ from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64EncodePolicy
 
 from shared.aml import AzureML
+from shared.audit import AUDIT_TABLE, AuditLog
 from shared.events import SealRequest
 from shared.ingest import Ingestor, seal_request_to_json
 from shared.ledger import Ledger
@@ -54,10 +56,8 @@ def queue_client(conn: StorageConnection, credential: TokenCredential, queue: st
         assert conn.queue_service_uri is not None
         service = QueueServiceClient(conn.queue_service_uri, credential=credential, message_encode_policy=policy)
     client = service.get_queue_client(queue, message_encode_policy=policy)
-    try:
+    with suppress(ResourceExistsError):
         client.create_queue()
-    except ResourceExistsError:
-        pass
     return client
 
 
@@ -92,6 +92,7 @@ def build_services(settings: Settings, policy: Policy) -> Services:
     topic_credential: AzureKeyCredential | TokenCredential = (
         AzureKeyCredential(settings.events_topic_key) if settings.events_topic_key else credential
     )
+    audit = AuditLog(tables.create_table_if_not_exists(AUDIT_TABLE))
     ingestor = Ingestor(
         policy=policy,
         blobs=blob_service(settings.data_storage, credential),
@@ -99,6 +100,7 @@ def build_services(settings: Settings, policy: Policy) -> Services:
         registry=AzureML(credential, settings.subscription_id, settings.resource_group, settings.workspace_name),
         publisher=EventPublisher(settings.events_topic_endpoint, topic_credential),
         seal_queue=QueueSealScheduler(queue_client(settings.app_storage, credential, SEAL_QUEUE)),
+        audit=audit,
     )
     return Services(settings=settings, policy=policy, ingestor=ingestor)
 

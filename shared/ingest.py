@@ -21,6 +21,7 @@ from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobProperties, BlobServiceClient
 
 from shared.aml import DataVersionSpec, RegisteredDataVersion
+from shared.audit import AuditRecord
 from shared.blobnames import azureml_path, is_system_container, problem_with_name
 from shared.errors import ClaimInProgressError, InvalidEventError
 from shared.events import BlobCreated, DataVersionRegistered, SealRequest
@@ -130,6 +131,10 @@ class SealQueue(Protocol):
     def send(self, request: SealRequest, delay_seconds: float) -> None: ...
 
 
+class AuditSink(Protocol):
+    def record(self, rec: AuditRecord) -> None: ...
+
+
 @dataclass(frozen=True)
 class FileFacts:
     etag: str
@@ -157,6 +162,7 @@ class Ingestor:
         registry: DataRegistry,
         publisher: Publisher,
         seal_queue: SealQueue,
+        audit: AuditSink,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._policy = policy
@@ -165,10 +171,29 @@ class Ingestor:
         self._registry = registry
         self._publisher = publisher
         self._seal_queue = seal_queue
+        self._audit = audit
         self._clock = clock
 
     # -- entry points ---------------------------------------------------------------------------
     def on_blob_created(self, blob: BlobCreated) -> Outcome:
+        outcome = self._on_blob_created(blob)
+        self._record(outcome, event_id=blob.url, assets={"blob": blob.path})
+        return outcome
+
+    def on_seal_request(self, request: SealRequest) -> Outcome:
+        outcome = self._on_seal_request(request)
+        if outcome.action != "waiting":
+            self._record(outcome, event_id=f"seal:{request.dataset}:{request.folder}:{request.generation}",
+                         assets={"batch": f"{request.dataset}:{request.folder}"})
+        return outcome
+
+    def _record(self, outcome: Outcome, *, event_id: str, assets: dict[str, str]) -> None:
+        if outcome.version:
+            assets = {**assets, "data_version": outcome.version}
+        self._audit.record(AuditRecord(kind=f"data.{outcome.action}", decision=outcome.action,
+                                       reason=outcome.detail, event_id=event_id, assets=assets))
+
+    def _on_blob_created(self, blob: BlobCreated) -> Outcome:
         decision = plan_blob(blob, self._policy)
         if isinstance(decision, Ignore):
             log.info("ignored blob=%s reason=%s", blob.path, decision.reason)
@@ -188,7 +213,7 @@ class Ingestor:
         self._ledger.mark_blob_seen(blob.url, facts.etag, f"{outcome.action}: {outcome.detail}")
         return outcome
 
-    def on_seal_request(self, request: SealRequest) -> Outcome:
+    def _on_seal_request(self, request: SealRequest) -> Outcome:
         try:
             dataset = self._policy.dataset(request.dataset)
         except KeyError as exc:
@@ -233,7 +258,9 @@ class Ingestor:
             stream = client.download_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified)
             for chunk in stream.chunks():
                 h.update(chunk)
-        return FileFacts(etag=etag, size=int(props.size), sha256=h.hexdigest(), last_modified=props.last_modified.isoformat())
+        return FileFacts(
+            etag=etag, size=int(props.size), sha256=h.hexdigest(), last_modified=props.last_modified.isoformat()
+        )
 
     def _register_file(self, decision: RegisterFileVersion, facts: FileFacts) -> Outcome:
         dataset, blob = decision.dataset, decision.blob
@@ -340,7 +367,9 @@ class Ingestor:
             )
         if decision.is_marker:
             self._seal_queue.send(SealRequest(dataset.name, decision.folder, batch.generation, "marker"), 0)
-            return Outcome("batched", f"marker {blob.path} seals batch {decision.folder} (generation {batch.generation})")
+            return Outcome(
+                "batched", f"marker {blob.path} seals batch {decision.folder} (generation {batch.generation})"
+            )
         return Outcome("batched", f"{blob.path} added to batch {decision.folder} (generation {batch.generation})")
 
     def _seal(self, dataset: DatasetPolicy, batch: BatchRecord, recorded: dict[str, dict[str, object]],

@@ -94,7 +94,7 @@ class Tx:
         r = cur.fetchone()
         return _row(r) if r else None
 
-    def list(self, kind: str, parent: str = "", *, newest_first: bool = True) -> list[Row]:
+    def rows(self, kind: str, parent: str = "", *, newest_first: bool = True) -> list[Row]:
         order = "DESC" if newest_first else "ASC"
         cur = self.conn.execute(
             f"SELECT * FROM resources WHERE kind=? AND parent=? ORDER BY id {order}",  # noqa: S608 (fixed words)
@@ -151,6 +151,23 @@ class Tx:
         self.conn.execute(
             "INSERT INTO outbox (topic, event, created) VALUES (?, ?, ?)", (topic, json.dumps(event), time.time())
         )
+
+    def claim_events(self, limit: int, now: float) -> list[tuple[int, str, dict[str, Any]]]:
+        """Mark up to `limit` unsent events as sent and return them; `release_event` undoes a failure."""
+        rows = self.conn.execute(
+            "SELECT id, topic, event FROM outbox WHERE sent IS NULL ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
+        for r in rows:
+            self.conn.execute("UPDATE outbox SET sent=?, attempts=attempts+1 WHERE id=?", (now, r["id"]))
+        return [(int(r["id"]), str(r["topic"]), json.loads(r["event"])) for r in rows]
+
+    def release_event(self, event_id: int) -> None:
+        self.conn.execute("UPDATE outbox SET sent=NULL WHERE id=?", (event_id,))
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every recorded event, oldest first (for inspection and tests)."""
+        rows = self.conn.execute("SELECT event FROM outbox ORDER BY id").fetchall()
+        return [json.loads(r["event"]) for r in rows]
 
 
 class Store:

@@ -103,7 +103,7 @@ class Router:
             Route(method, re.compile(f"^{pattern}/?$", re.IGNORECASE), handler, pattern.startswith(W))
         )
 
-    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None | bool:
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | bool | None:
         """(route, groups); False when the path exists with another method; None when unknown."""
         path_known = False
         for route in self.routes:

@@ -19,8 +19,7 @@ if TYPE_CHECKING:
     from devstack.aml.config import AmlConfig
 
 SEEDED_COMPUTE = "cpu-cluster"
-_SYSTEM = {"createdBy": "devstack", "createdByType": "Application", "lastModifiedBy": "devstack",
-           "lastModifiedByType": "Application"}
+_SYSTEM = {"lastModifiedBy": "devstack", "lastModifiedByType": "Application"}
 
 
 def _now() -> str:
@@ -166,7 +165,7 @@ def get_datastore(emu: Emulator, call: Call) -> Reply:
 
 def list_datastores(emu: Emulator, call: Call) -> Reply:
     with emu.store.read() as tx:
-        items = [r.body for r in tx.list("datastores", newest_first=False)]
+        items = [r.body for r in tx.rows("datastores", newest_first=False)]
     is_default = call.query.get("isdefault")
     if is_default is not None:
         wanted = is_default.lower() == "true"
@@ -204,5 +203,5 @@ def get_compute(emu: Emulator, call: Call) -> Reply:
 
 def list_computes(emu: Emulator, call: Call) -> Reply:
     with emu.store.read() as tx:
-        items = [r.body for r in tx.list("computes", newest_first=False)]
+        items = [r.body for r in tx.rows("computes", newest_first=False)]
     return paged(call, items, emu.config.page_size)

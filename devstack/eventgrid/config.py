@@ -62,7 +62,7 @@ class RetryPolicy(_Model):
 
 
 class DeadLetter(_Model):
-    container: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]$")
+    container: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
 class Subscription(_Model):

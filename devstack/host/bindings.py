@@ -9,6 +9,7 @@ the converter registered for the binding type in `azure.functions` or, for SDK t
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -40,12 +41,12 @@ class BindingError(RuntimeError):
 
 def converter(binding_type: str) -> Any:
     """The azure-functions converter registered for a binding type, or None (generic binding)."""
-    return func.get_binding_registry().get(binding_type)
+    return func.get_binding_registry().get(binding_type)  # type: ignore[no-untyped-call]
 
 
 def _deferred_registry() -> Any:
     try:
-        import azurefunctions.extensions.base as base
+        from azurefunctions.extensions import base
     except ImportError:
         return None
     return base.get_binding_registry()
@@ -225,7 +226,7 @@ class Binder:
     def _decode_deferred(
         self, fn: FunctionInfo, binding: Binding, annotation: Any, blob: BlobReference, metadata: Any
     ) -> Any:
-        import azurefunctions.extensions.base as base
+        from azurefunctions.extensions import base
 
         conv = deferred_converter(binding.type)
         if conv is None:
@@ -273,7 +274,10 @@ class Binder:
         for binding in fn.outputs():
             if binding.type == "http":
                 continue  # the HTTP route turns `$return` into the response
-            value = returned if binding.name == "$return" else outs[binding.name].get() if binding.name in outs else None
+            if binding.name == "$return":
+                value = returned
+            else:
+                value = outs[binding.name].get() if binding.name in outs else None
             if value is None:
                 continue
             if binding.type == "queue":
@@ -291,10 +295,8 @@ class Binder:
         client = self._clients.queue(str(binding.config.get("connection") or "")).get_queue_client(queue_name)
         from azure.core.exceptions import ResourceExistsError
 
-        try:
+        with contextlib.suppress(ResourceExistsError):
             client.create_queue()
-        except ResourceExistsError:
-            pass
         items = value if isinstance(value, list) else [value]
         for item in items:
             client.send_message(encode_queue_message(_as_bytes(item), self._queues.message_encoding))

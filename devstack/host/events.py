@@ -38,7 +38,7 @@ def parse_events(body: bytes) -> list[dict[str, Any]]:
         if "specversion" in event:
             missing = [key for key in ("id", "source", "type") if not event.get(key)]
         else:
-            missing = [key for key in ("id", "subject", "eventType") if not event.get(key)]
+            missing = [key for key in ("id", "eventType") if not event.get(key)]
         if missing:
             raise MalformedEventsError(f"event {index} lacks {', '.join(missing)}")
     return events

@@ -124,12 +124,12 @@ def _index_one(function: Any, settings: Mapping[str, str]) -> FunctionInfo:
     for entry in raw:
         config: dict[str, Any] = {}
         for key, value in entry.items():
+            config[key] = value
             if isinstance(value, str) and key not in _NOT_EXPRESSIONS:
                 try:
-                    value = resolve_expression(value, settings)
+                    config[key] = resolve_expression(value, settings)
                 except SettingsError as exc:
                     error = error or f"binding '{entry.get('name')}': {exc}"
-            config[key] = value
         bindings.append(
             Binding(
                 name=str(entry["name"]),

@@ -84,9 +84,7 @@ class RouteTemplate:
             if whole:
                 name, pattern, optional, catch_all = _route_param(whole.group(1))
                 group = f"(?P<{name}>{pattern})"
-                if catch_all:
-                    parts.append(f"(?:{separator}{group})?")
-                elif optional:
+                if catch_all or optional:
                     parts.append(f"(?:{separator}{group})?")
                 else:
                     parts.append(separator + group)

@@ -9,6 +9,7 @@ has been tried `maxDequeueCount` times.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -166,7 +167,5 @@ class QueueListener:
 
 
 def _create_queue(client: QueueClient) -> None:
-    try:
+    with contextlib.suppress(ResourceExistsError):
         client.create_queue()
-    except ResourceExistsError:
-        pass

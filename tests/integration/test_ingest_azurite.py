@@ -50,6 +50,14 @@ class FakePublisher:
         return event.event_id
 
 
+class FakeAudit:
+    def __init__(self) -> None:
+        self.records = []
+
+    def record(self, rec) -> None:
+        self.records.append(rec)
+
+
 class FakeSealQueue:
     def __init__(self) -> None:
         self.requests: list[tuple[SealRequest, float]] = []
@@ -72,16 +80,18 @@ def world(azurite):
          "batch": {"marker": "_SUCCESS", "quiet_period_seconds": 30}},
         {"name": "ref", "container": container, "prefix": "reference/", "type": "uri_file", "datastore": "landing"},
     ]})
-    registry, publisher, queue = FakeRegistry(), FakePublisher(), FakeSealQueue()
+    registry, publisher, queue, audit = FakeRegistry(), FakePublisher(), FakeSealQueue(), FakeAudit()
 
     def make_instance() -> Ingestor:  # a separate "Function instance": own clients, same storage
         return Ingestor(policy=policy, blobs=BlobServiceClient.from_connection_string(azurite.connection_string),
-                        ledger=Ledger(table), registry=registry, publisher=publisher, seal_queue=queue)
+                        ledger=Ledger(table), registry=registry, publisher=publisher, seal_queue=queue,
+                        audit=audit)
 
     class World:
         pass
 
     w = World()
+    w.audit = audit
     w.container, w.blobs, w.registry, w.publisher, w.queue, w.make_instance = (
         container, blobs.get_container_client(container), registry, publisher, queue, make_instance)
     w.ingestor = make_instance()
@@ -109,6 +119,9 @@ def test_file_dataset_dedupes_redeliveries_and_identical_content(world):
     changed = world.upload("reference/regions.csv", b"region,code\nnorth,N\nsouth,S\n")
     assert world.ingestor.on_blob_created(changed).version == "2"
     assert [e.version for e in world.publisher.events] == ["1", "2"]
+    assert [r.kind for r in world.audit.records] == ["data.registered", "data.duplicate", "data.duplicate",
+                                                     "data.registered"]
+    assert world.audit.records[2].reason == "same content already registered as ref:1"
     assert len(world.registry.versions) == 2
 
 

@@ -1,0 +1,224 @@
+"""The emulator as an ASGI app: authentication, routing, error translation, event publishing.
+
+Routes are registered in `build_router()`; each resource family lives in its own module
+(workspace.py, assets.py, lro.py, identity.py) so jobs, code, environments, components and
+online endpoints can be added the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route as StarletteRoute
+
+from devstack.aml import assets, identity, lro, workspace
+from devstack.aml.config import AmlConfig
+from devstack.aml.errors import ArmError
+from devstack.aml.storage import DatastoreMap, StorageAccount
+from devstack.aml.store import Store, Tx
+from devstack.aml.web import LOCATIONS, Call, Principal, Reply, Router, W
+
+log = logging.getLogger(__name__)
+
+WORKSPACE_TOPIC = "workspace"
+_METHODS = ["GET", "PUT", "POST", "DELETE", "PATCH", "HEAD"]
+
+
+def build_router() -> Router:
+    r = Router()
+    r.add("GET", W, workspace.get_workspace)
+    r.add("GET", f"{W}/datastores", workspace.list_datastores)
+    r.add("GET", f"{W}/datastores/(?P<name>[^/]+)", workspace.get_datastore)
+    r.add("POST", f"{W}/datastores/(?P<name>[^/]+)/listSecrets", workspace.list_secrets)
+    r.add("GET", f"{W}/computes", workspace.list_computes)
+    r.add("GET", f"{W}/computes/(?P<name>[^/]+)", workspace.get_compute)
+    asset = f"{W}/(?P<kind>data|models)"
+    r.add("GET", asset, assets.list_containers)
+    r.add("GET", f"{asset}/(?P<name>[^/]+)", assets.get_container)
+    r.add("PUT", f"{asset}/(?P<name>[^/]+)", assets.put_container)
+    r.add("DELETE", f"{asset}/(?P<name>[^/]+)", assets.delete_container)
+    r.add("GET", f"{asset}/(?P<name>[^/]+)/versions", assets.list_versions)
+    r.add("GET", f"{asset}/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", assets.get_version)
+    r.add("PUT", f"{asset}/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", assets.put_version)
+    r.add("DELETE", f"{asset}/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", assets.delete_version)
+    r.add("GET", f"{LOCATIONS}/mfeOperationsStatus/(?P<op>[^/]+)", lro.get_status)
+    r.add("GET", f"{LOCATIONS}/mfeOperationResults/(?P<op>[^/]+)", lro.get_result)
+    return r
+
+
+class Emulator:
+    """Process-wide state shared by the handlers."""
+
+    def __init__(self, config: AmlConfig) -> None:
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.db_path)
+        self.datastores = DatastoreMap(StorageAccount.from_connection_string(config.storage_connection_string))
+        self.token_key = identity.signing_key(config.state_dir)
+        self.started_at = datetime.now(UTC).isoformat()
+        self.router = build_router()
+        with self.store.write() as tx:
+            workspace.seed(tx, config, self.datastores.account.account_name)
+
+    def record_event(self, tx: Tx, event_type: str, subject: str, data: dict[str, Any]) -> None:
+        """Queue an Azure ML system event (Event Grid schema) in the same transaction as the change."""
+        tx.add_event(WORKSPACE_TOPIC, {
+            "id": str(uuid.uuid4()),
+            "topic": self.config.coords.arm_id,
+            "subject": subject,
+            "eventType": f"Microsoft.MachineLearningServices.{event_type}",
+            "eventTime": datetime.now(UTC).isoformat(),
+            "data": data,
+            "dataVersion": "2",
+            "metadataVersion": "1",
+        })
+
+
+class EventPublisher:
+    """Sends queued events to the local Event Grid topic `workspace`; failures are retried later."""
+
+    def __init__(self, emu: Emulator, url: str, key: str | None, interval: float = 0.2) -> None:
+        self.emu, self.url, self.key, self.interval = emu, url.rstrip("/"), key, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="aml-event-publisher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        import httpx
+
+        headers = {"aeg-sas-key": self.key} if self.key else {}
+        backoff = self.interval
+        with httpx.Client(timeout=10) as client:
+            while not self._stop.wait(backoff):
+                with self.emu.store.write() as tx:
+                    batch = tx.claim_events(20, time.time())
+                failed = False
+                for event_id, topic, event in batch:
+                    try:
+                        resp = client.post(f"{self.url}/topics/{topic}/api/events", json=[event], headers=headers)
+                        resp.raise_for_status()
+                    except httpx.HTTPError as exc:
+                        log.warning("publishing %s to topic %s failed (%s); will retry", event["eventType"], topic, exc)
+                        with self.emu.store.write() as tx:
+                            tx.release_event(event_id)
+                        failed = True
+                backoff = min(backoff * 2, 10.0) if failed else self.interval
+
+
+def _principal(authorization: str) -> Principal:
+    """Who signed the bearer token (unverified: the emulator accepts any token)."""
+    token = authorization.split(" ", 1)[1].strip() if " " in authorization else ""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return Principal()
+    name = claims.get("name") or claims.get("upn") or claims.get("oid") or "Local User"
+    return Principal(name=str(name), kind="Application" if claims.get("idtyp") == "app" else "User")
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body), status, headers=headers, media_type="application/json; charset=utf-8")
+
+
+def _reply(reply: Reply) -> Response:
+    if reply.empty:
+        return Response(b"", reply.status, headers=reply.headers)
+    return _json(reply.status, reply.body, reply.headers)
+
+
+def create_app(config: AmlConfig) -> Starlette:
+    emu = Emulator(config)
+    location = config.coords.location
+
+    async def dispatch(request: Request) -> Response:
+        path = request.url.path
+        base_url = f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
+        query = {k.lower(): v for k, v in request.query_params.multi_items()}
+        raw_path = request.scope.get("raw_path", path.encode()).decode("latin-1")
+        if path.rstrip("/").lower() == "/msi/token":
+            call = Call(request.method, path, raw_path, {}, query, None, base_url)
+            reply = await run_in_threadpool(identity.get_token, emu, call, request.headers.get("x-identity-header"))
+            return _reply(reply)
+        authorization = request.headers.get("authorization")
+        if not authorization:
+            return _json(
+                401,
+                {"error": {"code": "AuthenticationFailed",
+                           "message": "Authentication failed. The 'Authorization' header is missing."}},
+                {"WWW-Authenticate": 'Bearer authorization_uri="https://login.microsoftonline.com/", '
+                                     'error="invalid_token", error_description="The authentication failed '
+                                     "because of missing 'Authorization' header.\""},
+            )
+        matched = emu.router.match(request.method, path)
+        if matched is None:
+            log.warning("unserved route: %s %s", request.method, path)
+            return _json(404, {"error": {"code": "NoRouteFound",
+                                         "message": f"The emulator does not serve {request.method} {path}."}})
+        if matched is False:
+            return _json(405, {"error": {"code": "MethodNotAllowed",
+                                         "message": f"{request.method} is not supported on {path}."}})
+        assert not isinstance(matched, bool)
+        route, params = matched
+        if route.workspace_scoped and not config.coords.matches(params["sub"], params["rg"], params["ws"]):
+            return _json(404, {"error": {
+                "code": "ResourceNotFound",
+                "message": f"The Resource 'Microsoft.MachineLearningServices/workspaces/{params['ws']}' under "
+                           f"resource group '{params['rg']}' was not found.",
+            }})
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw.strip() else None
+        except ValueError as exc:
+            return _json(400, ArmError(400, "UserError", f"The request body is not valid JSON: {exc}.").body(location))
+        call = Call(request.method, path, raw_path, params, query, body, base_url, _principal(authorization))
+        try:
+            reply = await run_in_threadpool(route.handler, emu, call)
+        except ArmError as err:
+            return _json(err.status, err.body(location), err.headers)
+        return _reply(reply)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        publisher = EventPublisher(emu, config.eventgrid_url, config.eventgrid_key) if config.eventgrid_url else None
+        if publisher:
+            publisher.start()
+        log.info("Azure ML emulator ready: workspace %s (%s)", config.coords.arm_id, config.db_path)
+        try:
+            yield
+        finally:
+            if publisher:
+                publisher.stop()
+
+    app = Starlette(
+        routes=[
+            StarletteRoute("/discovery", lambda r: _json(200, workspace.discovery(emu, _bare_call(r)).body)),
+            StarletteRoute("/{path:path}", dispatch, methods=_METHODS),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.emulator = emu
+    return app
+
+
+def _bare_call(request: Request) -> Call:
+    base_url = f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
+    return Call(request.method, request.url.path, request.url.path, {}, {}, None, base_url)

@@ -1,0 +1,424 @@
+"""Versioned assets (data, models): containers, versions, labels, archive/restore, paging.
+
+Storage: a container is a row of kind `<segment>` (e.g. `data`), each version a row of kind
+`<segment>/versions` whose parent is the container name. `latestVersion` and `nextVersion` are
+computed on read: latest = the most recently created active version (archived ones only if all
+are archived), next = highest numeric version ever stored + 1 (non-numeric versions don't count,
+so `foo` alone gives `nextVersion: "1"`, as recorded).
+
+Auto-increment under concurrency: the SDK reads `nextVersion` from the container and then PUTs
+that version; two clients reading at once would PUT the same version and the second would
+silently update the first's. The emulator therefore remembers each `nextVersion` it hands out
+(`handouts`, for `version_handout_ttl` seconds). A create consumes one handout of its version. A
+PUT on an existing version that still has a handout issued *before* that version was created,
+and that is not an archive/restore toggle, is a concurrent auto-increment: it is created as the
+next free version instead (201, body and Location name the version actually created).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from devstack.aml.errors import ArmError, bad_request, not_found
+from devstack.aml.storage import parse_azureml_uri
+from devstack.aml.store import Row, Tx
+from devstack.aml.web import Call, Reply, paged
+
+if TYPE_CHECKING:
+    from devstack.aml.app import Emulator
+    from devstack.aml.config import WorkspaceCoords
+
+log = logging.getLogger(__name__)
+
+ASSET_PATHS_IMMUTABLE = "Asset paths cannot be updated."
+LIST_VIEW_TYPES = {"activeonly": "ActiveOnly", "archivedonly": "ArchivedOnly", "all": "All"}
+_URI_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+@dataclass(frozen=True)
+class AssetKind:
+    """What differs between asset types; everything else is shared."""
+
+    segment: str  # URL segment: data, models
+    label: str  # Data, Model (messages and error codes)
+    uri_field: str  # dataUri, modelUri
+    rg_segment: str  # how the service spells resourceGroups inside normalised azureml:// URIs
+    full_system_data: bool  # models always carry lastModifiedBy/-Type; data only after an update
+
+    @property
+    def version_kind(self) -> str:
+        return f"{self.segment}/versions"
+
+    def arm_type(self, versions: bool) -> str:
+        return f"Microsoft.MachineLearningServices/workspaces/{self.segment}" + ("/versions" if versions else "")
+
+    def container_not_found(self, name: str) -> ArmError:
+        return not_found(f"{self.label}NotFound", f"{self.label} container with name: {name} not found.")
+
+    def version_not_found(self, name: str, version: str) -> ArmError:
+        return not_found(
+            f"{self.label}VersionNotFound", f"{self.label} version with name: {name} and version: {version} not found."
+        )
+
+
+DATA = AssetKind("data", "Data", "dataUri", "resourcegroups", full_system_data=False)
+MODELS = AssetKind("models", "Model", "modelUri", "resourceGroups", full_system_data=True)
+KINDS = {k.segment: k for k in (DATA, MODELS)}
+DATA_TYPES = ("uri_file", "uri_folder", "mltable")
+
+
+def kind_of(call: Call) -> AssetKind:
+    return KINDS[call.params["kind"].lower()]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _is_numeric(version: str) -> bool:
+    return version.isascii() and version.isdigit()
+
+
+# --- request validation and normalisation ----------------------------------------------------
+
+def _check_types(props: dict[str, Any]) -> None:
+    for key in ("isArchived", "isAnonymous"):
+        if key in props and not isinstance(props[key], bool):
+            raise bad_request(f"properties.{key} must be true or false, got {props[key]!r}.")
+    for key in ("tags", "properties"):
+        value = props.get(key)
+        if value is not None and not (
+            isinstance(value, dict) and all(isinstance(v, str | None) for v in value.values())
+        ):
+            raise bad_request(f"properties.{key} must be an object of strings.")
+    if props.get("description") is not None and not isinstance(props["description"], str):
+        raise bad_request("properties.description must be a string.")
+
+
+def normalise_uri(kind: AssetKind, uri: str, coords: WorkspaceCoords, *, folder: bool) -> str:
+    """The service's canonical form: long azureml:// URIs naming the workspace; other URIs unchanged."""
+    parsed = parse_azureml_uri(uri)
+    if parsed is None:
+        return uri
+    same_ws = parsed.subscription_id is None or coords.matches(
+        parsed.subscription_id, parsed.resource_group or "", parsed.workspace or ""
+    )
+    sub = coords.subscription_id if same_ws else parsed.subscription_id
+    rg = coords.resource_group if same_ws else parsed.resource_group
+    ws = coords.workspace if same_ws else parsed.workspace
+    path = parsed.path
+    if folder and not path.endswith("/"):
+        path += "/"
+    return f"azureml://subscriptions/{sub}/{kind.rg_segment}/{rg}/workspaces/{ws}/datastores/{parsed.datastore}/paths/{path}"
+
+
+def _version_properties(kind: AssetKind, req: dict[str, Any], coords: WorkspaceCoords) -> dict[str, Any]:
+    """Stored version properties in the service's key order; unknown request keys are kept."""
+    _check_types(req)
+    uri = req.get(kind.uri_field)
+    if not isinstance(uri, str) or not uri:
+        raise bad_request(f"properties.{kind.uri_field} is required and must be a non-empty string.")
+    if not _URI_SCHEME.match(uri):
+        raise bad_request(
+            f"properties.{kind.uri_field} must be a URI such as azureml://datastores/<name>/paths/<path> "
+            f"or https://…, got '{uri}'."
+        )
+    archived = bool(req.get("isArchived", False))
+    common: dict[str, Any] = {
+        "description": req.get("description"),
+        "tags": req.get("tags") if req.get("tags") is not None else {},
+        "properties": req.get("properties") if req.get("properties") is not None else {},
+        "isArchived": archived,
+        "isAnonymous": bool(req.get("isAnonymous", False)),
+        "autoDeleteSetting": req.get("autoDeleteSetting"),
+    }
+    if kind is DATA:
+        data_type = req.get("dataType")
+        if data_type not in DATA_TYPES:
+            raise bad_request(f"properties.dataType must be one of {', '.join(DATA_TYPES)}; got {data_type!r}.")
+        props = {
+            **common,
+            "dataUri": normalise_uri(kind, uri, coords, folder=data_type != "uri_file"),
+            "stage": req.get("stage"),
+            "intellectualProperty": req.get("intellectualProperty"),
+            "dataType": data_type,
+        }
+    else:
+        flavors = req.get("flavors")
+        if flavors is not None and not isinstance(flavors, dict):
+            raise bad_request("properties.flavors must be an object.")
+        model_type = req.get("modelType", "custom_model")
+        if not isinstance(model_type, str):
+            raise bad_request("properties.modelType must be a string.")
+        stage = req.get("stage")
+        props = {
+            **common,
+            "flavors": flavors or {},
+            "modelType": model_type,
+            "modelUri": normalise_uri(kind, uri, coords, folder=False),
+            "jobName": req.get("jobName"),
+            "provisioningState": "Succeeded",
+            "stage": "Archived" if archived else (stage if stage and stage != "Archived" else "Development"),
+            "intellectualProperty": req.get("intellectualProperty"),
+        }
+    for key, value in req.items():  # e.g. referencedUris of mltable
+        props.setdefault(key, value)
+    return props
+
+
+# --- container view ----------------------------------------------------------------------------
+
+def _next_version(container: Row, versions: list[Row]) -> int:
+    numbers = [int(v.body["name"]) for v in versions if _is_numeric(v.body["name"])]
+    return max([int(container.meta.get("highest", 0)), *numbers]) + 1
+
+
+def _latest_version(versions: list[Row]) -> str | None:
+    """Newest active version (versions are newest first); newest overall if all are archived."""
+    for v in versions:
+        if not v.body["properties"].get("isArchived"):
+            return str(v.body["name"])
+    return str(versions[0].body["name"]) if versions else None
+
+
+def container_view(kind: AssetKind, container: Row, versions: list[Row]) -> dict[str, Any]:
+    body = dict(container.body)
+    stored = container.body["properties"]
+    props: dict[str, Any] = {
+        "description": stored.get("description"),
+        "tags": stored.get("tags"),
+        "properties": stored.get("properties"),
+        "isArchived": bool(stored.get("isArchived", False)),
+        "latestVersion": _latest_version(versions),
+        "nextVersion": str(_next_version(container, versions)),
+    }
+    if kind is DATA:
+        props["dataType"] = stored.get("dataType")
+    else:
+        props["provisioningState"] = "Succeeded"
+    body["properties"] = props
+    return body
+
+
+def _system_data(call: Call, *, full: bool) -> dict[str, Any]:
+    now = _now()
+    data = {"createdAt": now, "createdBy": call.principal.name, "createdByType": call.principal.kind,
+            "lastModifiedAt": now}
+    if full:
+        data.update(lastModifiedBy=call.principal.name, lastModifiedByType=call.principal.kind)
+    return data
+
+
+def _touch(system_data: dict[str, Any], call: Call) -> dict[str, Any]:
+    return {**system_data, "lastModifiedAt": _now(), "lastModifiedBy": call.principal.name,
+            "lastModifiedByType": call.principal.kind}
+
+
+def _new_container(kind: AssetKind, emu: Emulator, call: Call, name: str, req: dict[str, Any]) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"description": None, "tags": None, "properties": None}
+    if kind is not DATA:
+        defaults.update(tags={}, properties={})
+    props: dict[str, Any] = {**defaults, **{k: req[k] for k in ("description", "tags", "properties") if k in req}}
+    props["isArchived"] = bool(req.get("isArchived", False))
+    if kind is DATA:
+        props["dataType"] = req.get("dataType")
+    return {
+        "id": f"{emu.config.coords.arm_id}/{kind.segment}/{name}",
+        "name": name,
+        "type": kind.arm_type(versions=False),
+        "properties": props,
+        "systemData": _system_data(call, full=kind.full_system_data),
+    }
+
+
+# --- handlers: containers ----------------------------------------------------------------------
+
+def _list_view(call: Call) -> str:
+    raw = call.query.get("listviewtype") or "ActiveOnly"
+    view = LIST_VIEW_TYPES.get(raw.lower())
+    if view is None:
+        raise bad_request(f"listViewType must be one of ActiveOnly, ArchivedOnly, All; got '{raw}'.")
+    return view
+
+
+def _visible(archived: bool, view: str) -> bool:
+    return view == "All" or (view == "ArchivedOnly") == archived
+
+
+def get_container(emu: Emulator, call: Call) -> Reply:
+    kind, name = kind_of(call), call.params["name"]
+    with emu.store.write() as tx:  # records the nextVersion handout
+        container = tx.get(kind.segment, name)
+        if container is None:
+            raise kind.container_not_found(name)
+        view = container_view(kind, container, tx.rows(kind.version_kind, name))
+        now = time.time()
+        tx.prune_handouts(now - emu.config.version_handout_ttl)
+        tx.add_handout(kind.segment, name, view["properties"]["nextVersion"], now)
+    return Reply(200, view)
+
+
+def list_containers(emu: Emulator, call: Call) -> Reply:
+    kind, view = kind_of(call), _list_view(call)
+    with emu.store.read() as tx:
+        items = [
+            container_view(kind, c, tx.rows(kind.version_kind, c.name))
+            for c in tx.rows(kind.segment, newest_first=False)
+        ]
+    items = [c for c in items if _visible(c["properties"]["isArchived"], view)]
+    return paged(call, items, emu.config.page_size)
+
+
+def put_container(emu: Emulator, call: Call) -> Reply:
+    kind, name = kind_of(call), call.params["name"]
+    req = call.body_object()["properties"]
+    _check_types(req)
+    with emu.store.write() as tx:
+        container = tx.get(kind.segment, name)
+        if container is None:
+            body = _new_container(kind, emu, call, name, req)
+            tx.put(kind.segment, name, body)
+            status = 201
+        else:
+            body = dict(container.body)
+            props = dict(body["properties"])
+            for key in ("description", "tags", "properties", "isArchived"):
+                if key in req:
+                    props[key] = req[key]
+            body["properties"] = props
+            body["systemData"] = _touch(body["systemData"], call)
+            tx.put(kind.segment, name, body, meta=container.meta)
+            status = 200
+        row = tx.get(kind.segment, name)
+        assert row is not None
+        view = container_view(kind, row, tx.rows(kind.version_kind, name))
+    headers = {"Location": call.url(call.raw_path, **{"api-version": call.api_version or ""})} if status == 201 else {}
+    return Reply(status, view, headers)
+
+
+def delete_container(emu: Emulator, call: Call) -> Reply:
+    kind, name = kind_of(call), call.params["name"]
+    with emu.store.write() as tx:
+        existed = tx.delete(kind.segment, name)
+        tx.delete_children(kind.version_kind, name)
+    return Reply(200 if existed else 204, empty=True)
+
+
+# --- handlers: versions ------------------------------------------------------------------------
+
+def get_version(emu: Emulator, call: Call) -> Reply:
+    kind, name, version = kind_of(call), call.params["name"], call.params["version"]
+    with emu.store.read() as tx:
+        row = tx.get(kind.version_kind, version, parent=name)
+        if row is None:
+            if tx.get(kind.segment, name) is None:
+                raise kind.container_not_found(name)
+            raise kind.version_not_found(name, version)
+    return Reply(200, row.body)
+
+
+_ORDER = re.compile(r"^\s*createdtime(?:\s+(asc|desc))?\s*$", re.IGNORECASE)
+
+
+def list_versions(emu: Emulator, call: Call) -> Reply:
+    kind, name, view = kind_of(call), call.params["name"], _list_view(call)
+    order = call.query.get("$orderby")
+    newest_first = True
+    if order:
+        m = _ORDER.match(order)
+        if m is None:
+            raise bad_request(f"$orderBy supports 'createdtime asc|desc', got '{order}'.")
+        newest_first = (m.group(1) or "asc").lower() == "desc"
+    with emu.store.read() as tx:
+        if tx.get(kind.segment, name) is None:
+            raise kind.container_not_found(name)
+        rows = tx.rows(kind.version_kind, name, newest_first=newest_first)
+    items = [r.body for r in rows if _visible(bool(r.body["properties"].get("isArchived")), view)]
+    stage = call.query.get("stage")
+    if stage:
+        items = [i for i in items if (i["properties"].get("stage") or "").lower() == stage.lower()]
+    return paged(call, items, emu.config.page_size)
+
+
+def put_version(emu: Emulator, call: Call) -> Reply:
+    kind, name, version = kind_of(call), call.params["name"], call.params["version"]
+    coords = emu.config.coords
+    props = _version_properties(kind, call.body_object()["properties"], coords)
+    with emu.store.write() as tx:
+        now = time.time()
+        existing = tx.get(kind.version_kind, version, parent=name)
+        if existing is not None and _is_concurrent_autoincrement(emu, tx, kind, name, existing, props, now):
+            container = tx.get(kind.segment, name)
+            assert container is not None
+            allocated = str(_next_version(container, tx.rows(kind.version_kind, name)))
+            log.info("%s %s: concurrent auto-increment of version %s; created %s instead",
+                     kind.label, name, version, allocated)
+            version, existing = allocated, None
+        if existing is None:
+            body = _create_version(emu, call, tx, kind, name, version, props, now)
+            location = call.url(f"{body['id']}", **{"api-version": call.api_version or ""})
+            return Reply(201, body, {"Location": location})
+        old = existing.body["properties"]
+        if old[kind.uri_field] != props[kind.uri_field]:
+            raise ArmError(400, "UserError", ASSET_PATHS_IMMUTABLE)
+        body = dict(existing.body)
+        body["properties"] = {**props, **{k: old[k] for k in ("dataType",) if k in old}}
+        body["systemData"] = _touch(existing.body["systemData"], call)
+        tx.put(kind.version_kind, version, body, parent=name, meta=existing.meta)
+    return Reply(200, body)
+
+
+def _is_concurrent_autoincrement(
+    emu: Emulator, tx: Tx, kind: AssetKind, name: str, existing: Row, props: dict[str, Any], now: float
+) -> bool:
+    """A PUT that read `nextVersion` before this version existed (see module docstring)."""
+    if props["isArchived"] or existing.body["properties"].get("isArchived"):
+        return False  # archive/restore toggles are updates by definition
+    return tx.take_handout(
+        kind.segment, name, existing.body["name"],
+        issued_before=existing.created, issued_after=now - emu.config.version_handout_ttl,
+    )
+
+
+def _create_version(
+    emu: Emulator, call: Call, tx: Tx, kind: AssetKind, name: str, version: str, props: dict[str, Any], now: float
+) -> dict[str, Any]:
+    container = tx.get(kind.segment, name)
+    if container is None:
+        implicit = {"dataType": props.get("dataType")} if kind is DATA else {}
+        container_body, meta = _new_container(kind, emu, call, name, implicit), {}
+    else:
+        container_body = {**container.body, "systemData": {**container.body["systemData"], "lastModifiedAt": _now()}}
+        meta = dict(container.meta)
+    if _is_numeric(version):
+        meta["highest"] = max(int(meta.get("highest", 0)), int(version))
+    tx.put(kind.segment, name, container_body, meta=meta)
+    name = container_body["name"]  # the container's own spelling
+    ttl = emu.config.version_handout_ttl
+    tx.take_handout(kind.segment, name, version, issued_before=now + 1, issued_after=now - ttl)
+    body = {
+        "id": f"{emu.config.coords.arm_id}/{kind.segment}/{name}/versions/{version}",
+        "name": version,
+        "type": kind.arm_type(versions=True),
+        "properties": props,
+        "systemData": _system_data(call, full=kind.full_system_data),
+    }
+    tx.put(kind.version_kind, version, body, parent=name)
+    if kind is MODELS:
+        emu.record_event(tx, "ModelRegistered", f"models/{name}:{version}", {
+            "modelName": name, "modelVersion": version,
+            "modelTags": props.get("tags") or {}, "modelProperties": props.get("properties") or {},
+        })
+    return body
+
+
+def delete_version(emu: Emulator, call: Call) -> Reply:
+    kind, name, version = kind_of(call), call.params["name"], call.params["version"]
+    with emu.store.write() as tx:
+        existed = tx.delete(kind.version_kind, version, parent=name)
+    return Reply(200 if existed else 204, empty=True)

@@ -1,0 +1,62 @@
+"""The Function App's wiring: cheap to import, fails loudly on bad settings, functions as declared."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {
+    "AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000",
+    "AZURE_RESOURCE_GROUP": "rg",
+    "AZUREML_WORKSPACE_NAME": "ws",
+    "EVERGREEN_EVENTS_TOPIC_ENDPOINT": "https://topic.westeurope-1.eventgrid.azure.net/api/events",
+    "AzureWebJobsStorage__accountName": "appstore",
+    "DATA_STORAGE__blobServiceUri": "https://data.blob.core.windows.net",
+}
+
+
+def run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    prefixes = ("AZURE", "EVERGREEN", "DATA_STORAGE", "AzureWeb")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**clean, **env}, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_importing_function_app_does_not_import_azure_ai_ml():
+    result = run("import sys, function_app; print('azure.ai.ml' in sys.modules)", ENV)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_functions_are_declared_by_the_app_itself():
+    code = ("import json, function_app; print(json.dumps({f.get_function_name(): json.loads(f.get_raw_bindings()[0])"
+            " for f in function_app.app.get_functions()}))")
+    result = run(code, ENV)
+    assert result.returncode == 0, result.stderr
+    functions = json.loads(result.stdout)
+    blob = functions["on_blob_created"]
+    assert (blob["type"], blob["source"], blob["path"], blob["connection"]) == (
+        "blobTrigger", "EventGrid", "%EVERGREEN_LANDING_CONTAINER%/{name}", "DATA_STORAGE")
+    assert functions["seal_batch"]["type"] == "queueTrigger"
+    assert functions["seal_batch"]["queueName"] == "evergreen-batch-seal"
+
+
+def test_bad_settings_fail_at_start_up_with_every_problem_named():
+    env = {k: v for k, v in ENV.items() if k not in ("AZURE_RESOURCE_GROUP", "DATA_STORAGE__blobServiceUri")}
+    env["EVERGREEN_LANDING_CONTAINER"] = "NO"
+    result = run("import function_app", env)
+    assert result.returncode != 0
+    assert "ConfigurationError: App settings is invalid (3 problem(s))" in result.stderr
+    for name in ("AZURE_RESOURCE_GROUP", "DATA_STORAGE", "EVERGREEN_LANDING_CONTAINER"):
+        assert name in result.stderr
+
+
+def test_a_bad_policy_fails_at_start_up_with_paths(tmp_path):
+    policy = tmp_path / "p.yaml"
+    policy.write_text("datasets:\n  - name: x\n    container: landing\n    prefix: x\n    type: uri_file\n"
+                      "    datastore: landing\n")
+    result = run("import function_app", {**ENV, "EVERGREEN_POLICY_PATH": str(policy)})
+    assert result.returncode != 0
+    assert "datasets[0].prefix: must end with '/'" in result.stderr
