@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         ssl_keyfile=str(certs.server_key_pem),
         log_level=args.log_level.lower(),
         access_log=args.log_level.lower() == "debug",
+        timeout_graceful_shutdown=2,  # idle keep-alive connections of SDK clients must not delay a stop
     )
 
 

@@ -254,12 +254,13 @@ def get_container(emu: Emulator, call: Call) -> Reply:
     kind, name = kind_of(call), call.params["name"]
     with emu.store.write() as tx:  # records the nextVersion handout
         container = tx.get(kind.segment, name)
-        if container is None:
-            raise kind.container_not_found(name)
-        view = container_view(kind, container, tx.rows(kind.version_kind, name))
         now = time.time()
         tx.prune_handouts(now - emu.config.version_handout_ttl)
-        tx.add_handout(kind.segment, name, view["properties"]["nextVersion"], now)
+        # A 404 is a handout too: the SDK then creates version "1".
+        view = container_view(kind, container, tx.rows(kind.version_kind, name)) if container else None
+        tx.add_handout(kind.segment, name, view["properties"]["nextVersion"] if view else "1", now)
+    if view is None:
+        raise kind.container_not_found(name)
     return Reply(200, view)
 
 
@@ -358,11 +359,11 @@ def put_version(emu: Emulator, call: Call) -> Reply:
             allocated = str(_next_version(container, tx.rows(kind.version_kind, name)))
             log.info("%s %s: concurrent auto-increment of version %s; created %s instead",
                      kind.label, name, version, allocated)
-            version, existing = allocated, None
+            body = _create_version(emu, call, tx, kind, name, allocated, props, now, answers_handout=False)
+            return Reply(201, body, {"Location": call.url(body["id"], **{"api-version": call.api_version or ""})})
         if existing is None:
-            body = _create_version(emu, call, tx, kind, name, version, props, now)
-            location = call.url(f"{body['id']}", **{"api-version": call.api_version or ""})
-            return Reply(201, body, {"Location": location})
+            body = _create_version(emu, call, tx, kind, name, version, props, now, answers_handout=True)
+            return Reply(201, body, {"Location": call.url(body["id"], **{"api-version": call.api_version or ""})})
         old = existing.body["properties"]
         if old[kind.uri_field] != props[kind.uri_field]:
             raise ArmError(400, "UserError", ASSET_PATHS_IMMUTABLE)
@@ -386,8 +387,22 @@ def _is_concurrent_autoincrement(
 
 
 def _create_version(
-    emu: Emulator, call: Call, tx: Tx, kind: AssetKind, name: str, version: str, props: dict[str, Any], now: float
+    emu: Emulator,
+    call: Call,
+    tx: Tx,
+    kind: AssetKind,
+    name: str,
+    version: str,
+    props: dict[str, Any],
+    now: float,
+    *,
+    answers_handout: bool,
 ) -> dict[str, Any]:
+    """Store a new version (and its container if needed).
+
+    `answers_handout`: the client asked for this version by URL, so it may be the reader of an
+    outstanding `nextVersion`; a version allocated for a concurrent writer answers nobody's read.
+    """
     container = tx.get(kind.segment, name)
     if container is None:
         implicit = {"dataType": props.get("dataType")} if kind is DATA else {}
@@ -399,8 +414,9 @@ def _create_version(
         meta["highest"] = max(int(meta.get("highest", 0)), int(version))
     tx.put(kind.segment, name, container_body, meta=meta)
     name = container_body["name"]  # the container's own spelling
-    ttl = emu.config.version_handout_ttl
-    tx.take_handout(kind.segment, name, version, issued_before=now + 1, issued_after=now - ttl)
+    if answers_handout:
+        ttl = emu.config.version_handout_ttl
+        tx.take_handout(kind.segment, name, version, issued_before=now + 1, issued_after=now - ttl)
     body = {
         "id": f"{emu.config.coords.arm_id}/{kind.segment}/{name}/versions/{version}",
         "name": version,

@@ -268,7 +268,7 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-async def _first_scan(watcher: Any, deadline_seconds: float = 10.0) -> None:
+async def _first_scan(watcher: Any, deadline_seconds: float = 2.0) -> None:
     """Scan once before the port opens, so a client that sees the port up cannot race the baseline."""
     deadline = time.monotonic() + deadline_seconds
     while True:

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from types import FrameType
 
 from devstack.host.settings import HostConfig, SettingsError, load_local_settings
 
@@ -86,7 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         app_dir=app_dir, config=config, functions=functions, invoker=invoker, clients=clients,
         drain_timeout=args.drain_timeout, host_id=app_dir.name.lower() or "evergreen-local",
     )
-    server = uvicorn.Server(
+    class Server(uvicorn.Server):
+        """Stops the listeners as soon as the signal arrives, not after HTTP connections drain."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            host.request_stop()
+            super().handle_exit(sig, frame)
+
+    server = Server(
         uvicorn.Config(
             build_app(host), host=args.bind, port=args.port, log_config=None, lifespan="on",
             timeout_graceful_shutdown=max(1, int(args.drain_timeout)),

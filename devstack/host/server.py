@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 HOST_VERSION = "4.0.0-evergreen-local"
 _BLOB_FUNCTION_PREFIX = "host.functions."
+# What `func start` logs as the reason for HTTP and admin (/admin/functions) invocations.
+ADMIN_REASON = "This function was programmatically called via the host APIs."
 
 
 @dataclass
@@ -59,6 +61,18 @@ class Host:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     queue_listeners: list[QueueListener] = field(default_factory=list)
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def request_stop(self) -> None:
+        """Stop pulling queue messages and firing timers; safe to call from a signal handler."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._begin_stop)
+
+    def _begin_stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("Stop requested: no new queue messages or timer firings; running invocations may finish")
+            self.stopping.set()
 
     def find(self, name: str) -> FunctionInfo | None:
         return self.functions.get(name.lower())
@@ -104,7 +118,9 @@ class Host:
             blob=BlobReference(connection, container, blob_name),
         )
 
-    async def invoke_queue_message(self, fn: FunctionInfo, message: DequeuedMessage, queue: str) -> bool:
+    async def invoke_queue_message(
+        self, fn: FunctionInfo, message: DequeuedMessage, queue: str, reason: str | None = None
+    ) -> bool:
         try:
             text: str | None = message.body.decode("utf-8")
         except UnicodeDecodeError:
@@ -129,24 +145,30 @@ class Host:
             binding_data={"QueueTrigger": text or "", "Id": message.id},
             datum=lambda: body_datum,
         )
-        result = await self.invoker.invoke(fn, trigger, f"New queue message detected on '{queue}'.")
+        result = await self.invoker.invoke(fn, trigger, reason or f"New queue message detected on '{queue}'.")
         return result.succeeded
 
-    async def fire_timer(self, fn: FunctionInfo, past_due: bool, at: datetime, following: datetime) -> None:
+    async def fire_timer(
+        self, fn: FunctionInfo, past_due: bool, at: datetime, following: datetime, reason: str | None = None
+    ) -> None:
         info = {
             "Schedule": {"AdjustForDST": True},
             "ScheduleStatus": {"Last": at.isoformat(), "Next": following.isoformat(), "LastUpdated": at.isoformat()},
             "IsPastDue": past_due,
         }
         trigger = TriggerData(datum=lambda: json_datum(info))
-        await self.invoker.invoke(fn, trigger, f"Timer fired at {at.isoformat()}")
+        await self.invoker.invoke(fn, trigger, reason or f"Timer fired at {at.isoformat()}")
 
-    async def invoke_event(self, fn: FunctionInfo, event: Mapping[str, Any]) -> InvocationResult:
+    async def invoke_event(
+        self, fn: FunctionInfo, event: Mapping[str, Any], reason: str | None = None
+    ) -> InvocationResult:
         trigger = TriggerData(datum=lambda: json_datum(event))
-        reason = f"EventGrid trigger fired at {datetime.now(UTC).isoformat()}"
+        reason = reason or f"EventGrid trigger fired at {datetime.now(UTC).isoformat()}"
         return await self.invoker.invoke(fn, trigger, reason)
 
-    async def invoke_blob(self, fn: FunctionInfo, blob_path: str) -> InvocationResult | None:
+    async def invoke_blob(
+        self, fn: FunctionInfo, blob_path: str, reason: str | None = None
+    ) -> InvocationResult | None:
         """Invoke a blob-trigger function for `container/blob` if it matches; None when skipped."""
         assert fn.blob_pattern is not None
         binding_data = fn.blob_pattern.match(blob_path)
@@ -160,7 +182,7 @@ class Host:
         if trigger is None:
             log.warning("Blob '%s' no longer exists; 'Functions.%s' not invoked", blob_path, fn.name)
             return None
-        return await self.invoker.invoke(fn, trigger, f"New blob detected(EventGrid): {blob_path}")
+        return await self.invoker.invoke(fn, trigger, reason or f"New blob detected(EventGrid): {blob_path}")
 
     def in_background(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)
@@ -243,13 +265,15 @@ async def function_admin(request: Request) -> Response:
         return JSONResponse({"error": "HTTP-triggered functions are called at their route"}, status_code=400)
     if kind == "timerTrigger":
         now = datetime.now(UTC)
-        host.in_background(host.fire_timer(fn, False, now, now))
+        host.in_background(host.fire_timer(fn, False, now, now, ADMIN_REASON))
     elif kind == "queueTrigger":
         message = DequeuedMessage(
             id=str(uuid.uuid4()), body=text.encode("utf-8"), dequeue_count=1, insertion_time=datetime.now(UTC),
             expiration_time=None, next_visible_time=None, pop_receipt=None,
         )
-        host.in_background(host.invoke_queue_message(fn, message, str(fn.trigger.config["queueName"])))
+        host.in_background(
+            host.invoke_queue_message(fn, message, str(fn.trigger.config["queueName"]), ADMIN_REASON)
+        )
     elif kind == "eventGridTrigger":
         try:
             event = value if isinstance(value, dict) else json.loads(text)
@@ -257,9 +281,9 @@ async def function_admin(request: Request) -> Response:
             return JSONResponse({"error": "input must be an Event Grid event as JSON"}, status_code=400)
         if not isinstance(event, dict):
             return JSONResponse({"error": "input must be one event object"}, status_code=400)
-        host.in_background(host.invoke_event(fn, event))
+        host.in_background(host.invoke_event(fn, event, ADMIN_REASON))
     elif kind == "blobTrigger":
-        host.in_background(host.invoke_blob(fn, text.strip("/")))
+        host.in_background(host.invoke_blob(fn, text.strip("/"), ADMIN_REASON))
     return Response(status_code=202)
 
 
@@ -385,7 +409,7 @@ async def http_trigger(request: Request) -> Response:
         body=body,
     )
     trigger = TriggerData(value=http_request, binding_data={**dict(request.query_params), **route_params})
-    result = await host.invoker.invoke(fn, trigger, "This function was programmatically called via the host APIs.")
+    result = await host.invoker.invoke(fn, trigger, ADMIN_REASON)
     if not result.succeeded:
         return Response(status_code=500)
     return _to_response(fn, result.value)
@@ -487,6 +511,7 @@ def build_app(host: Host) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         host.stopping = asyncio.Event()
+        host.loop = asyncio.get_running_loop()
         tasks = [asyncio.create_task(runner.run(), name=type(runner).__name__) for runner in _listeners(host)]
         for fn in host.functions.values():
             log.info("Function '%s' (%s)%s", fn.name, fn.trigger_type,
@@ -517,8 +542,8 @@ def build_app(host: Host) -> ASGIApp:
 
 async def _shutdown(host: Host, tasks: list[asyncio.Task[None]]) -> None:
     """Stop pulling work, then give running invocations up to `drain_timeout` to finish."""
-    log.info("Host stopping: no new queue messages or timer firings; draining running invocations")
-    host.stopping.set()
+    host._begin_stop()
+    log.info("Host stopping: waiting up to %.0fs for running invocations", host.drain_timeout)
     deadline = time.monotonic() + host.drain_timeout
     if tasks:
         await asyncio.wait(tasks, timeout=max(0.1, deadline - time.monotonic()))

@@ -61,7 +61,7 @@ class Template:
 
     @classmethod
     def load(cls, path: Path) -> Template:
-        tree = _PARSER.parse(file_path=path)
+        tree: dict[str, Any] = dict(_PARSER.parse(file_path=path))
         template = cls(path=path, tree=tree)
         for name, spec in (tree.get("imports") or {}).items():
             exported = Template.load(path.parent / spec["file_path"])

@@ -263,7 +263,8 @@ def grants(infra: Path) -> tuple[set[Grant], list[str]]:
             role_id = str(evaluator.eval(config["properties"]["roleDefinitionId"]))
             guids = re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", role_id)
             if "subscription_resource_id(Microsoft.Authorization/roleDefinitions" not in role_id or len(guids) != 1:
-                problems.append(f"{where}: roleDefinitionId {role_id!r} is not subscriptionResourceId(roleDefinitions, <guid>)")
+                problems.append(f"{where}: roleDefinitionId {role_id!r} is not "
+                                "subscriptionResourceId(roleDefinitions, <guid>)")
                 continue
             role = ROLE_NAMES.get(guids[0], f"unknown role {guids[0]}")
             scope_symbol = _scope_symbol(config.get("scope"))
@@ -309,12 +310,12 @@ def _principal_wiring_problems(infra: Path) -> list[str]:
     main = Template.load(infra / "main.bicep")
     evaluator = main.evaluator()
     wiring = {symbol: evaluator.eval(body(module)["params"]) for symbol, module in main.modules.items()}
+    identity = "<app.outputs>.identityPrincipalId"
     problems = [f"main.bicep: {symbol} gets identityPrincipalId {params['identityPrincipalId']!r}"
-                for symbol, params in wiring.items()
-                if "identityPrincipalId" in params and params["identityPrincipalId"] != "<app.outputs>.identityPrincipalId"]
+                for symbol, params in wiring.items() if params.get("identityPrincipalId", identity) != identity]
     topic_principals = sorted(str(p) for p in (wiring.get("deadLetterAccess") or {}).get("topicPrincipalIds", []))
-    expected = sorted(["<dataAccess.outputs>.systemTopicPrincipalId", "<workspaceAccess.outputs>.systemTopicPrincipalId",
-                       "<app.outputs>.eventsTopicPrincipalId"])
+    expected = sorted(["<dataAccess.outputs>.systemTopicPrincipalId",
+                       "<workspaceAccess.outputs>.systemTopicPrincipalId", "<app.outputs>.eventsTopicPrincipalId"])
     if topic_principals != expected:
         problems.append(f"main.bicep: dead-letter writers are {topic_principals}, expected {expected}")
     return problems

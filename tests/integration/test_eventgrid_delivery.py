@@ -30,7 +30,8 @@ def _publish(eventgrid: EventGridInfo, token: str) -> str:
 
 
 def _delivery(eventgrid: EventGridInfo, event_id: str, subscription: str = "custom-all") -> dict[str, Any]:
-    rows = [d for d in eventgrid.get("/deliveries", subscription=subscription, limit=5000) if d["eventId"] == event_id]
+    all_rows: list[dict[str, Any]] = eventgrid.get("/deliveries", subscription=subscription, limit=5000)
+    rows = [d for d in all_rows if d["eventId"] == event_id]
     assert len(rows) == 1
     return rows[0]
 
@@ -157,4 +158,42 @@ def test_pending_deliveries_survive_a_restart(azurite: Any, tmp_path: Path) -> N
         assert len(events) == 1
     finally:
         service.stop()
+        receiver.close()
+
+
+def test_dead_letter_blob_waits_for_storage_to_come_back(tmp_path: Path) -> None:
+    """Storage down at dead-letter time: the blob stays pending (with the error) and is written later."""
+    from devstack.azurite import connection_string, start_azurite
+
+    receiver = Receiver()
+    token = uuid.uuid4().hex
+    receiver.respond(token, [400])
+    ports = free_port(), free_port(), free_port()
+    port = free_port()
+    subscriptions = tmp_path / "subs.json"
+    subscriptions.write_text(json.dumps({"subscriptions": [
+        {"name": "dl-test", "topic": "evergreen", "destination": {"function": "on_x", "kind": "eventGridTrigger"},
+         "deadLetter": {"container": "deadletter"}}]}))
+    service = start_eventgrid(tmp_path / "eg", port, host_url=receiver.url,
+                              storage_connection_string=connection_string(*ports), subscriptions_path=subscriptions,
+                              topic_key="k", retry_initial_delay=0.1)
+    azurite = None
+    try:
+        service.wait_ready(timeout=30)
+        info = EventGridInfo(f"http://127.0.0.1:{port}", port, "k", receiver, subscriptions, tmp_path,
+                             connection_string(*ports), service)
+        event_id = _publish(info, token)
+        pending = wait_until(lambda: [d for d in info.get("/deadletters") if d["blobError"]],
+                             message="a failed dead-letter write")
+        assert pending[0]["eventId"] == event_id and pending[0]["blobStatus"] == "pending"
+        azurite = start_azurite(tmp_path / "azurite", *ports)
+        azurite.wait_ready()
+        written = _dead_letter(info, event_id)
+        service_client = BlobServiceClient.from_connection_string(connection_string(*ports))
+        blob = service_client.get_blob_client("deadletter", written["blobName"]).download_blob().readall()
+        assert json.loads(blob)[0]["id"] == event_id
+    finally:
+        service.stop()
+        if azurite is not None:
+            azurite.stop()
         receiver.close()

@@ -169,3 +169,20 @@ def test_workspace_topic_filters_on_model_tags(eventgrid: EventGridInfo) -> None
     assert request.event["topic"].endswith("/Microsoft.MachineLearningServices/workspaces/evergreen-ws")
     published = eventgrid.get("/events", topic="workspace", subject=f"models/{token}")
     assert len(published) == 2
+
+
+def test_cli_prints_tables_from_the_running_server(
+    eventgrid: EventGridInfo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from devstack.eventgrid.__main__ import main
+
+    token = uuid.uuid4().hex
+    assert _post(eventgrid, [_eg_event(subject=f"/cli/{token}")]).status_code == 200
+    eventgrid.receiver.wait_for(token, function="on_custom_event")
+    assert main(["events", "--url", eventgrid.url, "--subject", f"/cli/{token}"]) == 0
+    out = capsys.readouterr().out
+    assert f"/cli/{token}" in out and "(1 row)" in out
+    assert main(["deliveries", "--url", eventgrid.url, "--status", "delivered", "--limit", "5"]) == 0
+    assert "delivered" in capsys.readouterr().out
+    assert main(["deadletters", "--url", eventgrid.url]) == 0
+    assert main(["events", "--url", "http://127.0.0.1:9"]) == 1

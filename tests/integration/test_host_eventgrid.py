@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -60,7 +61,7 @@ def test_cloudevents_batch_is_delivered(sample_host: SampleHost) -> None:
     cloud_event = {"specversion": "1.0", "id": event_id, "source": "/evergreen", "type": "Evergreen.Cloud",
                    "subject": "x", "time": "2024-05-01T12:00:00Z", "data": {"cloud": True}}
     response = httpx.post(
-        _webhook(sample_host), content=__import__("json").dumps([cloud_event]),
+        _webhook(sample_host), content=json.dumps([cloud_event]),
         headers={"content-type": "application/cloudevents-batch+json", "aeg-event-type": "Notification"},
     )
     assert response.status_code in {200, 202}

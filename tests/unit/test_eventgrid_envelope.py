@@ -55,7 +55,7 @@ def test_bad_cloud_events(event: dict[str, Any], fragment: str) -> None:
 
 def test_empty_data_version_is_allowed_but_not_a_number() -> None:
     assert parse([eg(dataVersion="")]).events
-    with pytest.raises(EnvelopeError, match="'dataVersion'.*must be a string"):
+    with pytest.raises(EnvelopeError, match=r"'dataVersion'.*must be a string"):
         parse([eg(dataVersion=1)])
 
 
