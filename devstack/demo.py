@@ -129,12 +129,17 @@ def _run(env: dict[str, str]) -> None:
     _say(f"\n   the identical copy registered {len(copies)} new version(s) (deduplicated by content hash)")
 
     _say("\n3. the events that flowed (local Event Grid):")
-    for event in _get_json(f"{eventgrid}/events?limit=50"):
+    deliveries = {d["eventId"]: d for d in _get_json(f"{eventgrid}/deliveries?limit=500")}
+    for item in reversed(_get_json(f"{eventgrid}/events?limit=200")):
+        event = item["event"]
         subject = event.get("subject", "")
-        if stamp in json.dumps(event) or "datasets/" in subject:
-            _say(f"   {event.get('topic', ''):<10} {event.get('eventType') or event.get('type')}  {subject}")
+        if stamp not in subject and not subject.startswith("datasets/"):
+            continue
+        delivery = deliveries.get(event.get("id"), {})
+        route = f"→ {delivery['function']} ({delivery['status']})" if delivery else "(no subscription)"
+        _say(f"   [{item['topic']}] {event.get('eventType') or event.get('type')}  {subject}  {route}")
     dead = _get_json(f"{eventgrid}/deadletters")
     _say(f"\n   dead letters: {len(dead)}")
     for letter in dead:
-        _say(f"   - {letter}")
+        _say(f"   - {letter['function']}: {letter['deadLetterReason']} {letter.get('detail', '')}")
     _say("\ndemo complete: upload → data version works end to end on the local stack")

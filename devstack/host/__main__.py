@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     app_dir = args.app_dir.resolve()
     state_dir = args.state_dir.resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+    if not (app_dir / "function_app.py").is_file():
+        log.error("No function_app.py in %s: pass the function app's directory with --app-dir", app_dir)
+        return 1
     try:
         load_local_settings(app_dir)
         config = HostConfig.from_file(app_dir / "host.json")

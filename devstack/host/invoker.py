@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,9 +101,8 @@ class Invoker:
             else:
                 log.error(
                     "Executed 'Functions.%s' (Failed, Id=%s, Duration=%.0fms)\n"
-                    "Result: Failure Exception: %s: %s",
-                    fn.name, invocation_id, duration, type(exc).__name__, exc,
-                    exc_info=exc,
+                    "Result: Failure Exception: %s: %s\n%s",
+                    fn.name, invocation_id, duration, type(exc).__name__, exc, user_traceback(exc),
                 )
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -152,6 +152,22 @@ class Invoker:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+_HOST_FRAMES = (
+    os.path.dirname(__file__),
+    os.path.dirname(asyncio.__file__),
+    os.path.dirname(concurrent.futures.__file__),
+    contextvars.__file__ if hasattr(contextvars, "__file__") else "<contextvars>",
+)
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback without the host's own frames, as the worker reports a function's exception."""
+    trace = traceback.TracebackException.from_exception(exc)
+    frames = [frame for frame in trace.stack if not frame.filename.startswith(_HOST_FRAMES)]
+    trace.stack = traceback.StackSummary.from_list(frames)
+    return "".join(trace.format()).rstrip()
 
 
 async def _tagged(tag: tuple[str, str], coroutine: Any) -> Any:

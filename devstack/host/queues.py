@@ -74,9 +74,16 @@ class QueueListener:
         return self._in_flight
 
     async def run(self) -> None:
-        await asyncio.to_thread(_create_queue, self._queue)
-        log.info("Listening on queue '%s' for 'Functions.%s'", self._queue.queue_name, self._function)
         delay = FIRST_IDLE_POLL_SECONDS
+        while not self._stopping.is_set():
+            try:
+                await asyncio.to_thread(_create_queue, self._queue, retry_total=0)
+                break
+            except AzureError as exc:
+                log.warning("Queue '%s' is not reachable yet: %s", self._queue.queue_name, exc)
+                await self._wait(self._stopping.wait(), delay)
+                delay = min(delay * 2, self._idle_cap)
+        log.info("Listening on queue '%s' for 'Functions.%s'", self._queue.queue_name, self._function)
         while not self._stopping.is_set():
             if len(self._in_flight) > self._options.new_batch_threshold:
                 self._slot_free.clear()
@@ -114,8 +121,9 @@ class QueueListener:
                       exc_info=task.exception())
 
     def _receive(self, count: int) -> list[QueueMessage]:
+        # No SDK retries: the poll loop is the retry, and a stop must not wait out a backoff.
         pages = self._queue.receive_messages(
-            messages_per_page=count, max_messages=count, visibility_timeout=LEASE_SECONDS
+            messages_per_page=count, max_messages=count, visibility_timeout=LEASE_SECONDS, retry_total=0
         )
         return list(pages)
 
@@ -166,6 +174,6 @@ class QueueListener:
         await asyncio.to_thread(move)
 
 
-def _create_queue(client: QueueClient) -> None:
+def _create_queue(client: QueueClient, **options: Any) -> None:
     with contextlib.suppress(ResourceExistsError):
-        client.create_queue()
+        client.create_queue(**options)

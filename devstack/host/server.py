@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from devstack.host import events
 from devstack.host.bindings import BlobReference, TriggerData, json_datum, string_datum
-from devstack.host.connections import ClientCache
+from devstack.host.connections import ClientCache, StorageConnectionError
 from devstack.host.indexing import FunctionInfo
 from devstack.host.invoker import InvocationResult, Invoker
 from devstack.host.queues import DequeuedMessage, QueueListener
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 HOST_VERSION = "4.0.0-evergreen-local"
 _BLOB_FUNCTION_PREFIX = "host.functions."
 # What `func start` logs as the reason for HTTP and admin (/admin/functions) invocations.
+LISTENER_STOP_SECONDS = 2.0
 ADMIN_REASON = "This function was programmatically called via the host APIs."
 
 
@@ -484,7 +485,12 @@ def _listeners(host: Host) -> list[Any]:
             )
         elif fn.trigger_type == "queueTrigger":
             queue_name = str(fn.trigger.config["queueName"]).lower()
-            service = host.clients.queue(str(fn.trigger.config.get("connection") or ""))
+            try:
+                service = host.clients.queue(str(fn.trigger.config.get("connection") or ""))
+            except StorageConnectionError as exc:
+                fn.error = str(exc)
+                log.error("Function '%s' is in error and will not run: %s", fn.name, exc)
+                continue
 
             async def process(message: DequeuedMessage, fn: FunctionInfo = fn, queue: str = queue_name) -> bool:
                 return await host.invoke_queue_message(fn, message, queue)
@@ -546,7 +552,10 @@ async def _shutdown(host: Host, tasks: list[asyncio.Task[None]]) -> None:
     log.info("Host stopping: waiting up to %.0fs for running invocations", host.drain_timeout)
     deadline = time.monotonic() + host.drain_timeout
     if tasks:
-        await asyncio.wait(tasks, timeout=max(0.1, deadline - time.monotonic()))
+        # Listeners only poll; they get a moment to finish a receive, then are cancelled.
+        _done, polling = await asyncio.wait(tasks, timeout=min(LISTENER_STOP_SECONDS, host.drain_timeout))
+        for task in polling:
+            task.cancel()
     pending: set[asyncio.Task[Any]] = set(host.background)
     for listener in host.queue_listeners:
         pending |= listener.in_flight
@@ -556,7 +565,5 @@ async def _shutdown(host: Host, tasks: list[asyncio.Task[None]]) -> None:
     if not idle:
         log.warning("Stopped with %d invocation(s) still running after %.0fs", host.invoker.running,
                     host.drain_timeout)
-    for task in tasks:
-        task.cancel()
     host.invoker.close()
     log.info("Host stopped")

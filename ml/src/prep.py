@@ -45,7 +45,9 @@ def split_names(value: str) -> list[str]:
 
 def read_drop(folder: Path) -> Table:
     """Read every *.csv under `folder` (sorted by relative path, so row order is deterministic)."""
-    paths = sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".csv"), key=lambda p: p.as_posix())
+    paths = sorted(
+        (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".csv"), key=lambda p: p.as_posix()
+    )
     if not paths:
         others = sorted(p.name for p in folder.rglob("*") if p.is_file())[:MAX_EXAMPLES]
         found = f" (found only: {', '.join(others)})" if others else " (the folder is empty)"
@@ -77,7 +79,7 @@ def read_drop(folder: Path) -> Table:
                     raise StepInputError(
                         f"training_data: {rel} line {line} has {len(values)} fields, the header has {len(header)}"
                     )
-                table.rows.append({h: v.strip() for h, v in zip(header, values)})
+                table.rows.append({h: v.strip() for h, v in zip(header, values, strict=True)})
                 table.origins.append(f"{rel} line {line}")
             table.files.append(rel)
     assert table is not None
@@ -95,7 +97,7 @@ def parse_target(table: Table, target_column: str) -> np.ndarray:
         )
     labels: list[int] = []
     bad: list[str] = []
-    for row, origin in zip(table.rows, table.origins):
+    for row, origin in zip(table.rows, table.origins, strict=True):
         value = row[target_column].lower()
         if value in POSITIVE:
             labels.append(1)
@@ -156,7 +158,7 @@ def encode_features(
         values = [row[column] for row in table.rows]
         if column not in categorical:
             parsed = [as_number(v) for v in values]
-            bad = [(v, o) for v, p, o in zip(values, parsed, table.origins) if p is None]
+            bad = [(v, o) for v, p, o in zip(values, parsed, table.origins, strict=True) if p is None]
             if not bad:
                 if all(math.isnan(p) for p in parsed if p is not None):
                     dropped[column] = "no values"
@@ -183,7 +185,14 @@ def encode_features(
             blocks.append(np.array([1.0 if v == level else 0.0 for v in values]).reshape(-1, 1))
     if not names:
         raise StepInputError(f"training_data: no feature columns left besides '{target_column}' ({dropped or 'none'})")
-    facts = {"numeric_columns": numeric_columns, "categorical_columns": categories, "dropped_columns": dropped}
+    # The raw columns a scoring request may send by name, in the drop's column order.
+    input_columns = [c for c in table.columns if c in numeric_columns or c in categories]
+    facts = {
+        "input_columns": input_columns,
+        "numeric_columns": numeric_columns,
+        "categorical_columns": categories,
+        "dropped_columns": dropped,
+    }
     return names, np.hstack(blocks), facts
 
 
@@ -209,7 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     table = read_drop(source)
     y = parse_target(table, args.target_column)
     names, matrix, facts = encode_features(
-        table, args.target_column, split_names(args.categorical_columns), split_names(args.id_columns),
+        table,
+        args.target_column,
+        split_names(args.categorical_columns),
+        split_names(args.id_columns),
         args.max_categories,
     )
     minority = int(min(np.bincount(y)))

@@ -100,13 +100,15 @@ def code_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def write_matrix(folder: Path, columns: Sequence[str], rows: np.ndarray, target: np.ndarray, target_column: str) -> None:
+def write_matrix(
+    folder: Path, columns: Sequence[str], rows: np.ndarray, target: np.ndarray, target_column: str
+) -> None:
     """Write a prepared split as CSV: encoded feature columns then the 0/1 target; NaN as empty."""
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / DATA_FILE).open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow([*columns, target_column])
-        for values, label in zip(rows, target):
+        for values, label in zip(rows, target, strict=True):
             writer.writerow([("" if math.isnan(v) else repr(float(v))) for v in values] + [int(label)])
 
 

@@ -56,7 +56,7 @@ def with_tag(ml, name: str, tag: str, value: str) -> list[Any]:
 
 def published(local_stack) -> list[dict[str, Any]]:
     url = local_stack.env["EVERGREEN_EVENTGRID_URL"]
-    return httpx.get(f"{url}/events", params={"topic": "evergreen", "limit": 1000}).json()
+    return [item["event"] for item in httpx.get(f"{url}/events", params={"topic": "evergreen", "limit": 1000}).json()]
 
 
 def test_a_folder_drop_becomes_one_data_version_and_an_event(local_stack, ml, landing):

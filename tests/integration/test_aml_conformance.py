@@ -105,7 +105,13 @@ def _token(aml: AmlInfo) -> str:
     return str(resp.json()["access_token"])
 
 
-def _compare(recorded: Any, actual: Any, path: str, problems: list[str], *, exact_keys: bool) -> None:
+def _compare(
+    recorded: Any, actual: Any, path: str, problems: list[str], *, exact_keys: bool, values: bool = True
+) -> None:
+    if path.endswith("systemData"):
+        if not isinstance(actual, dict) or "createdAt" not in actual:
+            problems.append(f"{path}: expected systemData with createdAt, got {actual!r:.80}")
+        return  # who and when: volatile, and its keys vary with the recorded identity
     if isinstance(recorded, dict):
         if not isinstance(actual, dict):
             problems.append(f"{path}: expected an object, got {actual!r:.80}")
@@ -114,20 +120,19 @@ def _compare(recorded: Any, actual: Any, path: str, problems: list[str], *, exac
         extra = set(actual) - set(recorded)
         if missing:
             problems.append(f"{path}: missing keys {sorted(missing)}")
-        if exact_keys and extra and not path.endswith("systemData"):
+        if exact_keys and extra:
             problems.append(f"{path}: unexpected keys {sorted(extra)}")
         for key in set(recorded) & set(actual):
             if key in WORKSPACE_SPECIFIC or key == "additionalInfo":
                 continue
             sub = f"{path}.{key}"
-            if key in IMPORTANT and not isinstance(recorded[key], dict | list):
-                if recorded[key] != actual[key]:
-                    problems.append(f"{sub}: expected {recorded[key]!r}, got {actual[key]!r}")
-            elif key in IMPORTANT and isinstance(recorded[key], dict) and key in ("flavors", "tags"):
+            if not values and key in IMPORTANT:
+                _compare(recorded[key], actual[key], sub, problems, exact_keys=exact_keys, values=False)
+            elif key in IMPORTANT and (not isinstance(recorded[key], dict | list) or key in ("flavors", "tags")):
                 if recorded[key] != actual[key]:
                     problems.append(f"{sub}: expected {recorded[key]!r}, got {actual[key]!r}")
             else:
-                _compare(recorded[key], actual[key], sub, problems, exact_keys=exact_keys)
+                _compare(recorded[key], actual[key], sub, problems, exact_keys=exact_keys, values=values)
     elif isinstance(recorded, list):
         if not isinstance(actual, list):
             problems.append(f"{path}: expected a list, got {actual!r:.80}")
@@ -135,10 +140,14 @@ def _compare(recorded: Any, actual: Any, path: str, problems: list[str], *, exac
         if len(recorded) != len(actual):
             problems.append(f"{path}: expected {len(recorded)} items, got {len(actual)}")
         for i, (r, a) in enumerate(zip(recorded, actual, strict=False)):
-            _compare(r, a, f"{path}[{i}]", problems, exact_keys=exact_keys)
-    elif recorded is not None and actual is not None and type(recorded) is not type(actual):
-        if not (isinstance(recorded, int | float) and isinstance(actual, int | float)):
-            problems.append(f"{path}: expected a {type(recorded).__name__}, got {type(actual).__name__}")
+            _compare(r, a, f"{path}[{i}]", problems, exact_keys=exact_keys, values=values)
+    elif (
+        recorded is not None
+        and actual is not None
+        and type(recorded) is not type(actual)
+        and not (isinstance(recorded, int | float) and isinstance(actual, int | float))
+    ):
+        problems.append(f"{path}: expected a {type(recorded).__name__}, got {type(actual).__name__}")
 
 
 def _compare_container_list(recorded: Any, actual: Any, problems: list[str]) -> None:
@@ -148,8 +157,7 @@ def _compare_container_list(recorded: Any, actual: Any, problems: list[str]) -> 
         return
     template = recorded["value"][0]
     for i, item in enumerate(actual["value"]):
-        _compare({k: v for k, v in template.items() if k != "name"},
-                 {k: v for k, v in item.items() if k != "name"}, f"value[{i}]", problems, exact_keys=True)
+        _compare(template, item, f"value[{i}]", problems, exact_keys=True, values=False)
         props = item["properties"]
         if props["nextVersion"] is None or props["latestVersion"] is None:
             problems.append(f"value[{i}]: latestVersion/nextVersion missing")

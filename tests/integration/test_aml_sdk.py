@@ -6,6 +6,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -72,9 +73,11 @@ def test_datastore_mapping_is_queryable_in_python(aml: AmlInfo) -> None:
     from devstack.aml.storage import DatastoreMap
 
     stores = DatastoreMap.from_connection_string(aml.storage_connection_string)
-    location, path = stores.resolve(
+    resolved = stores.resolve(
         "azureml://subscriptions/s/resourcegroups/r/workspaces/w/datastores/WorkspaceBlobStore/paths/a/b.csv"
     )
+    assert resolved is not None
+    location, path = resolved
     assert (location.container, path) == ("azureml-blobstore", "a/b.csv")
     assert location.container_url.endswith("/devstoreaccount1/azureml-blobstore")
     assert location.container_url.startswith("http://127.0.0.1:")
@@ -189,7 +192,8 @@ def test_model_create_get_archive_restore(ml_client) -> None:
     one = ml_client.models.create_or_update(Model(name=name, path=path, tags={"k": "v"}))
     assert (one.version, one.stage, one.tags) == ("1", "Development", {"k": "v"})
     assert one.path.startswith("azureml://subscriptions/") and "/resourceGroups/" in one.path
-    two = ml_client.models.create_or_update(Model(name=name, path=path.replace("model.pkl", "mlflow"), type="mlflow_model"))
+    mlflow_path = path.replace("model.pkl", "mlflow")
+    two = ml_client.models.create_or_update(Model(name=name, path=mlflow_path, type="mlflow_model"))
     assert two.type == "mlflow_model"
     assert two.version == "2"
     assert ml_client.models.get(name, label="latest").version == "2"
@@ -242,10 +246,10 @@ def test_concurrent_autoincrement_gives_distinct_versions(aml: AmlInfo, asset: s
 
 
 def test_state_survives_restart(aml: AmlInfo, azurite, tmp_path: Path) -> None:
+    import shutil
+
     from azure.ai.ml import MLClient
     from azure.identity import DefaultAzureCredential
-
-    import shutil
 
     shutil.copytree(aml.state_dir / "certs", tmp_path / "state" / "certs")  # the CA the session trusts
     info = start_emulator(tmp_path / "state", azurite.connection_string)
@@ -323,7 +327,8 @@ def test_case_insensitive_routes_and_any_api_version(aml: AmlInfo) -> None:
         put = client.put(f"{aml.workspace_url}/data/{name}/versions/1", params={"api-version": "2099-01-01"},
                          json={"properties": {"dataType": "uri_file", "dataUri": "https://x/y"}})
         assert put.status_code == 201
-        lower = aml.workspace_url.replace("resourceGroups", "resourcegroups").replace(aml.workspace, aml.workspace.upper())
+        lower = aml.workspace_url.replace("resourceGroups", "resourcegroups")
+        lower = lower.replace(aml.workspace, aml.workspace.upper())
         got = client.get(f"{lower}/DATA/{name.lower()}/versions/1")
         assert got.status_code == 200 and got.json()["name"] == "1"
         assert client.get(f"{lower}/data/{name}").json()["name"] == name  # the original spelling
@@ -339,7 +344,8 @@ def test_lro_status_and_result_routes(aml: AmlInfo) -> None:
     with store.write() as tx:
         running = lro.create_operation(tx, ws_id, "oe", status="Updating")
         timed = lro.create_operation(tx, ws_id, "od", completes_at=time.time() + 0.3)
-    base = f"{aml.base_url}/subscriptions/{aml.subscription_id}/providers/Microsoft.MachineLearningServices/locations/westeurope"
+    base = (f"{aml.base_url}/subscriptions/{aml.subscription_id}"
+            "/providers/Microsoft.MachineLearningServices/locations/westeurope")
     with http(aml) as client:
         status = client.get(f"{base}/mfeOperationsStatus/{running}", params={"api-version": "2022-02-01-preview"})
         assert status.status_code == 200 and status.json()["status"] == "Updating"
@@ -358,3 +364,51 @@ def test_lro_status_and_result_routes(aml: AmlInfo) -> None:
             time.sleep(0.05)
         assert client.get(f"{base}/mfeOperationsStatus/unknown:op").status_code == 404
     store.close()
+
+
+def test_model_registered_is_published_to_event_grid(aml: AmlInfo, azurite, tmp_path: Path) -> None:
+    """With --eventgrid-url the emulator POSTs queued events to `{url}/topics/workspace/api/events`."""
+    import json
+    import shutil
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from devstack.aml import start_aml
+    from devstack.procs import free_port
+
+    received: list[tuple[str, str | None, list[dict[str, Any]]]] = []
+
+    class Topic(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["Content-Length"])
+            received.append((self.path, self.headers.get("aeg-sas-key"), json.loads(self.rfile.read(length))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Topic)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    shutil.copytree(aml.state_dir / "certs", tmp_path / "certs")
+    port = free_port()
+    service = start_aml(tmp_path, port, storage_connection_string=azurite.connection_string,
+                        eventgrid_url=f"http://127.0.0.1:{server.server_port}", eventgrid_key="k3y")
+    try:
+        service.wait_ready()
+        with httpx.Client(verify=aml.env["REQUESTS_CA_BUNDLE"], headers=bearer(aml)) as client:
+            url = aml.workspace_url.replace(aml.base_url, f"https://127.0.0.1:{port}")
+            resp = client.put(f"{url}/models/published/versions/1",
+                              json={"properties": {"modelUri": "azureml://datastores/landing/paths/m.pkl"}})
+            assert resp.status_code == 201
+        deadline = time.monotonic() + 10
+        while not received:
+            assert time.monotonic() < deadline, "no event reached the topic"
+            time.sleep(0.05)
+    finally:
+        service.stop()
+        server.shutdown()
+    path, key, events = received[0]
+    assert (path, key) == ("/topics/workspace/api/events", "k3y")
+    assert events[0]["subject"] == "models/published:1"
+    assert events[0]["eventType"] == "Microsoft.MachineLearningServices.ModelRegistered"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -55,7 +56,13 @@ def test_function_exception_is_500_and_logged(sample_host: SampleHost) -> None:
     response = httpx.get(f"{sample_host.url}/api/boom")
     assert response.status_code == 500
     wait_for(lambda: "boom on purpose" in sample_host.info.log_text(), message="the traceback in the log")
-    assert "Executed 'Functions.boom' (Failed" in sample_host.info.log_text()
+    log = sample_host.info.log_text()
+    assert "Executed 'Functions.boom' (Failed" in log
+    lines = log[log.index("Executed 'Functions.boom' (Failed") :].splitlines()
+    block = "\n".join([lines[0], *itertools.takewhile(lambda line: not line.startswith("20"), lines[1:])])
+    assert 'function_app.py", line' in block  # the user's frame is shown ...
+    assert "devstack/host" not in block  # ... without the host's own frames
+    assert block.rstrip().endswith("RuntimeError: boom on purpose")
 
 
 def test_options_reaches_function_that_allows_it(sample_host: SampleHost) -> None:
@@ -74,7 +81,7 @@ def test_status_root_and_function_listing(sample_host: SampleHost) -> None:
     listing = {f["name"]: f for f in httpx.get(f"{sample_host.url}/admin/functions").json()}
     assert {name: f["trigger"] for name, f in listing.items()} == {
         "hello": "httpTrigger", "boom": "httpTrigger", "items": "httpTrigger", "webhook": "httpTrigger",
-        "slow": "httpTrigger", "on_event": "eventGridTrigger", "on_landing": "blobTrigger",
+        "slow": "httpTrigger", "enqueue": "httpTrigger", "on_event": "eventGridTrigger", "on_landing": "blobTrigger",
         "on_stream": "blobTrigger", "on_work": "queueTrigger", "tick": "timerTrigger",
     }
     assert listing["hello"]["invoke_url_template"].endswith("/api/hello/{name}")

@@ -98,3 +98,13 @@ def test_admin_invoke_passes_input_as_message_body(sample_host: SampleHost) -> N
     recorded = wait_for(lambda: read_results(sample_host, "on_work").get(f"{message_id}-1"), message="admin run")
     assert isinstance(recorded, dict)
     assert recorded["body"] == {"id": message_id, "via": "admin"}
+
+
+def test_queue_output_binding_feeds_the_queue_trigger(sample_host: SampleHost) -> None:
+    message_id = uuid.uuid4().hex
+    _producer(sample_host)  # waits for the queue
+    response = httpx.post(f"{sample_host.url}/api/enqueue", content=json.dumps({"id": message_id, "out": 1}))
+    assert response.status_code == 202
+    recorded = wait_for(lambda: read_results(sample_host, "on_work").get(f"{message_id}-1"), message="output")
+    assert isinstance(recorded, dict)
+    assert recorded["body"] == {"id": message_id, "out": 1}

@@ -1,0 +1,489 @@
+import dataclasses
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import yaml
+
+from shared.errors import ConfigurationError
+from shared.retention import (
+    EXAMPLE_YAML,
+    Action,
+    ActionKind,
+    Blob,
+    BlobKey,
+    BlobPath,
+    BlobTier,
+    DataKey,
+    DataVersion,
+    Deployment,
+    DeploymentKey,
+    Inventory,
+    Job,
+    JobOutputKey,
+    ModelKey,
+    ModelVersion,
+    RetentionPlan,
+    RetentionRule,
+    Rollout,
+    RuleType,
+    parse_retention,
+    plan_retention,
+    protected_assets,
+    render_plan_table,
+)
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+KEEP = {"evergreen.keep": "true"}
+
+
+def ago(days=0.0, hours=0.0):
+    return NOW - timedelta(days=days, hours=hours)
+
+
+def rule(type_, actions, *, name="r", filters=None, enabled=True):
+    return RetentionRule.model_validate(
+        {"name": name, "type": type_, "actions": actions, "filters": filters or {}, "enabled": enabled}
+    )
+
+
+def data(name, version, days, *, archived=False, paths=(), tags=None):
+    return DataVersion(name, str(version), ago(days), archived=archived, tags=tags or {},
+                       blob_paths=tuple(BlobPath("landing", p) for p in paths))
+
+
+def model(name, version, days, *, archived=False, tags=None, metrics=None, trained_on=None, job=None):
+    asset, ver = trained_on or (None, None)
+    return ModelVersion(name, str(version), ago(days), archived=archived, tags=tags or {}, metrics=metrics or {},
+                        data_asset=asset, data_version=ver, job=job)
+
+
+def blob(name, days, *, tier=BlobTier.HOT, tags=None):
+    return Blob("landing", name, ago(days), tier=tier, tags=tags or {})
+
+
+def deployment(endpoint, name, traffic, *, idle_hours=None, model_=("m", "1"), mirror=0, tags=None):
+    since = ago(hours=idle_hours) if idle_hours is not None else None
+    return Deployment(endpoint, name, traffic, since, model_[0], model_[1], mirror_traffic_percent=mirror,
+                      tags=tags or {})
+
+
+def plan(rules, **inventory):
+    return plan_retention(Inventory(now=NOW, **inventory), rules)
+
+
+def kinds(p: RetentionPlan):
+    return {(a.kind, a.target) for a in p.actions}
+
+
+def spared(p: RetentionPlan):
+    return {x.target: x.reason for x in p.protected}
+
+
+def apply_in_memory(inventory: Inventory, actions: list[Action] | tuple[Action, ...]) -> Inventory:
+    """What a successful apply does to the world, as the next listing would show it."""
+    by_target = {a.target: a for a in actions}
+
+    def keep(key):
+        a = by_target.get(key)
+        return a is None or a.kind not in {ActionKind.DELETE_DATA, ActionKind.DELETE_MODEL, ActionKind.DELETE_BLOB,
+                                           ActionKind.DELETE_DEPLOYMENT}
+
+    def archived(item):
+        a = by_target.get(item.key)
+        if a is not None and a.kind in {ActionKind.ARCHIVE_DATA, ActionKind.ARCHIVE_MODEL}:
+            return dataclasses.replace(item, archived=True)
+        return item
+
+    def tiered(b):
+        a = by_target.get(b.key)
+        return dataclasses.replace(b, tier=a.tier) if a is not None and a.kind is ActionKind.TIER_BLOB else b
+
+    def pruned(job):
+        gone = {a.target.output for a in actions if isinstance(a.target, JobOutputKey) and a.target.job == job.name}
+        return dataclasses.replace(job, outputs={k: v for k, v in job.outputs.items() if k not in gone})
+
+    return dataclasses.replace(
+        inventory,
+        data_versions=tuple(archived(v) for v in inventory.data_versions if keep(v.key)),
+        model_versions=tuple(archived(m) for m in inventory.model_versions if keep(m.key)),
+        blobs=tuple(tiered(b) for b in inventory.blobs if keep(b.key)),
+        deployments=tuple(d for d in inventory.deployments if keep(d.key)),
+        jobs=tuple(pruned(j) for j in inventory.jobs),
+    )
+
+
+# -- the policy section ----------------------------------------------------------------------------------
+def test_the_example_parses():
+    policy = parse_retention(yaml.safe_load(EXAMPLE_YAML)["retention"])
+    assert policy.protect_tag == "evergreen.keep"
+    assert [r.type for r in policy.rules] == list(RuleType)
+    assert policy.rules[1].actions.keep_top_k is not None and policy.rules[1].actions.keep_top_k.metric == "auc"
+    assert not policy.rules[4].enabled
+    assert parse_retention(None).rules == ()
+
+
+def test_every_problem_is_reported_with_its_path():
+    doc = {"rules": [
+        {"name": "a", "type": "dataVersions", "actions": {"tierToCool": {"daysAfterModificationGreaterThan": 3}}},
+        {"name": "b", "type": "blobs", "filters": {"prefixes": ["churn"]},
+         "actions": {"delete": {"daysAfterModificationGreaterThan": 1}}},
+        {"name": "c", "type": "tables", "actions": {}},
+        {"name": "d", "type": "modelVersions", "actions": {"archive": {"daysAfterCreationGreaterThan": "30"},
+                                                           "tierToHot": {}}},
+    ]}
+    with pytest.raises(ConfigurationError) as info:
+        parse_retention(doc, source="evergreen.yaml")
+    problems = info.value.problems
+    assert ("retention.rules[0].actions: tierToCool cannot be used in a dataVersions rule; "
+            "it takes keepLatest, archive, delete") in problems
+    assert any(p.startswith("retention.rules[1].filters: prefix 'churn' must start with the container") for p in problems)
+    assert any(p.startswith("retention.rules[2].type: Input should be 'dataVersions'") for p in problems)
+    assert "retention.rules[3].actions.archive.daysAfterCreationGreaterThan: Input should be a valid integer" in problems
+    assert "retention.rules[3].actions.tierToHot: Extra inputs are not permitted" in problems
+    assert str(info.value).startswith("evergreen.yaml is invalid (5 problem(s))")
+
+
+@pytest.mark.parametrize(
+    ("type_", "actions", "filters", "expected"),
+    [
+        ("dataVersions", {"keepLatest": 3}, {}, "no action: a dataVersions rule needs archive or delete"),
+        ("modelVersions", {"keepTopK": {"k": 0, "metric": "auc"}}, {}, "greater than or equal to 1"),
+        ("modelVersions", {"keepTopK": {"k": 2, "metric": "auc", "direction": "up"}, "archive":
+                           {"daysAfterCreationGreaterThan": 1}}, {}, "Input should be 'max' or 'min'"),
+        ("dataVersions", {"delete": {"daysAfterModificationGreaterThan": 3}}, {},
+         "delete in a dataVersions rule takes daysAfterCreationGreaterThan, not daysAfterModificationGreaterThan"),
+        ("blobs", {"delete": {"daysAfterModificationGreaterThan": 3, "daysAfterCreationGreaterThan": 3}}, {},
+         "give exactly one condition"),
+        ("dataVersions", {"archive": {"daysAfterCreationGreaterThan": -1}}, {}, "greater than or equal to 0"),
+        ("dataVersions", {"archive": {"daysAfterCreationGreaterThan": 30}, "delete":
+                          {"daysAfterCreationGreaterThan": 10}}, {}, "deleted before being archived"),
+        ("blobs", {"tierToCool": {"daysAfterModificationGreaterThan": 30}, "tierToArchive":
+                   {"daysAfterModificationGreaterThan": 30}}, {}, "tierToArchive must come later than tierToCool"),
+        ("blobs", {"delete": {"daysAfterModificationGreaterThan": 1}}, {"names": ["x"]}, "not names"),
+        ("deployments", {"deleteIdle": {"hoursAtZeroTrafficGreaterThan": 0}}, {}, "greater than 0"),
+        ("deployments", {"deleteIdle": {"hoursAtZeroTrafficGreaterThan": 2}}, {"tags": {"a": "b"}},
+         "cannot filter by tags"),
+        ("jobOutputs", {"delete": {"daysAfterCompletionGreaterThan": 2}, "keepLatest": 2}, {},
+         "keepLatest cannot be used in a jobOutputs rule"),
+        ("blobs", {"delete": {"daysAfterModificationGreaterThan": 1}}, {"prefixes": [""]}, "at least 1 character"),
+    ],
+)
+def test_rule_validation(type_, actions, filters, expected):
+    with pytest.raises(ConfigurationError) as info:
+        parse_retention({"rules": [{"name": "r", "type": type_, "actions": actions, "filters": filters}]})
+    assert expected in str(info.value)
+
+
+def test_names_are_unique_and_scalars_strict():
+    ok = {"type": "deployments", "actions": {"deleteIdle": {"hoursAtZeroTrafficGreaterThan": 24}}}
+    with pytest.raises(ConfigurationError, match="repeated: idle"):
+        parse_retention({"rules": [{"name": "idle", **ok}, {"name": "idle", **ok}]})
+    with pytest.raises(ConfigurationError, match=r"retention.rules\[0\].enabled: Input should be a valid boolean"):
+        parse_retention({"rules": [{"name": "idle", "enabled": "yes", **ok}]})
+    with pytest.raises(ConfigurationError, match=r"retention.rules\[0\].name: must be 1-63"):
+        parse_retention({"rules": [{"name": "bad name", **ok}]})
+
+
+def test_rules_are_frozen_and_usable_from_python():
+    r = RetentionRule(name="r", type=RuleType.DEPLOYMENTS, actions={"deleteIdle": {"hoursAtZeroTrafficGreaterThan": 1}})
+    with pytest.raises(Exception, match="frozen"):
+        r.name = "other"  # type: ignore[misc]
+
+
+def test_naive_timestamps_are_refused():
+    with pytest.raises(ValueError, match="DataVersion.created_at must be timezone-aware"):
+        DataVersion("d", "1", datetime(2026, 1, 1))  # noqa: DTZ001
+
+
+# -- data versions ----------------------------------------------------------------------------------------
+def test_data_versions_keep_latest_and_archive_the_old_ones():
+    versions = [data("d", v, days=100 - v * 10) for v in range(1, 9)]  # v1 90 days old ... v8 20 days old
+    r = rule("dataVersions", {"keepLatest": 3, "archive": {"daysAfterCreationGreaterThan": 30}})
+    p = plan([r], data_versions=tuple(versions))
+    assert kinds(p) == {(ActionKind.ARCHIVE_DATA, DataKey("d", str(v))) for v in range(1, 6)}
+    first = p.actions[0]
+    assert first.target == DataKey("d", "1") and first.rule == "r"
+    assert first.reason == "created 90 days ago (> 30); not among the latest 3 of d"
+    # v6 is 40 days old but one of the latest 3: spared, and the plan says why
+    assert spared(p) == {DataKey("d", "6"): "one of the latest 3 versions of d (rule r)"}
+
+
+def test_data_delete_wins_over_archive_and_archived_versions_are_not_archived_again():
+    versions = (data("d", 1, 400, archived=True), data("d", 2, 200, archived=True), data("d", 3, 200), data("d", 4, 1))
+    r = rule("dataVersions", {"archive": {"daysAfterCreationGreaterThan": 30},
+                              "delete": {"daysAfterCreationGreaterThan": 365}})
+    p = plan([r], data_versions=versions)
+    assert kinds(p) == {(ActionKind.DELETE_DATA, DataKey("d", "1")), (ActionKind.ARCHIVE_DATA, DataKey("d", "3"))}
+
+
+def test_keep_latest_counts_versions_in_use_and_orders_versions_as_numbers():
+    versions = tuple(data("d", v, days=50) for v in (9, 10, 11)) + (data("d", 12, 50, archived=True),)
+    r = rule("dataVersions", {"keepLatest": 2, "delete": {"daysAfterCreationGreaterThan": 30}})
+    p = plan([r], data_versions=versions)
+    # same age: version order decides, numerically (11 and 10 are the latest), and archived 12 does not count
+    assert kinds(p) == {(ActionKind.DELETE_DATA, DataKey("d", "9")), (ActionKind.DELETE_DATA, DataKey("d", "12"))}
+
+
+def test_filters_select_by_name_prefix_and_tags():
+    versions = (data("churn", 1, 90, tags={"stage": "raw"}), data("churn", 2, 90), data("churn-ref", 1, 90),
+                data("other", 1, 90, tags={"stage": "raw"}))
+    archive = {"archive": {"daysAfterCreationGreaterThan": 30}}
+    by_name = plan([rule("dataVersions", archive, filters={"names": ["churn", "missing"]})], data_versions=versions)
+    assert {a.target for a in by_name.actions} == {DataKey("churn", "1"), DataKey("churn", "2")}
+    by_prefix = plan([rule("dataVersions", archive, filters={"prefixes": ["churn"]})], data_versions=versions)
+    assert {a.target.name for a in by_prefix.actions} == {"churn", "churn-ref"}
+    by_tag = plan([rule("dataVersions", archive, filters={"tags": {"stage": "raw"}})], data_versions=versions)
+    assert {a.target for a in by_tag.actions} == {DataKey("churn", "1"), DataKey("other", "1")}
+    disabled = plan([rule("dataVersions", archive, enabled=False)], data_versions=versions)
+    assert disabled.is_empty
+
+
+# -- model versions ---------------------------------------------------------------------------------------
+def test_models_keep_latest_and_top_k_by_metric():
+    models = tuple(model("m", v, days=100 - v, metrics={"auc": auc}) for v, auc in
+                   [(1, 0.91), (2, 0.70), (3, 0.95), (4, 0.60), (5, 0.80), (6, 0.50)]) + (model("m", 7, 10),)
+    r = rule("modelVersions", {"keepLatest": 2, "keepTopK": {"k": 2, "metric": "auc"},
+                               "archive": {"daysAfterCreationGreaterThan": 5}})
+    p = plan([r], model_versions=models)
+    # kept: latest 2 (7, 6) and top 2 by auc (3, 1); archived: the rest
+    assert kinds(p) == {(ActionKind.ARCHIVE_MODEL, ModelKey("m", v)) for v in ("2", "4", "5")}
+    assert spared(p)[ModelKey("m", "3")] == "in the top 2 of m by auc (max) (rule r)"
+    assert "not in the top 2 by auc" in p.actions[0].reason
+
+
+def test_top_k_can_minimise_and_ignores_versions_without_the_metric():
+    models = (model("m", 1, 50, metrics={"rmse": 0.2}), model("m", 2, 50, metrics={"rmse": 0.9}), model("m", 3, 50))
+    r = rule("modelVersions", {"keepTopK": {"k": 1, "metric": "rmse", "direction": "min"},
+                               "delete": {"daysAfterCreationGreaterThan": 30}})
+    p = plan([r], model_versions=models)
+    assert kinds(p) == {(ActionKind.DELETE_MODEL, ModelKey("m", "2")), (ActionKind.DELETE_MODEL, ModelKey("m", "3"))}
+
+
+# -- blobs ------------------------------------------------------------------------------------------------
+BLOB_RULE = {"tierToCool": {"daysAfterModificationGreaterThan": 30},
+             "tierToArchive": {"daysAfterModificationGreaterThan": 90},
+             "delete": {"daysAfterModificationGreaterThan": 365}}
+
+
+def test_blobs_are_tiered_then_deleted_by_age_and_never_moved_to_a_hotter_tier():
+    blobs = (blob("a/new.csv", 10), blob("a/cool.csv", 40), blob("a/cold.csv", 100), blob("a/old.csv", 400),
+             blob("a/already.csv", 100, tier=BlobTier.ARCHIVE), blob("a/cool-already.csv", 40, tier=BlobTier.COOL),
+             blob("b/elsewhere.csv", 400))
+    p = plan([rule("blobs", BLOB_RULE, filters={"prefixes": ["landing/a/"]})], blobs=blobs)
+    assert {(a.kind, a.target.name, a.tier) for a in p.actions} == {
+        (ActionKind.TIER_BLOB, "a/cool.csv", BlobTier.COOL),
+        (ActionKind.TIER_BLOB, "a/cold.csv", BlobTier.ARCHIVE),
+        (ActionKind.DELETE_BLOB, "a/old.csv", None),
+    }
+
+
+def test_blobs_referenced_by_a_version_in_use_are_kept_until_it_is_archived():
+    blobs = (blob("churn/2026-10/part.csv", 400), blob("churn/2026-1/part.csv", 400), blob("ref/r.csv", 400),
+             blob("ref/r.csv.bak", 400), blob("churn/2026-10x", 400))
+    in_use = (data("churn", 1, 400, paths=["churn/2026-10/"]), data("ref", 1, 400, paths=["ref/r.csv"]))
+    delete = rule("blobs", {"delete": {"daysAfterModificationGreaterThan": 30}})
+    p = plan([delete], blobs=blobs, data_versions=in_use)
+    assert {a.target.name for a in p.actions} == {"churn/2026-1/part.csv", "ref/r.csv.bak", "churn/2026-10x"}
+    assert spared(p)[BlobKey("landing", "ref/r.csv")] == "referenced by non-archived data:ref:1"
+    archived = tuple(dataclasses.replace(v, archived=True) for v in in_use)
+    assert len(plan([delete], blobs=blobs, data_versions=archived).actions) == len(blobs)
+
+
+def test_a_folder_path_without_its_slash_still_protects_the_folder():
+    version = DataVersion("d", "1", ago(1), blob_paths=(BlobPath("landing", "drop"),))
+    blobs = (blob("drop", 90), blob("drop/part.csv", 90), blob("dropped/part.csv", 90))
+    p = plan([rule("blobs", {"delete": {"daysAfterModificationGreaterThan": 30}})], blobs=blobs, data_versions=(version,))
+    assert [a.target.name for a in p.actions] == ["dropped/part.csv"]
+
+
+# -- deployments ------------------------------------------------------------------------------------------
+def test_idle_deployments_are_deleted_after_h_hours_at_zero_traffic():
+    deployments = (deployment("e", "blue", 100), deployment("e", "old", 0, idle_hours=30),
+                   deployment("e", "recent", 0, idle_hours=2), deployment("e", "unknown", 0),
+                   deployment("e", "shadow", 0, idle_hours=30, mirror=10), deployment("f", "idle", 0, idle_hours=99))
+    p = plan([rule("deployments", {"deleteIdle": {"hoursAtZeroTrafficGreaterThan": 24}}, filters={"names": ["e"]})],
+             deployments=deployments)
+    assert kinds(p) == {(ActionKind.DELETE_DEPLOYMENT, DeploymentKey("e", "old"))}
+    assert p.actions[0].reason == "at 0% traffic for 30.0 hours (> 24)"
+
+
+# -- job outputs ------------------------------------------------------------------------------------------
+def test_outputs_of_old_finished_jobs_are_deleted_unless_something_uses_them():
+    out = lambda p: {"model": BlobPath("runs", p)}  # noqa: E731
+    jobs = (Job("done", "Completed", outputs=out("done/"), finished_at=ago(90)),
+            Job("recent", "Completed", outputs=out("recent/"), finished_at=ago(3)),
+            Job("running", "Running", outputs=out("running/")),
+            Job("registered", "Completed", outputs=out("registered/"), finished_at=ago(90)),
+            Job("as-data", "Failed", outputs=out("as-data/"), finished_at=ago(90)))
+    models = (model("m", 1, 90, job="registered"),)
+    versions = (DataVersion("d", "1", ago(1), blob_paths=(BlobPath("runs", "as-data/model/x.parquet"),)),)
+    p = plan([rule("jobOutputs", {"delete": {"daysAfterCompletionGreaterThan": 30}})], jobs=jobs,
+             model_versions=models, data_versions=versions)
+    assert kinds(p) == {(ActionKind.DELETE_JOB_OUTPUT, JobOutputKey("done", "model", BlobPath("runs", "done/")))}
+    why = {k.job: v for k, v in spared(p).items()}
+    assert why == {"registered": "model model:m:1 was registered from this job",
+                   "as-data": "referenced by non-archived data:d:1"}
+
+
+# -- several rules ----------------------------------------------------------------------------------------
+def test_the_strongest_action_wins_when_rules_overlap():
+    versions = tuple(data("d", v, 400) for v in range(1, 4))
+    keep = rule("dataVersions", {"keepLatest": 5, "archive": {"daysAfterCreationGreaterThan": 30}}, name="keep")
+    purge = rule("dataVersions", {"delete": {"daysAfterCreationGreaterThan": 365}}, name="purge")
+    p = plan([keep, purge], data_versions=versions)
+    assert {(a.kind, a.rule) for a in p.actions} == {(ActionKind.DELETE_DATA, "purge")}
+    assert p.protected == ()  # 'keep' spared them, but 'purge' deletes them: the plan does not claim both
+
+
+# -- protection: one test each ----------------------------------------------------------------------------
+ARCHIVE_ALL = [
+    rule("dataVersions", {"delete": {"daysAfterCreationGreaterThan": 0}}, name="data"),
+    rule("modelVersions", {"delete": {"daysAfterCreationGreaterThan": 0}}, name="models"),
+    rule("blobs", {"delete": {"daysAfterModificationGreaterThan": 0}}, name="blobs"),
+    rule("deployments", {"deleteIdle": {"hoursAtZeroTrafficGreaterThan": 1}}, name="idle"),
+]
+
+
+def test_a_deployed_model_is_protected_at_any_traffic():
+    p = plan(ARCHIVE_ALL, model_versions=(model("m", 1, 90), model("m", 2, 90)),
+             deployments=(deployment("e", "blue", 100, model_=("m", "1")),
+                          deployment("e", "green", 0, model_=("m", "2"))))
+    assert kinds(p) == set()  # green is at 0% but with no known idle time; m:2 is deployed by it
+    assert spared(p)[ModelKey("m", "2")] == "deployed as e/green"
+
+
+def test_the_champion_its_training_data_and_those_blobs_are_protected_even_when_archived():
+    versions = (data("d", 1, 90, archived=True, paths=["d/1/"]), data("d", 2, 90, archived=True, paths=["d/2/"]))
+    models = (model("m", 1, 90, trained_on=("d", "1")), model("m", 2, 90, trained_on=("d", "2")))
+    deployments = (deployment("e", "blue", 60, model_=("m", "1")), deployment("e", "green", 40, model_=("m", "2")))
+    p = plan(ARCHIVE_ALL, data_versions=versions, model_versions=models, deployments=deployments,
+             blobs=(blob("d/1/part.csv", 90), blob("d/2/part.csv", 90)))
+    assert kinds(p) == {(ActionKind.DELETE_DATA, DataKey("d", "2")), (ActionKind.DELETE_BLOB, BlobKey("landing", "d/2/part.csv"))}
+    why = spared(p)
+    assert why[DataKey("d", "1")] == "trained model:m:1, champion of endpoint e"
+    assert why[BlobKey("landing", "d/1/part.csv")] == "referenced by data:d:1 (trained model:m:1, champion of endpoint e)"
+    assert "champion of endpoint e" in protected_assets(Inventory(NOW, deployments=deployments))[DeploymentKey("e", "blue")]
+
+
+def test_inputs_and_outputs_of_running_or_queued_jobs_are_protected():
+    versions = (data("d", 1, 90, paths=["d/1/"]), data("d", 2, 90))
+    jobs = (Job("train", "Running", inputs=(DataKey("d", "1"), ModelKey("m", "1"), BlobPath("landing", "extra/"))),
+            Job("later", "Queued", inputs=(DataKey("d", "2"),), outputs={"o": BlobPath("landing", "out/")}),
+            Job("past", "Completed", inputs=(ModelKey("m", "2"),), finished_at=ago(1)))
+    p = plan(ARCHIVE_ALL, data_versions=tuple(dataclasses.replace(v, archived=True) for v in versions),
+             model_versions=(model("m", 1, 90), model("m", 2, 90)), jobs=jobs,
+             blobs=(blob("d/1/x", 90), blob("extra/y", 90), blob("out/z", 90), blob("free/w", 90)))
+    assert {str(a.target) for a in p.actions} == {"model:m:2", "blob:landing/free/w"}
+    assert spared(p)[DataKey("d", "2")] == "used by queued job later"
+
+
+def test_unknown_job_statuses_and_rollout_states_protect():
+    assert not Job("j", "Finalizing").finished and Job("j", "Canceled").finished
+    assert Rollout("e", ModelKey("m", "1"), "SomethingNew").in_flight and not Rollout("e", ModelKey("m", "1"), "completed").in_flight
+
+
+def test_models_data_and_deployments_of_an_in_flight_rollout_are_protected():
+    models = (model("m", 1, 90, trained_on=("d", "1")), model("m", 2, 90))
+    deployments = (deployment("e", "blue", 100, model_=("x", "1")),
+                   deployment("e", "canary", 0, idle_hours=48, model_=("m", "1")),
+                   deployment("e", "old", 0, idle_hours=48, model_=("y", "1")))
+    rollouts = (Rollout("e", ModelKey("m", "1"), "canary"), Rollout("e", ModelKey("m", "2"), "rolled_back"))
+    p = plan(ARCHIVE_ALL, data_versions=(data("d", 1, 90),), model_versions=models, deployments=deployments,
+             rollouts=rollouts)
+    assert kinds(p) == {(ActionKind.DELETE_MODEL, ModelKey("m", "2")),
+                        (ActionKind.DELETE_DEPLOYMENT, DeploymentKey("e", "old"))}
+    assert spared(p)[DeploymentKey("e", "canary")] == "part of the canary rollout on e"
+    assert "candidate of the canary rollout on e" in spared(p)[DataKey("d", "1")]
+
+
+def test_the_protection_tag_protects_every_kind_of_asset():
+    tagged = dict(KEEP)
+    p = plan(ARCHIVE_ALL, data_versions=(data("d", 1, 90, tags=tagged, paths=["d/"]), data("d", 2, 90)),
+             model_versions=(model("m", 1, 90, tags={"evergreen.keep": "yes please"}),
+                             model("m", 2, 90, tags={"evergreen.keep": "false"})),
+             blobs=(blob("x", 90, tags=tagged), blob("d/y", 90)),
+             deployments=(deployment("e", "z", 0, idle_hours=9, tags=tagged),))
+    assert {str(a.target) for a in p.actions} == {"data:d:2", "model:m:2"}
+    custom = plan_retention(Inventory(NOW, data_versions=(data("d", 1, 90, tags={"hold": "1"}),)), ARCHIVE_ALL,
+                            protect_tag="hold")
+    assert custom.is_empty and custom.protected[0].reason == "tagged hold"
+
+
+# -- idempotency and determinism --------------------------------------------------------------------------
+def _world():
+    return Inventory(
+        now=NOW,
+        data_versions=tuple(data("d", v, 100 - v * 10, paths=[f"d/{v}/"]) for v in range(1, 8)),
+        model_versions=tuple(model("m", v, 100 - v * 10, metrics={"auc": v / 10}) for v in range(1, 6)),
+        blobs=tuple(blob(f"d/{v}/part-{i}.csv", {8: 40, 9: 50, 10: 70, 11: 5}.get(v, 100 - v * 10))
+                    for v in range(1, 12) for i in range(2)),
+        deployments=(deployment("e", "blue", 100, model_=("m", "5")), deployment("e", "old", 0, idle_hours=48,
+                                                                                  model_=("m", "4"))),
+    )
+
+
+RULES = [
+    rule("dataVersions", {"keepLatest": 2, "archive": {"daysAfterCreationGreaterThan": 30}}, name="data"),
+    rule("modelVersions", {"keepLatest": 1, "archive": {"daysAfterCreationGreaterThan": 20}}, name="models"),
+    rule("blobs", {"tierToCool": {"daysAfterModificationGreaterThan": 30},
+                   "delete": {"daysAfterModificationGreaterThan": 60}}, name="blobs"),
+    rule("deployments", {"deleteIdle": {"hoursAtZeroTrafficGreaterThan": 24}}, name="idle"),
+]
+
+
+def test_replanning_after_applying_everything_finds_nothing_new_without_cascades():
+    world = dataclasses.replace(_world(), deployments=(), blobs=tuple(b for b in _world().blobs if b.name >= "d/8/"))
+    first = plan_retention(world, RULES)
+    assert first.actions
+    assert plan_retention(apply_in_memory(world, first.actions), RULES).is_empty
+
+
+def test_replanning_after_a_crash_half_way_yields_the_remaining_actions():
+    world = dataclasses.replace(_world(), deployments=(), blobs=())
+    first = plan_retention(world, RULES)
+    done, rest = first.actions[::2], first.actions[1::2]
+    assert plan_retention(apply_in_memory(world, done), RULES).actions == rest
+
+
+def test_cascades_wait_for_the_next_run_and_the_plan_reaches_a_fixpoint():
+    world = _world()
+    first = plan_retention(world, RULES)
+    # d/1 is archived in this run, so its blobs (still referenced) wait; m:4 is still deployed by 'old'
+    assert (ActionKind.ARCHIVE_DATA, DataKey("d", "1")) in kinds(first)
+    assert not any(isinstance(a.target, BlobKey) and a.target.name.startswith("d/1/") for a in first.actions)
+    assert ModelKey("m", "4") not in first.targets()
+    second = plan_retention(apply_in_memory(world, first.actions), RULES)
+    assert not (first.targets() & second.targets())  # nothing is done twice
+    assert {(ActionKind.DELETE_BLOB, BlobKey("landing", "d/1/part-0.csv")),
+            (ActionKind.ARCHIVE_MODEL, ModelKey("m", "4"))} <= kinds(second)
+    third = plan_retention(apply_in_memory(apply_in_memory(world, first.actions), second.actions), RULES)
+    assert third.is_empty
+
+
+def test_plans_are_deterministic_whatever_the_listing_order():
+    world = _world()
+    rng = random.Random(7)
+
+    def shuffled(items):
+        items = list(items)
+        rng.shuffle(items)
+        return tuple(items)
+
+    other = dataclasses.replace(world, data_versions=shuffled(world.data_versions),
+                                model_versions=shuffled(world.model_versions), blobs=shuffled(world.blobs))
+    assert plan_retention(world, RULES) == plan_retention(other, RULES)
+    a = plan_retention(world, RULES).actions[0]
+    assert a.key == Action(a.kind, a.target, "another reason", "another rule").key
+
+
+def test_the_dry_run_table_lists_actions_then_what_was_spared():
+    text = render_plan_table(plan_retention(_world(), RULES))
+    lines = text.splitlines()
+    assert lines[0].startswith("Retention plan at 2026-11-27T12:00:00+00:00:")
+    assert lines[1].split() == ["KIND", "TARGET", "REASON", "RULE"]
+    assert any(line.startswith("tier_blob->Cool") for line in lines)
+    assert any("delete_deployment  deployment:e/old" in line for line in lines)
+    assert "Protected:" in text and "one of the latest 2 versions of d (rule data)" in text
+    empty = render_plan_table(RetentionPlan(NOW, (), ()))
+    assert "Nothing to retire." in empty and "Protected: 0 asset(s)" in empty
