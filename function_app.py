@@ -3,6 +3,7 @@
 import azure.functions as func
 
 from functions.ingest import bp as ingest
+from functions.retrain import bp as retrain
 from shared.clients import load_configuration
 
 # Read and validate settings and the policy file now, so a bad deployment fails at start-up with
@@ -11,3 +12,4 @@ load_configuration()
 
 app = func.FunctionApp()
 app.register_functions(ingest)
+app.register_functions(retrain)

@@ -16,6 +16,8 @@ from azure.core.credentials import TokenCredential
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient
 
+    from shared.retrain import PipelineSubmission
+
 log = logging.getLogger(__name__)
 
 
@@ -81,3 +83,24 @@ class AzureML:
         except ResourceNotFoundError:
             return None
         return None
+
+    def submit_pipeline(self, submission: PipelineSubmission) -> str:
+        """Submit the pipeline job under its deterministic name; an existing job is returned, never re-run."""
+        from azure.ai.ml import Input, load_job
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            existing = self.client.jobs.get(submission.job_name)
+            log.info("job %s already exists (%s): not submitting again", submission.job_name, existing.status)
+            return str(existing.status)
+        except ResourceNotFoundError:
+            pass
+        job: Any = load_job(source=submission.yaml_path)
+        job.name = submission.job_name
+        job.experiment_name = submission.experiment
+        job.tags = {**(job.tags or {}), **submission.tags}
+        job.inputs.training_data = Input(type=submission.data_type, path=submission.data_input)
+        for key, value in submission.inputs.items():
+            setattr(job.inputs, key, value)
+        created = self.client.jobs.create_or_update(job)
+        return str(created.status)

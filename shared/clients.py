@@ -24,6 +24,7 @@ from shared.ingest import Ingestor, seal_request_to_json
 from shared.ledger import Ledger
 from shared.policy import Policy, load_policy
 from shared.publisher import EventPublisher
+from shared.retrain import Retrainer
 from shared.settings import Settings, StorageConnection, load_settings
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Services:
     settings: Settings
     policy: Policy
     ingestor: Ingestor
+    retrainer: Retrainer
 
 
 def build_services(settings: Settings, policy: Policy) -> Services:
@@ -93,16 +95,20 @@ def build_services(settings: Settings, policy: Policy) -> Services:
         AzureKeyCredential(settings.events_topic_key) if settings.events_topic_key else credential
     )
     audit = AuditLog(tables.create_table_if_not_exists(AUDIT_TABLE))
+    ledger = Ledger(ledger_table)
+    azureml = AzureML(credential, settings.subscription_id, settings.resource_group, settings.workspace_name)
     ingestor = Ingestor(
         policy=policy,
         blobs=blob_service(settings.data_storage, credential),
-        ledger=Ledger(ledger_table),
-        registry=AzureML(credential, settings.subscription_id, settings.resource_group, settings.workspace_name),
+        ledger=ledger,
+        registry=azureml,
         publisher=EventPublisher(settings.events_topic_endpoint, topic_credential),
         seal_queue=QueueSealScheduler(queue_client(settings.app_storage, credential, SEAL_QUEUE)),
         audit=audit,
     )
-    return Services(settings=settings, policy=policy, ingestor=ingestor)
+    retrainer = Retrainer(policy=policy, app_root=settings.policy_path.parent, ledger=ledger, jobs=azureml,
+                          audit=audit)
+    return Services(settings=settings, policy=policy, ingestor=ingestor, retrainer=retrainer)
 
 
 @functools.cache

@@ -76,6 +76,34 @@ class BatchRecord:
         return f"batchfiles-{digest(self.dataset, self.folder)}-{self.generation}"
 
 
+@dataclass(frozen=True)
+class RetrainState:
+    """Per-dataset retraining state: the active run and the newest version waiting for it."""
+
+    dataset: str
+    active_job: str | None
+    active_version: str | None
+    last_submitted_at: datetime | None
+    pending_version: str | None
+    pending_asset: str | None
+    pending_asset_type: str | None
+    row: Row
+
+
+def _retrain_state(row: Row) -> RetrainState:
+    d = row.data
+    return RetrainState(
+        dataset=d["Dataset"],
+        active_job=d.get("ActiveJob") or None,
+        active_version=d.get("ActiveVersion") or None,
+        last_submitted_at=_parse(d.get("LastSubmittedAt")),
+        pending_version=d.get("PendingVersion") or None,
+        pending_asset=d.get("PendingAsset") or None,
+        pending_asset_type=d.get("PendingAssetType") or None,
+        row=row,
+    )
+
+
 class Ledger:
     """Typed access to the ledger table. The table client is created once and passed in."""
 
@@ -285,3 +313,39 @@ class Ledger:
         if row and row.data.get("ETag") == etag:
             return str(row.data["Version"])
         return None
+
+    # -- retraining: one state row per dataset, one row per (dataset, data version) run ----------
+
+    def get_retrain_state(self, dataset: str) -> RetrainState | None:
+        row = self._get("retrain", digest(dataset))
+        return _retrain_state(row) if row else None
+
+    def claim_retrain(self, state: RetrainState | None, dataset: str, job: str, version: str, now: datetime) -> bool:
+        """Make `job` the dataset's active run; False if another instance changed the state first."""
+        changes = {"ActiveJob": job, "ActiveVersion": version, "LastSubmittedAt": _iso(now), "PendingVersion": "",
+                   "PendingAsset": "", "PendingAssetType": ""}
+        if state is None:
+            return self._insert({"PartitionKey": "retrain", "RowKey": digest(dataset), "Dataset": dataset,
+                                 **changes}) is not None
+        if state.active_job == job:
+            return True
+        return self._replace_if(state.row, changes) is not None
+
+    def set_pending(self, state: RetrainState, version: str, asset: str, asset_type: str) -> bool:
+        return self._replace_if(state.row, {"PendingVersion": version, "PendingAsset": asset,
+                                            "PendingAssetType": asset_type}) is not None
+
+    def clear_active(self, state: RetrainState) -> bool:
+        return self._replace_if(state.row, {"ActiveJob": "", "ActiveVersion": ""}) is not None
+
+    def retrain_run_status(self, dataset: str, version: str) -> str | None:
+        row = self._get(f"retrainrun-{digest(dataset)}", digest(version))
+        return str(row.data["Status"]) if row else None
+
+    def set_retrain_run_status(self, dataset: str, version: str, status: str, job: str | None = None) -> None:
+        entity: dict[str, Any] = {"PartitionKey": f"retrainrun-{digest(dataset)}", "RowKey": digest(version),
+                                  "Dataset": dataset, "Version": version, "Status": status,
+                                  "UpdatedAt": _iso(utcnow())}
+        if job:
+            entity["Job"] = job
+        self._table.upsert_entity(entity, mode=UpdateMode.MERGE)

@@ -85,9 +85,35 @@ class DatasetPolicy(_Frozen):
         return self
 
 
+class RetrainPolicy(_Frozen):
+    """Which pipeline retrains on a dataset's new versions, and how often at most."""
+
+    dataset: str
+    pipeline: str = Field(description="Azure ML pipeline job YAML, relative to the app root")
+    experiment: str
+    model_name: str
+    min_interval_minutes: Annotated[float, Field(ge=0)] = 0
+    inputs: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("pipeline")
+    @classmethod
+    def _yaml(cls, value: str) -> str:
+        if not value.endswith((".yml", ".yaml")) or value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("must be a relative path to a .yml/.yaml pipeline job file inside the app")
+        return value
+
+    @field_validator("experiment", "model_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _ASSET_NAME_RE.match(value):
+            raise ValueError("must start with a letter or digit and use only letters, digits, '_', '.', '-'")
+        return value
+
+
 class Policy(_Frozen):
     version: int = 1
     datasets: tuple[DatasetPolicy, ...]
+    retraining: tuple[RetrainPolicy, ...] = ()
 
     @field_validator("version")
     @classmethod
@@ -117,6 +143,20 @@ class Policy(_Frozen):
                         f"({a.container}/{a.prefix} and {b.container}/{b.prefix}); a blob must belong to one"
                     )
         return self
+
+    @model_validator(mode="after")
+    def _retraining_names_datasets(self) -> Policy:
+        names = {d.name for d in self.datasets}
+        for i, r in enumerate(self.retraining):
+            if r.dataset not in names:
+                raise ValueError(f"retraining[{i}].dataset: {r.dataset!r} is not a declared dataset")
+        seen = [r.dataset for r in self.retraining]
+        if len(seen) != len(set(seen)):
+            raise ValueError("retraining: one entry per dataset")
+        return self
+
+    def retraining_for(self, dataset: str) -> RetrainPolicy | None:
+        return next((r for r in self.retraining if r.dataset == dataset), None)
 
     def dataset(self, name: str) -> DatasetPolicy:
         for d in self.datasets:
@@ -166,4 +206,12 @@ def load_policy(path: Path, *, landing_container: str | None = None) -> Policy:
         raise ConfigurationError(str(path), [f"cannot read the file: {exc}"]) from exc
     except yaml.YAMLError as exc:
         raise ConfigurationError(str(path), [f"not valid YAML: {exc}"]) from exc
-    return parse_policy(document, source=str(path), landing_container=landing_container)
+    policy = parse_policy(document, source=str(path), landing_container=landing_container)
+    missing = [
+        f"retraining[{i}].pipeline: no file at {path.parent / r.pipeline}"
+        for i, r in enumerate(policy.retraining)
+        if not (path.parent / r.pipeline).is_file()
+    ]
+    if missing:
+        raise ConfigurationError(str(path), missing)
+    return policy

@@ -24,7 +24,7 @@ class EventPublisher:
         grid_event = EventGridEvent(
             subject=f"datasets/{event.dataset}/versions/{event.version}",
             event_type=DataVersionRegistered.EVENT_TYPE,
-            data=asdict(event),
+            data={**asdict(event), "files": list(event.files)},  # the SDK serialises tuples as strings
             data_version="1.0",
             id=event.event_id,
             event_time=datetime.now(UTC),

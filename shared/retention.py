@@ -102,7 +102,10 @@ class Direction(str, Enum):
 
 
 class _Section(BaseModel):
-    """camelCase in the file (as in Azure lifecycle policies), snake_case in Python; strict scalars."""
+    """camelCase in the file (as in Azure lifecycle policies), snake_case in Python.
+
+    Numbers and booleans are strict: `"30"` or `enabled: "no"` is an error, not a silent coercion.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
@@ -178,7 +181,12 @@ class RuleActions(_Section):
 
 
 class RuleFilters(_Section):
-    """Which assets a rule looks at; empty means all of its type. Every given filter must match."""
+    """Which assets a rule looks at; empty means all of its type. Every given filter must match.
+
+    `names` (exact) and `prefixes` match the data asset name, the model name, the endpoint name
+    (deployments) or the job name (jobOutputs). For blobs, `prefixes` are 'container/path-prefix' as
+    in Azure lifecycle rules' prefixMatch. `tags` must all be equal (blobs: blob index tags).
+    """
 
     names: tuple[Annotated[str, Field(min_length=1)], ...] = ()
     prefixes: tuple[Annotated[str, Field(min_length=1)], ...] = ()
@@ -199,15 +207,15 @@ _DELETE_CONDITION: dict[RuleType, str] = {
     RuleType.JOB_OUTPUTS: "daysAfterCompletionGreaterThan",
 }
 _KEEPS = ("keepLatest", "keepTopK")
-_FILTERS_NAMES_MEAN = {
-    RuleType.DATA_VERSIONS: "data asset names",
-    RuleType.MODEL_VERSIONS: "model names",
-    RuleType.DEPLOYMENTS: "endpoint names",
-    RuleType.JOB_OUTPUTS: "job names",
-}
 
 
 class RetentionRule(_Section):
+    """One rule: which assets (`filters`), what to spare (`keep…`) and what to do after how long.
+
+    Which actions fit which type is checked here, so a rule that could never act, or would act on
+    the wrong clock, fails at start-up with a message naming the fix.
+    """
+
     name: str
     enabled: Annotated[bool, Field(strict=True)] = True
     type: RuleType
@@ -724,6 +732,10 @@ def _protect(inventory: Inventory, protect_tag: str) -> _Guard:
             guard.protect(d.key, f"champion of endpoint {endpoint}")
             if d.model is not None:
                 protect_model(d.model, f"champion of endpoint {endpoint}", with_data=True)
+        champion_models = {d.model for d in tops if d.model is not None}
+        for d in inventory.deployments:  # a standby of the champion's model is the champion's too
+            if d.endpoint == endpoint and d.model in champion_models and d not in tops:
+                guard.protect(d.key, f"serves the champion model of endpoint {endpoint}")
     for job in inventory.jobs:
         if job.finished:
             continue
@@ -757,7 +769,7 @@ def _protect(inventory: Inventory, protect_tag: str) -> _Guard:
 def protected_assets(inventory: Inventory, *, protect_tag: str = DEFAULT_PROTECT_TAG) -> dict[AssetKey, str]:
     """Every protected version and deployment with its reasons (blobs are protected through their paths)."""
     guard = _protect(inventory, protect_tag)
-    return {key: "; ".join(why) for key, why in sorted(guard.keys.items(), key=lambda kv: kv[0].sort_key())}
+    return {key: "; ".join(sorted(why)) for key, why in sorted(guard.keys.items(), key=lambda kv: kv[0].sort_key())}
 
 
 # == planning ========================================================================================
@@ -942,7 +954,7 @@ class _Planner:
                 self.job_outputs(rule)
         actions = tuple(sorted(self.actions.values(), key=Action.sort_key))
         protected = tuple(
-            Protected(key, "; ".join(why))
+            Protected(key, "; ".join(sorted(why)))  # sorted: the plan must not depend on listing order
             for key, why in sorted(self.spared.items(), key=lambda kv: kv[0].sort_key())
             if key not in self.actions  # a keep in one rule does not stop another rule (Azure semantics)
         )

@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--identity-header", default=DEFAULT_IDENTITY_HEADER)
     p.add_argument("--page-size", type=int, default=100, help="items per list page before a nextLink")
     p.add_argument("--lro-retry-after", type=float, default=1.0, help="Retry-After seconds sent to LRO pollers")
+    p.add_argument("--scoring-port", type=int, default=0, help="http port of online endpoints' scoring URIs (0: any)")
+    p.add_argument("--provisioning-delay", type=float, default=1.0,
+                   help="least seconds an endpoint/deployment LRO stays Updating")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 
@@ -55,17 +58,26 @@ def main(argv: list[str] | None = None) -> None:
         identity_header=args.identity_header,
         page_size=args.page_size,
         lro_retry_after=args.lro_retry_after,
+        scoring_port=args.scoring_port,
+        provisioning_delay=args.provisioning_delay,
     )
-    uvicorn.run(
-        create_app(config),
-        host=args.host,
-        port=args.port,
-        ssl_certfile=str(certs.server_cert_pem),
-        ssl_keyfile=str(certs.server_key_pem),
-        log_level=args.log_level.lower(),
-        access_log=args.log_level.lower() == "debug",
-        timeout_graceful_shutdown=2,  # idle keep-alive connections of SDK clients must not delay a stop
-    )
+    app = create_app(config)
+    from devstack.aml import endpoints
+
+    endpoints.start(app.state.emulator)  # re-serves deployments that existed before a restart
+    try:
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            ssl_certfile=str(certs.server_cert_pem),
+            ssl_keyfile=str(certs.server_key_pem),
+            log_level=args.log_level.lower(),
+            access_log=args.log_level.lower() == "debug",
+            timeout_graceful_shutdown=2,  # idle keep-alive connections of SDK clients must not delay a stop
+        )
+    finally:
+        endpoints.stop(app.state.emulator)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 
-from devstack.aml import assets, identity, lro, workspace
+from devstack.aml import assets, endpoints, identity, jobs, lro, workspace
 from devstack.aml.config import AmlConfig
 from devstack.aml.errors import ArmError
 from devstack.aml.storage import DatastoreMap, StorageAccount
@@ -56,6 +56,8 @@ def build_router() -> Router:
     r.add("DELETE", f"{asset}/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", assets.delete_version)
     r.add("GET", f"{LOCATIONS}/mfeOperationsStatus/(?P<op>[^/]+)", lro.get_status)
     r.add("GET", f"{LOCATIONS}/mfeOperationResults/(?P<op>[^/]+)", lro.get_result)
+    endpoints.register(r)  # online endpoints/deployments + /_emulator/faults
+    jobs.register(r)  # codes, environments, components, jobs (+ local execution)
     return r
 
 

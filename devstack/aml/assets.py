@@ -6,20 +6,17 @@ computed on read: latest = the most recently created active version (archived on
 are archived), next = highest numeric version ever stored + 1 (non-numeric versions don't count,
 so `foo` alone gives `nextVersion: "1"`, as recorded).
 
-Auto-increment under concurrency: the SDK reads `nextVersion` from the container and then PUTs
-that version; two clients reading at once would PUT the same version and the second would
-silently update the first's. The emulator therefore remembers each `nextVersion` it hands out
-(`handouts`, for `version_handout_ttl` seconds). A create consumes one handout of its version. A
-PUT on an existing version that still has a handout issued *before* that version was created,
-and that is not an archive/restore toggle, is a concurrent auto-increment: it is created as the
-next free version instead (201, body and Location name the version actually created).
+Auto-increment under concurrency, as the service behaves: the SDK reads `nextVersion` and PUTs
+that version, so two clients reading at once PUT the same version. The first creates it (201);
+the second is an update of that version (200) when the asset path is the same, and fails with 400
+UserError "Asset paths cannot be updated." when it differs. Nothing is silently renumbered or
+overwritten; each PUT is one `BEGIN IMMEDIATE` transaction, so rows are never half-written.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -252,13 +249,9 @@ def _visible(archived: bool, view: str) -> bool:
 
 def get_container(emu: Emulator, call: Call) -> Reply:
     kind, name = kind_of(call), call.params["name"]
-    with emu.store.write() as tx:  # records the nextVersion handout
+    with emu.store.read() as tx:
         container = tx.get(kind.segment, name)
-        now = time.time()
-        tx.prune_handouts(now - emu.config.version_handout_ttl)
-        # A 404 is a handout too: the SDK then creates version "1".
         view = container_view(kind, container, tx.rows(kind.version_kind, name)) if container else None
-        tx.add_handout(kind.segment, name, view["properties"]["nextVersion"] if view else "1", now)
     if view is None:
         raise kind.container_not_found(name)
     return Reply(200, view)
@@ -351,18 +344,9 @@ def put_version(emu: Emulator, call: Call) -> Reply:
     coords = emu.config.coords
     props = _version_properties(kind, call.body_object()["properties"], coords)
     with emu.store.write() as tx:
-        now = time.time()
         existing = tx.get(kind.version_kind, version, parent=name)
-        if existing is not None and _is_concurrent_autoincrement(emu, tx, kind, name, existing, props, now):
-            container = tx.get(kind.segment, name)
-            assert container is not None
-            allocated = str(_next_version(container, tx.rows(kind.version_kind, name)))
-            log.info("%s %s: concurrent auto-increment of version %s; created %s instead",
-                     kind.label, name, version, allocated)
-            body = _create_version(emu, call, tx, kind, name, allocated, props, now, answers_handout=False)
-            return Reply(201, body, {"Location": call.url(body["id"], **{"api-version": call.api_version or ""})})
         if existing is None:
-            body = _create_version(emu, call, tx, kind, name, version, props, now, answers_handout=True)
+            body = _create_version(emu, call, tx, kind, name, version, props)
             return Reply(201, body, {"Location": call.url(body["id"], **{"api-version": call.api_version or ""})})
         old = existing.body["properties"]
         if old[kind.uri_field] != props[kind.uri_field]:
@@ -374,18 +358,6 @@ def put_version(emu: Emulator, call: Call) -> Reply:
     return Reply(200, body)
 
 
-def _is_concurrent_autoincrement(
-    emu: Emulator, tx: Tx, kind: AssetKind, name: str, existing: Row, props: dict[str, Any], now: float
-) -> bool:
-    """A PUT that read `nextVersion` before this version existed (see module docstring)."""
-    if props["isArchived"] or existing.body["properties"].get("isArchived"):
-        return False  # archive/restore toggles are updates by definition
-    return tx.take_handout(
-        kind.segment, name, existing.body["name"],
-        issued_before=existing.created, issued_after=now - emu.config.version_handout_ttl,
-    )
-
-
 def _create_version(
     emu: Emulator,
     call: Call,
@@ -394,15 +366,8 @@ def _create_version(
     name: str,
     version: str,
     props: dict[str, Any],
-    now: float,
-    *,
-    answers_handout: bool,
 ) -> dict[str, Any]:
-    """Store a new version (and its container if needed).
-
-    `answers_handout`: the client asked for this version by URL, so it may be the reader of an
-    outstanding `nextVersion`; a version allocated for a concurrent writer answers nobody's read.
-    """
+    """Store a new version (and its container if needed)."""
     container = tx.get(kind.segment, name)
     if container is None:
         implicit = {"dataType": props.get("dataType")} if kind is DATA else {}
@@ -414,9 +379,6 @@ def _create_version(
         meta["highest"] = max(int(meta.get("highest", 0)), int(version))
     tx.put(kind.segment, name, container_body, meta=meta)
     name = container_body["name"]  # the container's own spelling
-    if answers_handout:
-        ttl = emu.config.version_handout_ttl
-        tx.take_handout(kind.segment, name, version, issued_before=now + 1, issued_after=now - ttl)
     body = {
         "id": f"{emu.config.coords.arm_id}/{kind.segment}/{name}/versions/{version}",
         "name": version,

@@ -65,6 +65,12 @@ class AmlConfig:
     # How long a `nextVersion` read counts as an outstanding auto-increment (see assets.py).
     version_handout_ttl: float = 60.0
     token_lifetime: int = 3600
+    # Online endpoints (endpoints.py, serving.py): the scoring router's http port (0 = any free
+    # port; scoringUri is computed on read), the least time a provisioning LRO stays `Updating`,
+    # and how long a deployment's scoring process may take to answer its liveness check.
+    scoring_port: int = 0
+    provisioning_delay: float = 1.0
+    deployment_start_timeout: float = 60.0
 
     @property
     def db_path(self) -> Path:

@@ -102,6 +102,11 @@ class Tx:
         )
         return [_row(r) for r in cur.fetchall()]
 
+    def rows_of_kind(self, kind: str) -> list[Row]:
+        """Every row of `kind` under any parent, oldest first (workspace-wide lookups such as code hashes)."""
+        cur = self.conn.execute("SELECT * FROM resources WHERE kind=? ORDER BY id", (kind,))
+        return [_row(r) for r in cur.fetchall()]
+
     def put(
         self, kind: str, name: str, body: dict[str, Any], *, parent: str = "", meta: dict[str, Any] | None = None
     ) -> None:

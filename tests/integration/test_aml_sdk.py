@@ -222,27 +222,43 @@ def test_model_registration_queues_event(ml_client, aml: AmlInfo) -> None:
 # --- concurrency, persistence --------------------------------------------------------------------
 
 @pytest.mark.parametrize("asset", ["data", "models"])
-def test_concurrent_autoincrement_gives_distinct_versions(aml: AmlInfo, asset: str) -> None:
+def test_concurrent_autoincrement_never_overwrites_silently(aml: AmlInfo, asset: str) -> None:
+    """As in Azure: racing auto-increments give distinct versions or the path-conflict error, never a lost write."""
     from azure.ai.ml import MLClient
     from azure.identity import DefaultAzureCredential
 
     name = unique(f"race_{asset}")
     client = MLClient(DefaultAzureCredential(), aml.subscription_id, aml.resource_group, aml.workspace)
 
-    def register(i: int) -> str:
+    def register(i: int) -> tuple[int, str | None, str | None]:
         path = f"azureml://datastores/landing/paths/race/{i}.csv"
-        if asset == "data":
-            return str(client.data.create_or_update(Data(name=name, path=path, description=f"writer {i}")).version)
-        return str(client.models.create_or_update(Model(name=name, path=path, description=f"writer {i}")).version)
+        try:
+            if asset == "data":
+                made = client.data.create_or_update(Data(name=name, path=path, description=f"writer {i}"))
+            else:
+                made = client.models.create_or_update(Model(name=name, path=path, description=f"writer {i}"))
+        except Exception as exc:  # the SDK surfaces the service's 400 in its own exception types
+            return i, None, str(exc)
+        return i, str(made.version), None
 
     with ThreadPoolExecutor(max_workers=20) as pool:
-        versions = list(pool.map(register, range(20)))
-    assert sorted(versions, key=int) == [str(i) for i in range(1, 21)]
+        results = list(pool.map(register, range(20)))
+    won = {version: i for i, version, _ in results if version is not None}
+    errors = [error for _, version, error in results if version is None]
+    assert won, "no writer succeeded"
+    assert len(won) + len(errors) == 20
+    assert len(won) == len([r for r in results if r[1] is not None]), "two writers were told the same version"
+    assert all("Asset paths cannot be updated" in str(e) for e in errors), errors
     ops = client.data if asset == "data" else client.models
-    stored = {v.version: v.description for v in ops.list(name=name)}
-    # every writer's own version holds its own description: no lost or crossed writes
-    assert sorted(stored.values()) == sorted(f"writer {i}" for i in range(20))
-    assert {stored[v] for v in versions} == set(stored.values())
+    stored = {v.version: (v.description, v.path) for v in ops.list(name=name)}
+    assert set(stored) == set(won)
+    for version, writer in won.items():  # each winner's row holds its own description and path
+        description, path = stored[version]
+        assert description == f"writer {writer}"
+        assert path.rstrip("/").endswith(f"/race/{writer}.csv")
+    # a later auto-increment still gets the next free version
+    later = register(99)
+    assert later[1] == str(max(int(v) for v in won) + 1)
 
 
 def test_state_survives_restart(aml: AmlInfo, azurite, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import math
 import re
 import shlex
 import subprocess
@@ -61,7 +60,10 @@ def component_command(component_file: Path, inputs: dict[str, Any], outputs: dic
     return [sys.executable, *argv[1:]]
 
 
-def run_component(component_file: Path, inputs: dict[str, Any], outputs: dict[str, Path]) -> subprocess.CompletedProcess[str]:
+def run_component(
+    component_file: Path, inputs: dict[str, Any], outputs: dict[str, Path]
+) -> subprocess.CompletedProcess[str]:
+    """Run the component's command as a subprocess in its code folder (what an executor does)."""
     spec = load_yaml(component_file)
     code_dir = (component_file.parent / spec["code"]).resolve()
     return subprocess.run(
@@ -73,7 +75,33 @@ def run_component(component_file: Path, inputs: dict[str, Any], outputs: dict[st
     )
 
 
-def run_pipeline(tmp: Path, parent_inputs: dict[str, Any], nodes: list[str]) -> dict[str, dict[str, Path]]:
+def step_module(script: str) -> ModuleType:
+    """Import a step script under a private name; `steplib` (which the scripts import by that
+    name through SRC on sys.path) is imported as itself so its StepInputError is the one raised."""
+    if str(SRC) not in sys.path:
+        sys.path.append(str(SRC))
+    if script == "steplib":
+        return importlib.import_module("steplib")
+    name = f"ml_step_{script}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, SRC / f"{script}.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before exec: dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def call_component(component_file: Path, inputs: dict[str, Any], outputs: dict[str, Path]) -> None:
+    """The same command line, but main(argv) in this process: fast, and errors surface as
+    StepInputError so tests can check the message. Subprocess runs cover the real entry point."""
+    argv = component_command(component_file, inputs, outputs)
+    step_module(Path(argv[1]).stem).main(argv[2:])
+
+
+def run_pipeline(
+    tmp: Path, parent_inputs: dict[str, Any], nodes: list[str], *, in_process: bool = False
+) -> dict[str, dict[str, Path]]:
     """Run `nodes` of ml/pipeline.yml in order; returns each node's output folders."""
     pipeline = load_yaml(PIPELINE)
     resolved_parent = {name: value for name, value in pipeline["inputs"].items()}
@@ -82,9 +110,8 @@ def run_pipeline(tmp: Path, parent_inputs: dict[str, Any], nodes: list[str]) -> 
     for node_name in nodes:
         node = pipeline["jobs"][node_name]
         inputs: dict[str, Any] = {}
-        for name, binding in node.get("inputs", {}).items():
-            if isinstance(binding, dict):
-                binding = binding["path"]
+        for name, spec in node.get("inputs", {}).items():
+            binding = spec["path"] if isinstance(spec, dict) else spec
             match = BINDING.match(str(binding))
             if match and match.group(2):
                 inputs[name] = resolved_parent[match.group(2)]
@@ -93,19 +120,18 @@ def run_pipeline(tmp: Path, parent_inputs: dict[str, Any], nodes: list[str]) -> 
             else:
                 inputs[name] = binding
         outputs = {name: tmp / node_name / name for name in node.get("outputs", {})}
-        result = run_component(PIPELINE.parent / node["component"], inputs, outputs)
-        assert result.returncode == 0, f"{node_name} failed:\n{result.stderr}"
+        component = PIPELINE.parent / node["component"]
+        if in_process:
+            call_component(component, inputs, outputs)
+        else:
+            result = run_component(component, inputs, outputs)
+            assert result.returncode == 0, f"{node_name} failed:\n{result.stderr}"
         produced[node_name] = outputs
     return produced
 
 
 def make_drop(folder: Path, *, rows: int = 1500, seed: int = 1, label_noise: float = 0.0, **kwargs: Any) -> Path:
-    sys.path.insert(0, str(SRC))
-    try:
-        import make_churn_data
-    finally:
-        sys.path.remove(str(SRC))
-    make_churn_data.write_drop(folder, rows, seed, label_noise, **kwargs)
+    step_module("make_churn_data").write_drop(folder, rows, seed, label_noise, **kwargs)
     return folder
 
 
@@ -136,7 +162,9 @@ def test_good_data_gives_a_useful_model(good_run):
 
 def test_noisy_labels_give_a_worse_model(good_run, tmp_path):
     drop = make_drop(tmp_path / "drop", seed=2, label_noise=0.95)
-    noisy = run_pipeline(tmp_path, {"training_data": drop, "metric": "accuracy,roc_auc"}, ["prep", "train", "evaluate"])
+    noisy = run_pipeline(
+        tmp_path, {"training_data": drop, "metric": "accuracy,roc_auc"}, ["prep", "train", "evaluate"], in_process=True
+    )
     metrics = read_metrics(noisy)
     assert metrics["primary_metric"] == "accuracy"
     assert metrics["requested_metrics"] == ["accuracy", "roc_auc"]
@@ -160,8 +188,8 @@ def test_prep_encodes_categoricals_drops_ids_and_keeps_extra_columns(good_run):
 
 def test_prep_split_is_deterministic(tmp_path):
     drop = make_drop(tmp_path / "drop", rows=300)
-    first = run_pipeline(tmp_path / "a", {"training_data": drop}, ["prep"])
-    second = run_pipeline(tmp_path / "b", {"training_data": drop}, ["prep"])
+    first = run_pipeline(tmp_path / "a", {"training_data": drop}, ["prep"], in_process=True)
+    second = run_pipeline(tmp_path / "b", {"training_data": drop}, ["prep"], in_process=True)
     for split in ("train_data", "test_data"):
         assert (first["prep"][split] / "data.csv").read_bytes() == (second["prep"][split] / "data.csv").read_bytes()
 
@@ -173,7 +201,12 @@ def test_model_folder_is_deployable(good_run):
     assert re.fullmatch(r"[0-9a-f]{64}", meta["code_sha256"])
     assert meta["feature_columns"][0] == "tenure_months"
     assert meta["input_columns"] == [
-        "tenure_months", "monthly_charges", "support_calls", "contract", "region", "num_products",
+        "tenure_months",
+        "monthly_charges",
+        "support_calls",
+        "contract",
+        "region",
+        "num_products",
     ]
     assert meta["algorithm"] == "logistic_regression"
     assert meta["hyperparameters"]["C"] == 1.0
@@ -198,10 +231,22 @@ def load_scorer(model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     return module
 
 
-RAW = {"tenure_months": 2, "monthly_charges": 110.5, "support_calls": 5, "contract": "month-to-month",
-       "region": "north", "num_products": 1}
-LOYAL = {"tenure_months": 70, "monthly_charges": 25.0, "support_calls": 0, "contract": "two-year",
-         "region": "west", "num_products": 3}
+RAW = {
+    "tenure_months": 2,
+    "monthly_charges": 110.5,
+    "support_calls": 5,
+    "contract": "month-to-month",
+    "region": "north",
+    "num_products": 1,
+}
+LOYAL = {
+    "tenure_months": 70,
+    "monthly_charges": 25.0,
+    "support_calls": 0,
+    "contract": "two-year",
+    "region": "west",
+    "num_products": 3,
+}
 
 
 def test_score_accepts_named_raw_columns(good_run, monkeypatch, tmp_path):
@@ -222,15 +267,19 @@ def test_score_accepts_positional_rows_raw_or_encoded(good_run, monkeypatch, tmp
     raw_rows = score.run({"data": [list(RAW.values()), list(LOYAL.values())]})
     assert raw_rows == named
     features = json.loads((good_run["train"]["model"] / "model_meta.json").read_text())["feature_columns"]
-    encoded = [[1.0 if f == f"contract={RAW['contract']}" or f == f"region={RAW['region']}" else RAW.get(f, 0.0)
-                for f in features]]
+    encoded = [
+        [
+            1.0 if f == f"contract={RAW['contract']}" or f == f"region={RAW['region']}" else RAW.get(f, 0.0)
+            for f in features
+        ]
+    ]
     assert score.run(json.dumps({"data": encoded}))["probabilities"][0] == named["probabilities"][0]
 
 
 def test_score_rejects_bad_requests_clearly(good_run, monkeypatch, tmp_path):
     score = load_scorer(good_run["train"]["model"], monkeypatch, tmp_path)
     missing = {k: v for k, v in RAW.items() if k != "tenure_months"}
-    with pytest.raises(ValueError, match="missing column.*tenure_months"):
+    with pytest.raises(ValueError, match=r"missing column.*tenure_months"):
         score.run({"input_data": [missing]})
     with pytest.raises(ValueError, match="not a number"):
         score.run({"input_data": [{**RAW, "monthly_charges": "lots"}]})
@@ -260,10 +309,10 @@ def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
 
 def prep_error(tmp_path: Path, drop: Path, **inputs: Any) -> str:
     outputs = {"train_data": tmp_path / "train", "test_data": tmp_path / "test"}
-    result = run_component(ML / "components" / "prep.yml", {"training_data": drop, **inputs}, outputs)
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stderr
+    steplib = step_module("steplib")
+    with pytest.raises(steplib.StepInputError) as caught:
+        call_component(ML / "components" / "prep.yml", {"training_data": drop, **inputs}, outputs)
+    return str(caught.value)
 
 
 def good_rows(n: int = 40) -> list[list[Any]]:
@@ -312,44 +361,57 @@ def test_prep_rejects_header_only_files_and_bad_fraction(tmp_path):
     assert "test_fraction" in prep_error(tmp_path, full, test_fraction=1.5)
 
 
+def test_an_invalid_input_exits_2_with_one_clear_line(tmp_path):
+    drop = tmp_path / "empty"
+    drop.mkdir()
+    result = run_component(
+        ML / "components" / "prep.yml",
+        {"training_data": drop},
+        {"train_data": tmp_path / "train", "test_data": tmp_path / "test"},
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"prep: invalid input: training_data: no CSV files in {drop} (the folder is empty)" in result.stderr
+
+
 def test_evaluate_rejects_unknown_metric_and_train_unknown_algorithm(good_run, tmp_path):
-    result = run_component(
-        ML / "components" / "evaluate.yml",
-        {"model": good_run["train"]["model"], "test_data": good_run["prep"]["test_data"], "metric": "auc"},
-        {"metrics": tmp_path / "metrics"},
-    )
-    assert result.returncode == 2
-    assert "unknown metric(s) auc; supported: roc_auc, accuracy, f1, log_loss" in result.stderr
-    result = run_component(
-        ML / "components" / "train.yml",
-        {"train_data": good_run["prep"]["train_data"], "algorithm": "svm"},
-        {"model": tmp_path / "model"},
-    )
-    assert result.returncode == 2
-    assert "algorithm must be one of logistic_regression, gradient_boosting" in result.stderr
+    steplib = step_module("steplib")
+    with pytest.raises(
+        steplib.StepInputError, match=r"unknown metric\(s\) auc; supported: roc_auc, accuracy, f1, log_loss"
+    ):
+        call_component(
+            ML / "components" / "evaluate.yml",
+            {"model": good_run["train"]["model"], "test_data": good_run["prep"]["test_data"], "metric": "auc"},
+            {"metrics": tmp_path / "metrics"},
+        )
+    with pytest.raises(steplib.StepInputError, match="algorithm must be one of logistic_regression, gradient_boosting"):
+        call_component(
+            ML / "components" / "train.yml",
+            {"train_data": good_run["prep"]["train_data"], "algorithm": "svm"},
+            {"model": tmp_path / "model"},
+        )
 
 
 def test_evaluate_rejects_a_folder_that_is_not_a_model(good_run, tmp_path):
     (tmp_path / "not-a-model").mkdir()
-    result = run_component(
-        ML / "components" / "evaluate.yml",
-        {"model": tmp_path / "not-a-model", "test_data": good_run["prep"]["test_data"]},
-        {"metrics": tmp_path / "metrics"},
-    )
-    assert result.returncode == 2
-    assert "model_meta.json not found" in result.stderr
+    with pytest.raises(step_module("steplib").StepInputError, match=r"model_meta\.json not found"):
+        call_component(
+            ML / "components" / "evaluate.yml",
+            {"model": tmp_path / "not-a-model", "test_data": good_run["prep"]["test_data"]},
+            {"metrics": tmp_path / "metrics"},
+        )
 
 
 def test_gradient_boosting_trains_too(good_run, tmp_path):
-    result = run_component(
+    call_component(
         ML / "components" / "train.yml",
         {"train_data": good_run["prep"]["train_data"], "algorithm": "gradient_boosting", "n_estimators": 20},
         {"model": tmp_path / "model"},
     )
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["algorithm"] == "gradient_boosting"
-    assert not math.isnan(summary["train_accuracy"])
+    meta = json.loads((tmp_path / "model" / "model_meta.json").read_text())
+    assert meta["algorithm"] == "gradient_boosting"
+    assert meta["hyperparameters"]["n_estimators"] == 20
+    assert 0.5 < meta["train_accuracy"] <= 1.0
 
 
 # --- the data generator -------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 import dataclasses
 import random
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -35,71 +37,83 @@ from shared.retention import (
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 KEEP = {"evergreen.keep": "true"}
+T = TypeVar("T")
 
 
-def ago(days=0.0, hours=0.0):
+def ago(days: float = 0.0, hours: float = 0.0) -> datetime:
     return NOW - timedelta(days=days, hours=hours)
 
 
-def rule(type_, actions, *, name="r", filters=None, enabled=True):
+def rule(type_: str, actions: dict[str, Any], *, name: str = "r", filters: dict[str, Any] | None = None,
+         enabled: bool = True) -> RetentionRule:
     return RetentionRule.model_validate(
         {"name": name, "type": type_, "actions": actions, "filters": filters or {}, "enabled": enabled}
     )
 
 
-def data(name, version, days, *, archived=False, paths=(), tags=None):
+def data(name: str, version: int, days: float, *, archived: bool = False, paths: Sequence[str] = (),
+         tags: dict[str, str] | None = None) -> DataVersion:
     return DataVersion(name, str(version), ago(days), archived=archived, tags=tags or {},
                        blob_paths=tuple(BlobPath("landing", p) for p in paths))
 
 
-def model(name, version, days, *, archived=False, tags=None, metrics=None, trained_on=None, job=None):
+def model(name: str, version: int, days: float, *, archived: bool = False, tags: dict[str, str] | None = None,
+          metrics: dict[str, float] | None = None, trained_on: tuple[str, str] | None = None,
+          job: str | None = None) -> ModelVersion:
     asset, ver = trained_on or (None, None)
     return ModelVersion(name, str(version), ago(days), archived=archived, tags=tags or {}, metrics=metrics or {},
                         data_asset=asset, data_version=ver, job=job)
 
 
-def blob(name, days, *, tier=BlobTier.HOT, tags=None):
+def blob(name: str, days: float, *, tier: BlobTier = BlobTier.HOT, tags: dict[str, str] | None = None) -> Blob:
     return Blob("landing", name, ago(days), tier=tier, tags=tags or {})
 
 
-def deployment(endpoint, name, traffic, *, idle_hours=None, model_=("m", "1"), mirror=0, tags=None):
+def deployment(endpoint: str, name: str, traffic: int, *, idle_hours: float | None = None,
+               model_: tuple[str, str] = ("m", "1"), mirror: int = 0, tags: dict[str, str] | None = None) -> Deployment:
     since = ago(hours=idle_hours) if idle_hours is not None else None
     return Deployment(endpoint, name, traffic, since, model_[0], model_[1], mirror_traffic_percent=mirror,
                       tags=tags or {})
 
 
-def plan(rules, **inventory):
+def plan(rules: Sequence[RetentionRule], **inventory: Any) -> RetentionPlan:
     return plan_retention(Inventory(now=NOW, **inventory), rules)
 
 
-def kinds(p: RetentionPlan):
+def name(key: Any) -> str:
+    """The asset name of a version or blob key (the union of key types has no common field)."""
+    return str(key.name)
+
+
+def kinds(p: RetentionPlan) -> set[tuple[ActionKind, Any]]:
     return {(a.kind, a.target) for a in p.actions}
 
 
-def spared(p: RetentionPlan):
+def spared(p: RetentionPlan) -> dict[Any, str]:
     return {x.target: x.reason for x in p.protected}
 
 
-def apply_in_memory(inventory: Inventory, actions: list[Action] | tuple[Action, ...]) -> Inventory:
+def apply_in_memory(inventory: Inventory, actions: Iterable[Action]) -> Inventory:
     """What a successful apply does to the world, as the next listing would show it."""
+    actions = list(actions)
     by_target = {a.target: a for a in actions}
 
-    def keep(key):
+    def keep(key: Any) -> bool:
         a = by_target.get(key)
         return a is None or a.kind not in {ActionKind.DELETE_DATA, ActionKind.DELETE_MODEL, ActionKind.DELETE_BLOB,
                                            ActionKind.DELETE_DEPLOYMENT}
 
-    def archived(item):
-        a = by_target.get(item.key)
+    def archived(item: T) -> T:
+        a = by_target.get(item.key)  # type: ignore[attr-defined]
         if a is not None and a.kind in {ActionKind.ARCHIVE_DATA, ActionKind.ARCHIVE_MODEL}:
-            return dataclasses.replace(item, archived=True)
+            return dataclasses.replace(item, archived=True)  # type: ignore[type-var]
         return item
 
-    def tiered(b):
+    def tiered(b: Blob) -> Blob:
         a = by_target.get(b.key)
         return dataclasses.replace(b, tier=a.tier) if a is not None and a.kind is ActionKind.TIER_BLOB else b
 
-    def pruned(job):
+    def pruned(job: Job) -> Job:
         gone = {a.target.output for a in actions if isinstance(a.target, JobOutputKey) and a.target.job == job.name}
         return dataclasses.replace(job, outputs={k: v for k, v in job.outputs.items() if k not in gone})
 
@@ -137,9 +151,11 @@ def test_every_problem_is_reported_with_its_path():
     problems = info.value.problems
     assert ("retention.rules[0].actions: tierToCool cannot be used in a dataVersions rule; "
             "it takes keepLatest, archive, delete") in problems
-    assert any(p.startswith("retention.rules[1].filters: prefix 'churn' must start with the container") for p in problems)
+    assert any(p.startswith("retention.rules[1].filters: prefix 'churn' must start with the container")
+               for p in problems)
     assert any(p.startswith("retention.rules[2].type: Input should be 'dataVersions'") for p in problems)
-    assert "retention.rules[3].actions.archive.daysAfterCreationGreaterThan: Input should be a valid integer" in problems
+    assert ("retention.rules[3].actions.archive.daysAfterCreationGreaterThan: Input should be a valid integer"
+            in problems)
     assert "retention.rules[3].actions.tierToHot: Extra inputs are not permitted" in problems
     assert str(info.value).startswith("evergreen.yaml is invalid (5 problem(s))")
 
@@ -192,8 +208,8 @@ def test_rules_are_frozen_and_usable_from_python():
 
 
 def test_naive_timestamps_are_refused():
-    with pytest.raises(ValueError, match="DataVersion.created_at must be timezone-aware"):
-        DataVersion("d", "1", datetime(2026, 1, 1))  # noqa: DTZ001
+    with pytest.raises(ValueError, match=r"DataVersion\.created_at must be timezone-aware"):
+        DataVersion("d", "1", datetime(2026, 1, 1))
 
 
 # -- data versions ----------------------------------------------------------------------------------------
@@ -218,7 +234,7 @@ def test_data_delete_wins_over_archive_and_archived_versions_are_not_archived_ag
 
 
 def test_keep_latest_counts_versions_in_use_and_orders_versions_as_numbers():
-    versions = tuple(data("d", v, days=50) for v in (9, 10, 11)) + (data("d", 12, 50, archived=True),)
+    versions = (*(data("d", v, days=50) for v in (9, 10, 11)), data("d", 12, 50, archived=True))
     r = rule("dataVersions", {"keepLatest": 2, "delete": {"daysAfterCreationGreaterThan": 30}})
     p = plan([r], data_versions=versions)
     # same age: version order decides, numerically (11 and 10 are the latest), and archived 12 does not count
@@ -232,7 +248,7 @@ def test_filters_select_by_name_prefix_and_tags():
     by_name = plan([rule("dataVersions", archive, filters={"names": ["churn", "missing"]})], data_versions=versions)
     assert {a.target for a in by_name.actions} == {DataKey("churn", "1"), DataKey("churn", "2")}
     by_prefix = plan([rule("dataVersions", archive, filters={"prefixes": ["churn"]})], data_versions=versions)
-    assert {a.target.name for a in by_prefix.actions} == {"churn", "churn-ref"}
+    assert {name(a.target) for a in by_prefix.actions} == {"churn", "churn-ref"}
     by_tag = plan([rule("dataVersions", archive, filters={"tags": {"stage": "raw"}})], data_versions=versions)
     assert {a.target for a in by_tag.actions} == {DataKey("churn", "1"), DataKey("other", "1")}
     disabled = plan([rule("dataVersions", archive, enabled=False)], data_versions=versions)
@@ -241,8 +257,8 @@ def test_filters_select_by_name_prefix_and_tags():
 
 # -- model versions ---------------------------------------------------------------------------------------
 def test_models_keep_latest_and_top_k_by_metric():
-    models = tuple(model("m", v, days=100 - v, metrics={"auc": auc}) for v, auc in
-                   [(1, 0.91), (2, 0.70), (3, 0.95), (4, 0.60), (5, 0.80), (6, 0.50)]) + (model("m", 7, 10),)
+    aucs = [(1, 0.91), (2, 0.70), (3, 0.95), (4, 0.60), (5, 0.80), (6, 0.50)]
+    models = (*(model("m", v, days=100 - v, metrics={"auc": auc}) for v, auc in aucs), model("m", 7, 10))
     r = rule("modelVersions", {"keepLatest": 2, "keepTopK": {"k": 2, "metric": "auc"},
                                "archive": {"daysAfterCreationGreaterThan": 5}})
     p = plan([r], model_versions=models)
@@ -271,7 +287,7 @@ def test_blobs_are_tiered_then_deleted_by_age_and_never_moved_to_a_hotter_tier()
              blob("a/already.csv", 100, tier=BlobTier.ARCHIVE), blob("a/cool-already.csv", 40, tier=BlobTier.COOL),
              blob("b/elsewhere.csv", 400))
     p = plan([rule("blobs", BLOB_RULE, filters={"prefixes": ["landing/a/"]})], blobs=blobs)
-    assert {(a.kind, a.target.name, a.tier) for a in p.actions} == {
+    assert {(a.kind, name(a.target), a.tier) for a in p.actions} == {
         (ActionKind.TIER_BLOB, "a/cool.csv", BlobTier.COOL),
         (ActionKind.TIER_BLOB, "a/cold.csv", BlobTier.ARCHIVE),
         (ActionKind.DELETE_BLOB, "a/old.csv", None),
@@ -284,7 +300,7 @@ def test_blobs_referenced_by_a_version_in_use_are_kept_until_it_is_archived():
     in_use = (data("churn", 1, 400, paths=["churn/2026-10/"]), data("ref", 1, 400, paths=["ref/r.csv"]))
     delete = rule("blobs", {"delete": {"daysAfterModificationGreaterThan": 30}})
     p = plan([delete], blobs=blobs, data_versions=in_use)
-    assert {a.target.name for a in p.actions} == {"churn/2026-1/part.csv", "ref/r.csv.bak", "churn/2026-10x"}
+    assert {name(a.target) for a in p.actions} == {"churn/2026-1/part.csv", "ref/r.csv.bak", "churn/2026-10x"}
     assert spared(p)[BlobKey("landing", "ref/r.csv")] == "referenced by non-archived data:ref:1"
     archived = tuple(dataclasses.replace(v, archived=True) for v in in_use)
     assert len(plan([delete], blobs=blobs, data_versions=archived).actions) == len(blobs)
@@ -293,13 +309,14 @@ def test_blobs_referenced_by_a_version_in_use_are_kept_until_it_is_archived():
 def test_a_folder_path_without_its_slash_still_protects_the_folder():
     version = DataVersion("d", "1", ago(1), blob_paths=(BlobPath("landing", "drop"),))
     blobs = (blob("drop", 90), blob("drop/part.csv", 90), blob("dropped/part.csv", 90))
-    p = plan([rule("blobs", {"delete": {"daysAfterModificationGreaterThan": 30}})], blobs=blobs, data_versions=(version,))
-    assert [a.target.name for a in p.actions] == ["dropped/part.csv"]
+    delete = rule("blobs", {"delete": {"daysAfterModificationGreaterThan": 30}})
+    p = plan([delete], blobs=blobs, data_versions=(version,))
+    assert [name(a.target) for a in p.actions] == ["dropped/part.csv"]
 
 
 # -- deployments ------------------------------------------------------------------------------------------
 def test_idle_deployments_are_deleted_after_h_hours_at_zero_traffic():
-    deployments = (deployment("e", "blue", 100), deployment("e", "old", 0, idle_hours=30),
+    deployments = (deployment("e", "blue", 100, model_=("champion", "1")), deployment("e", "old", 0, idle_hours=30),
                    deployment("e", "recent", 0, idle_hours=2), deployment("e", "unknown", 0),
                    deployment("e", "shadow", 0, idle_hours=30, mirror=10), deployment("f", "idle", 0, idle_hours=99))
     p = plan([rule("deployments", {"deleteIdle": {"hoursAtZeroTrafficGreaterThan": 24}}, filters={"names": ["e"]})],
@@ -310,7 +327,9 @@ def test_idle_deployments_are_deleted_after_h_hours_at_zero_traffic():
 
 # -- job outputs ------------------------------------------------------------------------------------------
 def test_outputs_of_old_finished_jobs_are_deleted_unless_something_uses_them():
-    out = lambda p: {"model": BlobPath("runs", p)}  # noqa: E731
+    def out(path: str) -> dict[str, BlobPath]:
+        return {"model": BlobPath("runs", path)}
+
     jobs = (Job("done", "Completed", outputs=out("done/"), finished_at=ago(90)),
             Job("recent", "Completed", outputs=out("recent/"), finished_at=ago(3)),
             Job("running", "Running", outputs=out("running/")),
@@ -359,11 +378,23 @@ def test_the_champion_its_training_data_and_those_blobs_are_protected_even_when_
     deployments = (deployment("e", "blue", 60, model_=("m", "1")), deployment("e", "green", 40, model_=("m", "2")))
     p = plan(ARCHIVE_ALL, data_versions=versions, model_versions=models, deployments=deployments,
              blobs=(blob("d/1/part.csv", 90), blob("d/2/part.csv", 90)))
-    assert kinds(p) == {(ActionKind.DELETE_DATA, DataKey("d", "2")), (ActionKind.DELETE_BLOB, BlobKey("landing", "d/2/part.csv"))}
+    assert kinds(p) == {(ActionKind.DELETE_DATA, DataKey("d", "2")),
+                        (ActionKind.DELETE_BLOB, BlobKey("landing", "d/2/part.csv"))}
     why = spared(p)
     assert why[DataKey("d", "1")] == "trained model:m:1, champion of endpoint e"
-    assert why[BlobKey("landing", "d/1/part.csv")] == "referenced by data:d:1 (trained model:m:1, champion of endpoint e)"
-    assert "champion of endpoint e" in protected_assets(Inventory(NOW, deployments=deployments))[DeploymentKey("e", "blue")]
+    assert why[BlobKey("landing", "d/1/part.csv")] == (
+        "referenced by data:d:1 (trained model:m:1, champion of endpoint e)")
+    everything = protected_assets(Inventory(NOW, deployments=deployments))
+    assert "champion of endpoint e" in everything[DeploymentKey("e", "blue")]
+
+
+def test_an_idle_deployment_of_the_champion_model_is_kept():
+    deployments = (deployment("e", "blue", 100, model_=("m", "1")),
+                   deployment("e", "standby", 0, idle_hours=48, model_=("m", "1")),
+                   deployment("e", "old", 0, idle_hours=48, model_=("m", "0")))
+    p = plan(ARCHIVE_ALL, deployments=deployments)
+    assert kinds(p) == {(ActionKind.DELETE_DEPLOYMENT, DeploymentKey("e", "old"))}
+    assert spared(p) == {DeploymentKey("e", "standby"): "serves the champion model of endpoint e"}
 
 
 def test_inputs_and_outputs_of_running_or_queued_jobs_are_protected():
@@ -380,7 +411,8 @@ def test_inputs_and_outputs_of_running_or_queued_jobs_are_protected():
 
 def test_unknown_job_statuses_and_rollout_states_protect():
     assert not Job("j", "Finalizing").finished and Job("j", "Canceled").finished
-    assert Rollout("e", ModelKey("m", "1"), "SomethingNew").in_flight and not Rollout("e", ModelKey("m", "1"), "completed").in_flight
+    assert Rollout("e", ModelKey("m", "1"), "SomethingNew").in_flight
+    assert not Rollout("e", ModelKey("m", "1"), "completed").in_flight
 
 
 def test_models_data_and_deployments_of_an_in_flight_rollout_are_protected():
@@ -411,7 +443,7 @@ def test_the_protection_tag_protects_every_kind_of_asset():
 
 
 # -- idempotency and determinism --------------------------------------------------------------------------
-def _world():
+def _world() -> Inventory:
     return Inventory(
         now=NOW,
         data_versions=tuple(data("d", v, 100 - v * 10, paths=[f"d/{v}/"]) for v in range(1, 8)),
@@ -465,7 +497,7 @@ def test_plans_are_deterministic_whatever_the_listing_order():
     world = _world()
     rng = random.Random(7)
 
-    def shuffled(items):
+    def shuffled(items: Iterable[T]) -> tuple[T, ...]:
         items = list(items)
         rng.shuffle(items)
         return tuple(items)
