@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -20,3 +21,20 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             yield stack
     finally:
         stop_stack(stack)
+
+
+@pytest.fixture(scope="session")
+def ml(local_stack: Stack) -> Any:
+    from azure.ai.ml import MLClient
+    from azure.identity import DefaultAzureCredential
+
+    env = local_stack.env
+    return MLClient(DefaultAzureCredential(), env["AZURE_SUBSCRIPTION_ID"], env["AZURE_RESOURCE_GROUP"],
+                    env["AZUREML_WORKSPACE_NAME"])
+
+
+@pytest.fixture(scope="session")
+def landing(local_stack: Stack) -> Any:
+    from azure.storage.blob import BlobServiceClient
+
+    return BlobServiceClient.from_connection_string(local_stack.env["DATA_STORAGE"]).get_container_client("landing")

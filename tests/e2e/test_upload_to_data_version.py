@@ -3,57 +3,15 @@ Evergreen → Azure ML emulator (real azure-ai-ml) → Evergreen.DataVersionRegi
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
-from azure.storage.blob import BlobServiceClient
+
+from tests.e2e.helpers import versions, wait_for, with_tag
 
 pytestmark = pytest.mark.e2e
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 90) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture(scope="module")
-def ml(local_stack):
-    from azure.ai.ml import MLClient
-    from azure.identity import DefaultAzureCredential
-
-    env = local_stack.env
-    return MLClient(DefaultAzureCredential(), env["AZURE_SUBSCRIPTION_ID"], env["AZURE_RESOURCE_GROUP"],
-                    env["AZUREML_WORKSPACE_NAME"])
-
-
-@pytest.fixture(scope="module")
-def landing(local_stack):
-    return BlobServiceClient.from_connection_string(local_stack.env["DATA_STORAGE"]).get_container_client("landing")
-
-
-def versions(ml, name: str) -> list[Any]:
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        return list(ml.data.list(name=name))
-    except ResourceNotFoundError:
-        return []
-
-
-def with_tag(ml, name: str, tag: str, value: str) -> list[Any]:
-    return [d for d in versions(ml, name) if (d.tags or {}).get(tag) == value]
-
-
 def published(local_stack) -> list[dict[str, Any]]:
     url = local_stack.env["EVERGREEN_EVENTGRID_URL"]
     return [item["event"] for item in httpx.get(f"{url}/events", params={"topic": "evergreen", "limit": 1000}).json()]

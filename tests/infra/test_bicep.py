@@ -61,7 +61,7 @@ def test_a_subscription_added_to_the_file_is_deployed_without_touching_bicep(tmp
                                          "values": ["true"]}]},
          "retryPolicy": {"maxDeliveryAttempts": 10, "eventTimeToLiveInMinutes": 60},
          "deadLetter": {"container": "deadletter-ml"}},
-        {"name": "data-version-registered", "topic": "evergreen",
+        {"name": "extra-evergreen-subscription", "topic": "evergreen",
          "destination": {"function": "on_data_version_registered", "kind": "eventGridTrigger"},
          "filter": {"includedEventTypes": ["Evergreen.DataVersionRegistered"], "subjectBeginsWith": "datasets/"},
          "retryPolicy": {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440}},
@@ -73,8 +73,8 @@ def test_a_subscription_added_to_the_file_is_deployed_without_touching_bicep(tmp
     assert deployed["model-registered"]["type"] == "Microsoft.EventGrid/systemTopics/eventSubscriptions"
     assert deployed["model-registered"]["properties"]["destination"] == {
         "endpointType": "AzureFunction", "properties": {"resourceId": "<functionApp.id>/functions/on_model_registered"}}
-    assert deployed["data-version-registered"]["type"] == "Microsoft.EventGrid/topics/eventSubscriptions"
-    assert deployed["data-version-registered"]["properties"]["deadLetterWithResourceIdentity"] is None
+    assert deployed["extra-evergreen-subscription"]["type"] == "Microsoft.EventGrid/topics/eventSubscriptions"
+    assert deployed["extra-evergreen-subscription"]["properties"]["deadLetterWithResourceIdentity"] is None
     # The new dead-letter container is created, and writable by every topic's identity.
     app = Template.load(infra / "modules" / "app.bicep").evaluator()
     assert app.variable("deadLetterContainers") == ["deadletter", "deadletter-ml"]

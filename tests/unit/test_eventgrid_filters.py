@@ -140,7 +140,7 @@ def test_real_subscription_file_parses_and_matches(tmp_path: Any) -> None:
     from devstack.eventgrid.config import load_subscriptions
     from tests.fixtures.eventgrid import INFRA_SUBSCRIPTIONS
 
-    (landing,) = load_subscriptions(INFRA_SUBSCRIPTIONS)
+    landing = next(s for s in load_subscriptions(INFRA_SUBSCRIPTIONS) if s.name == "landing-blob-created")
     assert filter_matches(landing.filter, BLOB_EVENT)
     other = {**BLOB_EVENT, "subject": "/blobServices/default/containers/other/blobs/a.csv"}
     assert not filter_matches(landing.filter, other)
