@@ -83,6 +83,7 @@ def _run(env: dict[str, str]) -> None:
 
     blobs = BlobServiceClient.from_connection_string(env["DATA_STORAGE"])
     landing = blobs.get_container_client("landing")
+    started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # the local Event Grid's format
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     folder = f"churn/drop-{stamp}/"
 
@@ -94,7 +95,7 @@ def _run(env: dict[str, str]) -> None:
     landing.upload_blob(f"{folder}_SUCCESS", b"", overwrite=True)
     _say(f"   uploaded landing/{folder}_SUCCESS")
     reference = f"reference/regions-{stamp}.csv"
-    landing.upload_blob(reference, "region,code\nnorth,N\nsouth,S\n", overwrite=True)
+    landing.upload_blob(reference, f"region,code,drop\nnorth,N,{stamp}\nsouth,S,{stamp}\n", overwrite=True)
     _say(f"   uploaded landing/{reference}")
 
     ml = MLClient(DefaultAzureCredential(), env["AZURE_SUBSCRIPTION_ID"], env["AZURE_RESOURCE_GROUP"],
@@ -120,7 +121,8 @@ def _run(env: dict[str, str]) -> None:
              f"  size={tags.get('evergreen.size')}B")
 
     eventgrid = env["EVERGREEN_EVENTGRID_URL"]
-    landing.upload_blob(f"reference/regions-{stamp}-copy.csv", "region,code\nnorth,N\nsouth,S\n", overwrite=True)
+    copy_body = f"region,code,drop\nnorth,N,{stamp}\nsouth,S,{stamp}\n"
+    landing.upload_blob(f"reference/regions-{stamp}-copy.csv", copy_body, overwrite=True)
     _say(f"\n   uploaded landing/reference/regions-{stamp}-copy.csv: the same content again")
     _wait_for("the copy's duplicate verdict",
               lambda: len([d for d in _get_json(f"{eventgrid}/deliveries")
@@ -129,12 +131,16 @@ def _run(env: dict[str, str]) -> None:
     copies = [d for d in all_reference if (d.tags or {}).get("evergreen.source_url", "").endswith("-copy.csv")]
     _say(f"\n   the identical copy registered {len(copies)} new version(s) (deduplicated by content hash)")
 
-    _say("\n3. the events that flowed (local Event Grid):")
+    _show_retraining(ml, env, str(drop.version))
+
+    _say("\n5. the events that flowed (local Event Grid):")
     deliveries = {d["eventId"]: d for d in _get_json(f"{eventgrid}/deliveries?limit=500")}
     for item in reversed(_get_json(f"{eventgrid}/events?limit=200")):
+        if item["receivedAt"] < started_at:
+            continue  # an earlier demo's events (the stack keeps its state)
         event = item["event"]
         subject = event.get("subject", "")
-        if stamp not in subject and not subject.startswith("datasets/"):
+        if stamp not in subject and not subject.startswith(("datasets/", "experiments/", "models/")):
             continue
         delivery = deliveries.get(event.get("id"), {})
         route = f"→ {delivery['function']} ({delivery['status']})" if delivery else "(no subscription)"
@@ -143,4 +149,51 @@ def _run(env: dict[str, str]) -> None:
     _say(f"\n   dead letters: {len(dead)}")
     for letter in dead:
         _say(f"   - {letter['function']}: {letter['deadLetterReason']} {letter.get('detail', '')}")
-    _say("\ndemo complete: upload → data version works end to end on the local stack")
+    _say("\ndemo complete: upload → data version → retraining → registered model, on the local stack")
+
+
+def _show_retraining(ml: Any, env: dict[str, str], data_version: str) -> None:
+    import httpx
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.identity import DefaultAzureCredential
+
+    from shared.retrain import job_name_for
+
+    job_name = job_name_for("churn-training", data_version)
+    _say(f"\n3. the new data version starts the retraining pipeline ml/pipeline.yml as job {job_name}")
+
+    def finished() -> Any:
+        try:
+            job = ml.jobs.get(job_name)
+        except ResourceNotFoundError:
+            return None
+        return job if job.status in ("Completed", "Failed", "Canceled") else None
+
+    job = _wait_for(f"pipeline job {job_name}", finished, timeout=300)
+    token = DefaultAzureCredential().get_token("https://management.azure.com/.default").token
+    logs = httpx.get(f"{env['AZUREML_DEV_URL_MFE'].rstrip('/')}/_emulator/jobs/{job_name}/logs",
+                     headers={"Authorization": f"Bearer {token}"}, verify=env["REQUESTS_CA_BUNDLE"]).json()
+    _say(f"   job {job_name}: {logs['status']}")
+    for node, step in logs["steps"].items():
+        tail = [line for line in step["log"].splitlines() if line.strip()][-3:]
+        _say(f"   - step {node:<9} {step['status']}")
+        for line in tail:
+            _say(f"       | {line[:150]}")
+    if job.status != "Completed":
+        raise RuntimeError(f"the retraining job ended {job.status}: {logs.get('error')}")
+
+    def model() -> Any:
+        try:
+            models = ml.models.list(name="churn-model")
+            return next((m for m in models if (m.tags or {}).get("evergreen.job_name") == job_name), None)
+        except ResourceNotFoundError:
+            return None
+
+    registered = _wait_for("the registered model", model, timeout=60)
+    tags = registered.tags or {}
+    _say(f"\n4. registered model {registered.name}:{registered.version}  path={registered.path}")
+    _say(f"   lineage: data {tags.get('evergreen.data_asset')}:{tags.get('evergreen.data_version')}"
+         f" → job {tags.get('evergreen.job_name')} → model; code sha256 {tags.get('evergreen.code_sha256', '')[:12]}…")
+    metrics = {k.removeprefix("evergreen.metric."): v for k, v in tags.items()
+               if k.startswith("evergreen.metric.")}
+    _say("   metrics: " + ", ".join(f"{k}={float(v):.3f}" for k, v in sorted(metrics.items())))
