@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("env", help="print .devstack/env as shell exports")
     demo = sub.add_parser("demo", help="the end-to-end demo on the local stack (starts and stops it)")
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    sub.add_parser("bench", help="run the benchmarks in bench/ (they print numbers)")
     test = sub.add_parser("test", help="run every test (pytest); extra arguments go to pytest")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)

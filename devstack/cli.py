@@ -60,6 +60,8 @@ def run(args: argparse.Namespace, state_dir: Path) -> int:
         return env(state_dir)
     if args.command == "test":
         return test(args.pytest_args)
+    if args.command == "bench":
+        return subprocess.call([sys.executable, "-m", "bench.bench_planning"], cwd=REPO_ROOT)
     if args.command == "demo":
         from devstack.demo import run_demo
 
