@@ -10,31 +10,18 @@ import csv
 import io
 import json
 import random
-import time
 import urllib.request
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from devstack.polling import wait_for
 from devstack.procs import port_open
 from devstack.stack import Ports, Stack, applied_env, read_env, start_stack, stop_stack
-
-T = TypeVar("T")
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
-
-
-def _wait_for(what: str, probe: Callable[[], T | None], timeout: float = 120.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _get_json(url: str) -> Any:
@@ -108,10 +95,10 @@ def _run(env: dict[str, str]) -> None:
             return None
 
     _say("\n2. waiting for Evergreen to register the data versions...")
-    drop = _wait_for("the drop's data version",
+    drop = wait_for("the drop's data version",
                      lambda: version_for("churn-training", "evergreen.source_folder", f"landing/{folder}"))
     reference_url = landing.get_blob_client(reference).url
-    ref = _wait_for("the reference file's data version",
+    ref = wait_for("the reference file's data version",
                     lambda: version_for("churn-reference", "evergreen.source_url", reference_url))
     _say("\n   registered data versions:")
     for d in (drop, ref):
@@ -124,7 +111,7 @@ def _run(env: dict[str, str]) -> None:
     copy_body = f"region,code,drop\nnorth,N,{stamp}\nsouth,S,{stamp}\n"
     landing.upload_blob(f"reference/regions-{stamp}-copy.csv", copy_body, overwrite=True)
     _say(f"\n   uploaded landing/reference/regions-{stamp}-copy.csv: the same content again")
-    _wait_for("the copy's duplicate verdict",
+    wait_for("the copy's duplicate verdict",
               lambda: len([d for d in _get_json(f"{eventgrid}/deliveries")
                            if "-copy.csv" in json.dumps(d) and d.get("status") == "delivered"]) > 0, timeout=60)
     all_reference = list(ml.data.list(name="churn-reference"))
@@ -169,7 +156,7 @@ def _show_retraining(ml: Any, env: dict[str, str], data_version: str) -> None:
             return None
         return job if job.status in ("Completed", "Failed", "Canceled") else None
 
-    job = _wait_for(f"pipeline job {job_name}", finished, timeout=300)
+    job = wait_for(f"pipeline job {job_name}", finished, timeout=300)
     token = DefaultAzureCredential().get_token("https://management.azure.com/.default").token
     logs = httpx.get(f"{env['AZUREML_DEV_URL_MFE'].rstrip('/')}/_emulator/jobs/{job_name}/logs",
                      headers={"Authorization": f"Bearer {token}"}, verify=env["REQUESTS_CA_BUNDLE"]).json()
@@ -189,7 +176,7 @@ def _show_retraining(ml: Any, env: dict[str, str], data_version: str) -> None:
         except ResourceNotFoundError:
             return None
 
-    registered = _wait_for("the registered model", model, timeout=60)
+    registered = wait_for("the registered model", model, timeout=60)
     tags = registered.tags or {}
     _say(f"\n4. registered model {registered.name}:{registered.version}  path={registered.path}")
     _say(f"   lineage: data {tags.get('evergreen.data_asset')}:{tags.get('evergreen.data_version')}"
