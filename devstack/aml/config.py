@@ -62,8 +62,6 @@ class AmlConfig:
     page_size: int = 100
     # Seconds an LRO poller is told to wait (Retry-After); the SDK's own default is 5 s.
     lro_retry_after: float = 1.0
-    # How long a `nextVersion` read counts as an outstanding auto-increment (see assets.py).
-    version_handout_ttl: float = 60.0
     token_lifetime: int = 3600
     # Online endpoints (endpoints.py, serving.py): the scoring router's http port (0 = any free
     # port; scoringUri is computed on read), the least time a provisioning LRO stays `Updating`,

@@ -37,14 +37,6 @@ CREATE TABLE IF NOT EXISTS resources (
     UNIQUE (kind, parent, name)
 );
 CREATE INDEX IF NOT EXISTS resources_by_parent ON resources (kind, parent, id);
-CREATE TABLE IF NOT EXISTS handouts (
-    id      INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind    TEXT NOT NULL,
-    parent  TEXT NOT NULL,
-    version TEXT NOT NULL,
-    issued  REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS handouts_by_version ON handouts (kind, parent, version);
 CREATE TABLE IF NOT EXISTS outbox (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
     topic   TEXT NOT NULL,
@@ -127,29 +119,6 @@ class Tx:
     def delete_children(self, kind: str, parent: str) -> int:
         cur = self.conn.execute("DELETE FROM resources WHERE kind=? AND parent=?", (kind, parent.lower()))
         return cur.rowcount
-
-    # --- auto-increment handouts (see assets.py) ---
-    def add_handout(self, kind: str, parent: str, version: str, issued: float) -> None:
-        self.conn.execute(
-            "INSERT INTO handouts (kind, parent, version, issued) VALUES (?, ?, ?, ?)",
-            (kind, parent.lower(), version.lower(), issued),
-        )
-
-    def take_handout(self, kind: str, parent: str, version: str, *, issued_before: float, issued_after: float) -> bool:
-        """Consume the oldest handout of `version` issued in the window; False if there is none."""
-        cur = self.conn.execute(
-            "SELECT id FROM handouts WHERE kind=? AND parent=? AND version=? AND issued<? AND issued>? "
-            "ORDER BY id LIMIT 1",
-            (kind, parent.lower(), version.lower(), issued_before, issued_after),
-        )
-        r = cur.fetchone()
-        if r is None:
-            return False
-        self.conn.execute("DELETE FROM handouts WHERE id=?", (r["id"],))
-        return True
-
-    def prune_handouts(self, older_than: float) -> None:
-        self.conn.execute("DELETE FROM handouts WHERE issued<?", (older_than,))
 
     # --- event outbox ---
     def add_event(self, topic: str, event: dict[str, Any]) -> None:
