@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PATH_CONFLICT = "Asset paths cannot be updated."
+AUTOINCREMENT_ATTEMPTS = 8
+
 
 @dataclass(frozen=True)
 class DataVersionSpec:
@@ -68,7 +71,21 @@ class AzureML:
             description=spec.description,
             tags=spec.tags,
         )
-        created = self.client.data.create_or_update(data)
+        from azure.core.exceptions import HttpResponseError
+
+        # The SDK reads the container's nextVersion, then PUTs that number. Another instance may take
+        # the same number first; the service then refuses our PUT ("Asset paths cannot be updated."),
+        # with no side effect, and reading nextVersion again gives a free number.
+        for attempt in range(1, AUTOINCREMENT_ATTEMPTS + 1):
+            try:
+                created = self.client.data.create_or_update(data)
+                break
+            except HttpResponseError as exc:
+                if PATH_CONFLICT not in str(exc) or attempt == AUTOINCREMENT_ATTEMPTS:
+                    raise
+                log.info("data asset %s: version number taken concurrently (attempt %d); retrying", spec.name,
+                         attempt)
+                data.version = None
         return RegisteredDataVersion(name=created.name, version=str(created.version), uri=str(created.path))
 
     def find_data_version(self, name: str, tag: str, value: str) -> RegisteredDataVersion | None:
