@@ -7,7 +7,9 @@ functions that never touch Azure ML (webhook handshakes, ignored blobs) stay fas
 from __future__ import annotations
 
 import logging
+import random
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +88,7 @@ class AzureML:
                 log.info("data asset %s: version number taken concurrently (attempt %d); retrying", spec.name,
                          attempt)
                 data.version = None
+                time.sleep(random.uniform(0, 0.05 * attempt))  # jitter: racing instances fall out of step
         return RegisteredDataVersion(name=created.name, version=str(created.version), uri=str(created.path))
 
     def find_data_version(self, name: str, tag: str, value: str) -> RegisteredDataVersion | None:
