@@ -329,26 +329,10 @@ def test_plans_do_not_depend_on_listing_order(inv: Inventory, rule_set: list[Ret
 
 def test_planning_at_scale_is_correct() -> None:
     """10,000 data versions, 2,000 models, 20,000 blobs: correctness only (timing is the benchmarks' job)."""
-    data, blobs = [], []
-    for n in range(100):
-        for v in range(1, 101):
-            created = NOW - timedelta(days=200 - v)
-            data.append(DataVersion(f"ds{n}", str(v), created, archived=v <= 50,
-                                    blob_paths=(BlobPath("landing", f"ds{n}/{v}/"),)))
-            blobs += [Blob("landing", f"ds{n}/{v}/part-{i}.parquet", created) for i in range(2)]
-    models = [ModelVersion(f"m{n}", str(v), NOW - timedelta(days=100 - v), metrics={"auc": (v * 37 % 100) / 100},
-                           data_asset=f"ds{n}", data_version=str(v))
-              for n in range(20) for v in range(1, 101)]
-    deployments = [Deployment(f"e{n}", "blue", 100, None, f"m{n}", "1") for n in range(20)]
-    inv = Inventory(NOW, tuple(data), tuple(models), tuple(blobs), tuple(deployments))
-    rule_set = [
-        RetentionRule.model_validate({"name": "data", "type": "dataVersions", "actions": {
-            "keepLatest": 10, "archive": {"daysAfterCreationGreaterThan": 30}}}),
-        RetentionRule.model_validate({"name": "models", "type": "modelVersions", "actions": {
-            "keepLatest": 5, "keepTopK": {"k": 3, "metric": "auc"}, "archive": {"daysAfterCreationGreaterThan": 0}}}),
-        RetentionRule.model_validate({"name": "blobs", "type": "blobs", "filters": {"prefixes": ["landing/"]},
-                                      "actions": {"delete": {"daysAfterModificationGreaterThan": 30}}}),
-    ]
+    from bench.bench_planning import RULES, inventory
+
+    inv, rule_set = inventory(1), RULES
+    data = inv.data_versions
     plan = plan_retention(inv, rule_set)
     by_kind: dict[ActionKind, int] = {}
     for a in plan.actions:
