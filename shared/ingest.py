@@ -25,7 +25,7 @@ from shared.audit import AuditRecord
 from shared.blobnames import azureml_path, is_system_container, problem_with_name
 from shared.errors import ClaimInProgressError, InvalidEventError
 from shared.events import BlobCreated, DataVersionRegistered, SealRequest
-from shared.keys import clean_etag, digest
+from shared.keys import clean_etag
 from shared.ledger import BatchRecord, ContentRecord, Ledger, utcnow
 from shared.policy import AssetType, DatasetPolicy, Policy
 
@@ -444,5 +444,3 @@ def seal_request_to_json(request: SealRequest) -> str:
     return json.dumps({"dataset": request.dataset, "folder": request.folder, "generation": request.generation,
                        "reason": request.reason})
 
-
-__all__ = ["Ingestor", "Outcome", "digest", "plan_blob", "plan_seal"]

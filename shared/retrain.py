@@ -237,8 +237,7 @@ class Retrainer:
             return RetrainOutcome("skipped", f"run {finished.run_id} is not an Evergreen retraining run")
         state = self._ledger.get_retrain_state(dataset)
         if state is None or state.active_job != finished.run_id:
-            outcome = RetrainOutcome("skipped", f"run {finished.run_id} is not the active run of {dataset}")
-            return outcome
+            return RetrainOutcome("skipped", f"run {finished.run_id} is not the active run of {dataset}")
         version = finished.tags.get("evergreen.data_version", state.active_version or "")
         self._ledger.set_retrain_run_status(dataset, version, finished.status.lower())
         verdict = "finished" if finished.succeeded else "failed"
