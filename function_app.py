@@ -3,6 +3,8 @@
 import azure.functions as func
 
 from functions.ingest import bp as ingest
+from functions.promote import bp as promote
+from functions.retention import bp as retention
 from functions.retrain import bp as retrain
 from shared.clients import load_configuration
 
@@ -13,3 +15,5 @@ load_configuration()
 app = func.FunctionApp()
 app.register_functions(ingest)
 app.register_functions(retrain)
+app.register_functions(promote)
+app.register_functions(retention)

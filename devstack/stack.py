@@ -70,6 +70,7 @@ def stack_env(state_dir: Path, ports: Ports) -> dict[str, str]:
             "EVERGREEN_LANDING_CONTAINER": "landing",
             "EVERGREEN_EVENTGRID_URL": f"http://127.0.0.1:{ports.eventgrid}",
             "EVERGREEN_HOST_URL": f"http://127.0.0.1:{ports.host}",
+            "EVERGREEN_RETENTION_SCHEDULE": "0 0 3 * * *",  # the retention timer (03:00 UTC daily)
             "FUNCTIONS_WORKER_RUNTIME": "python",
         }
     )

@@ -17,14 +17,19 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64EncodePolicy
 
-from shared.aml import AzureML
+from shared.aml import AzureML, OnlineEndpoints
+from shared.aml_retention import AmlRetention
 from shared.audit import AUDIT_TABLE, AuditLog
+from shared.blob_retention import BlobRetention
 from shared.events import SealRequest
 from shared.ingest import Ingestor, seal_request_to_json
 from shared.ledger import Ledger
 from shared.policy import Policy, load_policy
+from shared.promotion import ROLLOUT_QUEUE, Promoter
 from shared.publisher import EventPublisher
+from shared.retention_runner import RetentionRunner
 from shared.retrain import Retrainer
+from shared.rollout import RolloutTick
 from shared.settings import Settings, StorageConnection, load_settings
 
 log = logging.getLogger(__name__)
@@ -79,12 +84,24 @@ class QueueSealScheduler:
         self._queue.send_message(seal_request_to_json(request), visibility_timeout=max(0, round(delay_seconds)))
 
 
+class QueueTickScheduler:
+    """Schedules rollout steps as queue messages that become visible after the delay (max 7 days)."""
+
+    def __init__(self, queue: QueueClient) -> None:
+        self._queue = queue
+
+    def send(self, tick: RolloutTick, delay_seconds: float) -> None:
+        self._queue.send_message(tick.to_json(), visibility_timeout=min(604800, max(0, round(delay_seconds))))
+
+
 @dataclass(frozen=True)
 class Services:
     settings: Settings
     policy: Policy
     ingestor: Ingestor
     retrainer: Retrainer
+    retention: RetentionRunner
+    promoter: Promoter
 
 
 def build_services(settings: Settings, policy: Policy) -> Services:
@@ -97,9 +114,10 @@ def build_services(settings: Settings, policy: Policy) -> Services:
     audit = AuditLog(tables.create_table_if_not_exists(AUDIT_TABLE))
     ledger = Ledger(ledger_table)
     azureml = AzureML(credential, settings.subscription_id, settings.resource_group, settings.workspace_name)
+    data_blobs = blob_service(settings.data_storage, credential)
     ingestor = Ingestor(
         policy=policy,
-        blobs=blob_service(settings.data_storage, credential),
+        blobs=data_blobs,
         ledger=ledger,
         registry=azureml,
         publisher=EventPublisher(settings.events_topic_endpoint, topic_credential),
@@ -108,7 +126,13 @@ def build_services(settings: Settings, policy: Policy) -> Services:
     )
     retrainer = Retrainer(policy=policy, app_root=settings.policy_path.parent, ledger=ledger, jobs=azureml,
                           audit=audit)
-    return Services(settings=settings, policy=policy, ingestor=ingestor, retrainer=retrainer)
+    promoter = Promoter(policy=policy, endpoints=OnlineEndpoints(azureml), ledger=ledger,
+                        ticks=QueueTickScheduler(queue_client(settings.app_storage, credential, ROLLOUT_QUEUE)),
+                        audit=audit, app_root=settings.policy_path.parent)
+    retention = RetentionRunner(policy.retention, AmlRetention(azureml), BlobRetention(data_blobs), ledger.rollouts,
+                                audit)
+    return Services(settings=settings, policy=policy, ingestor=ingestor, retrainer=retrainer, promoter=promoter,
+                    retention=retention)
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from enum import Enum
 from itertools import pairwise
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.keys import digest
 
@@ -208,6 +208,18 @@ class _Frozen(BaseModel):
 class DeploymentPolicy(_Frozen):
     instance_type: str = Field(description="managed online deployment SKU, e.g. Standard_DS3_v2")
     instance_count: Annotated[int, Field(ge=1, le=100)] = 1
+    environment: str | None = Field(default=None, description="serving environment, e.g. "
+                                    "azureml:AzureML-sklearn-1.5@latest (none for MLflow models)")
+    code: str | None = Field(default=None, description="folder with the scoring script, relative to the app root")
+    scoring_script: str | None = Field(default=None, description="file in `code` with init()/run(), e.g. score.py")
+
+    @model_validator(mode="after")
+    def _code_and_script(self) -> DeploymentPolicy:
+        if (self.code is None) != (self.scoring_script is None):
+            raise ValueError("set both code and scoring_script (a custom scoring script), or neither (MLflow model)")
+        if self.code is not None and (self.code.startswith("/") or ".." in self.code.split("/")):
+            raise ValueError("code must be a folder relative to the app root, e.g. ml/src")
+        return self
 
     @field_validator("instance_type")
     @classmethod
@@ -220,6 +232,8 @@ class DeploymentPolicy(_Frozen):
 class SmokeTestPolicy(_Frozen):
     request: dict[str, Any] = Field(description="sample scoring request (JSON) sent to the new deployment")
     timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 30.0
+    expect_keys: tuple[str, ...] = Field(default=(), description="keys the JSON reply must contain, e.g. "
+                                         "[predictions]")
 
     @field_validator("request")
     @classmethod
@@ -241,7 +255,10 @@ class PromotionPolicy(_Frozen):
     deployment: DeploymentPolicy
     smoke_test: SmokeTestPolicy
     canary_steps: tuple[int, ...] = (10, 50, 100)
+    canary_interval_seconds: Annotated[float, Field(ge=0, le=86400)] = 60.0
     grace_period_seconds: Annotated[float, Field(ge=0, le=86400)] = 300.0
+    poll_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    provisioning_timeout_seconds: Annotated[float, Field(gt=0, le=86400)] = 3600.0
 
     @field_validator("metric")
     @classmethod

@@ -90,6 +90,79 @@ class RetrainState:
     row: Row
 
 
+@dataclass(frozen=True)
+class RolloutRecord:
+    """One endpoint's rollout: the row is the endpoint's lock, and `seq` orders its steps.
+
+    Only the instance whose conditional write moves `seq` forward executes a step; a message for an
+    older `seq` is stale. `queued_*` holds the newest candidate that arrived mid-rollout.
+    """
+
+    endpoint: str
+    rollout_id: str
+    seq: int
+    state: str
+    candidate_name: str
+    candidate_version: str
+    deployment: str  # the candidate's deployment
+    champion_deployment: str  # the deployment taking traffic when the rollout started ("" = none)
+    champion_model: str  # "name:version" of the champion ("" = none)
+    step: int  # index into the canary steps already applied (-1 = none yet)
+    due_at: datetime | None  # when the next step may run (polls, grace period)
+    started_at: datetime | None
+    reason: str
+    queued_name: str
+    queued_version: str
+    queued_event: str
+    event_id: str  # the event that started this rollout (correlation id for every log line)
+    phase_since: datetime | None  # when the current state was entered (provisioning timeout)
+    attempts: int  # failed tries of the current step (transient errors are retried, then rolled back)
+    failure: str  # why the rollout is rolling back ("" = it is not)
+    row: Row
+
+    @property
+    def candidate(self) -> str:
+        return f"{self.candidate_name}:{self.candidate_version}"
+
+    @property
+    def active(self) -> bool:
+        return self.state not in ROLLOUT_FINAL_STATES
+
+
+ROLLOUT_FINAL_STATES = frozenset({"", "succeeded", "rolled_back"})  # shared.rollout.FINAL_PHASES, as text
+
+
+def _rollout(row: Row) -> RolloutRecord:
+    d = row.data
+    return RolloutRecord(
+        endpoint=d["Endpoint"], rollout_id=d.get("RolloutId", ""), seq=int(d.get("Seq", 0)), state=d.get("State", ""),
+        candidate_name=d.get("CandidateName", ""), candidate_version=d.get("CandidateVersion", ""),
+        deployment=d.get("Deployment", ""), champion_deployment=d.get("ChampionDeployment", ""),
+        champion_model=d.get("ChampionModel", ""), step=int(d.get("Step", -1)), due_at=_parse(d.get("DueAt")),
+        started_at=_parse(d.get("StartedAt")), reason=d.get("Reason", ""), queued_name=d.get("QueuedName", ""),
+        queued_version=d.get("QueuedVersion", ""), queued_event=d.get("QueuedEvent", ""),
+        event_id=d.get("EventId", ""), phase_since=_parse(d.get("PhaseSince")), attempts=int(d.get("Attempts", 0)),
+        failure=d.get("Failure", ""), row=row,
+    )
+
+
+_ROLLOUT_FIELDS = {
+    "rollout_id": "RolloutId", "seq": "Seq", "state": "State", "candidate_name": "CandidateName",
+    "candidate_version": "CandidateVersion", "deployment": "Deployment", "champion_deployment": "ChampionDeployment",
+    "champion_model": "ChampionModel", "step": "Step", "due_at": "DueAt", "started_at": "StartedAt",
+    "reason": "Reason", "queued_name": "QueuedName", "queued_version": "QueuedVersion",
+    "queued_event": "QueuedEvent", "event_id": "EventId", "phase_since": "PhaseSince", "attempts": "Attempts",
+    "failure": "Failure",
+}
+
+
+def _rollout_changes(changes: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in changes.items():
+        out[_ROLLOUT_FIELDS[key]] = _iso(value) if isinstance(value, datetime) else ("" if value is None else value)
+    return out
+
+
 def _retrain_state(row: Row) -> RetrainState:
     d = row.data
     return RetrainState(
@@ -349,3 +422,35 @@ class Ledger:
         if job:
             entity["Job"] = job
         self._table.upsert_entity(entity, mode=UpdateMode.MERGE)
+
+    # -- rollouts: one row per endpoint, advanced only by ETag-conditional writes ------------------
+    def get_rollout(self, endpoint: str) -> RolloutRecord | None:
+        row = self._get("rollout", endpoint)
+        return _rollout(row) if row else None
+
+    def rollouts(self) -> list[RolloutRecord]:
+        """Every endpoint's rollout row (retention protects what an in-flight rollout references)."""
+        entities = self._table.query_entities("PartitionKey eq @pk", parameters={"pk": "rollout"})
+        return [_rollout(Row(dict(e), str(e.metadata["etag"]))) for e in entities]
+
+    def create_rollout(self, endpoint: str, **fields: Any) -> RolloutRecord | None:
+        """Insert the endpoint's first rollout row; None if another instance inserted it first."""
+        row = self._insert({"PartitionKey": "rollout", "RowKey": endpoint, "Endpoint": endpoint,
+                            **_rollout_changes(fields)})
+        return _rollout(row) if row else None
+
+    def update_rollout(self, record: RolloutRecord, **changes: Any) -> RolloutRecord | None:
+        """Write `changes` if the row is unchanged since `record` was read; None if another instance moved it."""
+        row = self._replace_if(record.row, _rollout_changes(changes))
+        return _rollout(row) if row else None
+
+    # -- promotions tried: one row per (endpoint, candidate), so a redelivered event never re-rolls ----
+    def record_promotion(self, key: str, endpoint: str, candidate: str, outcome: str, reason: str) -> None:
+        self._table.upsert_entity({"PartitionKey": "promotion", "RowKey": key, "Endpoint": endpoint,
+                                   "Candidate": candidate, "Outcome": outcome, "Reason": reason,
+                                   "UpdatedAt": _iso(utcnow())}, mode=UpdateMode.MERGE)
+
+    def promotion_outcome(self, key: str) -> tuple[str, str] | None:
+        """(outcome, reason) of an earlier promotion of this candidate on this endpoint, if any."""
+        row = self._get("promotion", key)
+        return (str(row.data.get("Outcome", "")), str(row.data.get("Reason", ""))) if row else None

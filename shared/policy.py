@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import ConfigurationError
+from shared.gate import PromotionPolicy
+from shared.retention import RetentionPolicy
 
 _ASSET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 
@@ -110,10 +112,26 @@ class RetrainPolicy(_Frozen):
         return value
 
 
+class ModelPolicy(_Frozen):
+    """A registered model's promotion: which endpoint it serves, and when a new version wins."""
+
+    name: str = Field(description="Azure ML model name, as registered by the pipeline")
+    promotion: PromotionPolicy
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _ASSET_NAME_RE.match(value):
+            raise ValueError("must start with a letter or digit and use only letters, digits, '_', '.', '-'")
+        return value
+
+
 class Policy(_Frozen):
     version: int = 1
     datasets: tuple[DatasetPolicy, ...]
     retraining: tuple[RetrainPolicy, ...] = ()
+    models: tuple[ModelPolicy, ...] = ()
+    retention: RetentionPolicy = RetentionPolicy()
 
     @field_validator("version")
     @classmethod
@@ -154,6 +172,22 @@ class Policy(_Frozen):
         if len(seen) != len(set(seen)):
             raise ValueError("retraining: one entry per dataset")
         return self
+
+    @model_validator(mode="after")
+    def _one_model_per_endpoint(self) -> Policy:
+        names = [m.name for m in self.models]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"models: one entry per model; repeated: {', '.join(repeated)}")
+        endpoints = [m.promotion.endpoint for m in self.models]
+        shared = sorted({e for e in endpoints if endpoints.count(e) > 1})
+        if shared:
+            raise ValueError(f"models: endpoint(s) {', '.join(shared)} named by more than one model; two models "
+                             "promoting onto one endpoint would keep replacing each other")
+        return self
+
+    def model(self, name: str) -> ModelPolicy | None:
+        return next((m for m in self.models if m.name == name), None)
 
     def retraining_for(self, dataset: str) -> RetrainPolicy | None:
         return next((r for r in self.retraining if r.dataset == dataset), None)

@@ -229,6 +229,37 @@ def parse_registry_webhook(
                          "X-MLflow-Timestamp) or X-Databricks-Signature; create the webhook with a secret")
 
 
+def parse_webhook_request(
+    method: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    secret: str | None,
+    now: datetime,
+    tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
+    max_rate: int | None = None,
+) -> WebhookResult:
+    """One URL for all three kinds (`POST /api/registry-webhook`), told apart without trusting the body.
+
+    A request carrying a registry signature header, or a JSON object that is not a CloudEvent (the
+    shape of MLflow and Databricks webhooks), is a registry webhook and must verify: it can never be
+    downgraded to an unsigned Event Grid delivery. Everything else is an Event Grid delivery (Event Grid
+    schema array or CloudEvents), authenticated by the function key.
+    """
+    h = _lower(headers)
+    signed = any(k in h for k in (MLFLOW_SIGNATURE, MLFLOW_TIMESTAMP, MLFLOW_DELIVERY_ID, DATABRICKS_SIGNATURE))
+    if method.upper() == "POST" and not signed and len(body) <= MAX_BODY_BYTES:
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = None
+        signed = isinstance(document, dict) and "specversion" not in document
+    if signed:
+        return parse_registry_webhook(method, headers, body, secret=secret, now=now,
+                                      tolerance_seconds=tolerance_seconds)
+    return parse_event_delivery(method, headers, body, max_rate=max_rate)
+
+
 def parse_model_registered(event: Mapping[str, Any]) -> ModelVersionEvent:
     """Parse one Event Grid–schema event from the Functions Event Grid trigger (the trigger did the handshake).
 

@@ -57,6 +57,7 @@ def build_router() -> Router:
     r.add("GET", f"{LOCATIONS}/mfeOperationsStatus/(?P<op>[^/]+)", lro.get_status)
     r.add("GET", f"{LOCATIONS}/mfeOperationResults/(?P<op>[^/]+)", lro.get_result)
     endpoints.register(r)  # online endpoints/deployments + /_emulator/faults
+    assets.register_admin(r)  # /_emulator/throttle (429 + Retry-After) and /_emulator/seed (bulk versions)
     jobs.register(r)  # codes, environments, components, jobs (+ local execution)
     return r
 

@@ -15,8 +15,12 @@ overwritten; each PUT is one `BEGIN IMMEDIATE` transaction, so rows are never ha
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from devstack.aml.errors import ArmError, bad_request, not_found
 from devstack.aml.storage import parse_azureml_uri
 from devstack.aml.store import Row, Tx
-from devstack.aml.web import Call, Reply, paged
+from devstack.aml.web import Call, Reply, Router, int_param, next_link, paged
 
 if TYPE_CHECKING:
     from devstack.aml.app import Emulator
@@ -259,6 +263,7 @@ def get_container(emu: Emulator, call: Call) -> Reply:
 
 def list_containers(emu: Emulator, call: Call) -> Reply:
     kind, view = kind_of(call), _list_view(call)
+    _throttle(emu, call)
     with emu.store.read() as tx:
         items = [
             container_view(kind, c, tx.rows(kind.version_kind, c.name))
@@ -307,6 +312,7 @@ def delete_container(emu: Emulator, call: Call) -> Reply:
 
 def get_version(emu: Emulator, call: Call) -> Reply:
     kind, name, version = kind_of(call), call.params["name"], call.params["version"]
+    _throttle(emu, call)
     with emu.store.read() as tx:
         row = tx.get(kind.version_kind, version, parent=name)
         if row is None:
@@ -320,7 +326,13 @@ _ORDER = re.compile(r"^\s*createdtime(?:\s+(asc|desc))?\s*$", re.IGNORECASE)
 
 
 def list_versions(emu: Emulator, call: Call) -> Reply:
+    """One page of versions, filtered and paged in SQL: a full listing costs O(n), not O(n²).
+
+    The continuation token carries the last row id served (keyset paging), so each page is one
+    index range scan however deep into the listing it is.
+    """
     kind, name, view = kind_of(call), call.params["name"], _list_view(call)
+    _throttle(emu, call)
     order = call.query.get("$orderby")
     newest_first = True
     if order:
@@ -328,19 +340,58 @@ def list_versions(emu: Emulator, call: Call) -> Reply:
         if m is None:
             raise bad_request(f"$orderBy supports 'createdtime asc|desc', got '{order}'.")
         newest_first = (m.group(1) or "asc").lower() == "desc"
+    after, served = _decode_keyset(call.query.get("$skiptoken"))
+    top = int_param(call, "$top")
+    size = max(1, emu.config.page_size)
+    limit = size if top is None else max(0, min(size, top - served))
     with emu.store.read() as tx:
         if tx.get(kind.segment, name) is None:
             raise kind.container_not_found(name)
-        rows = tx.rows(kind.version_kind, name, newest_first=newest_first)
-    items = [r.body for r in rows if _visible(bool(r.body["properties"].get("isArchived")), view)]
-    stage = call.query.get("stage")
+        rows = _version_page(tx, kind, name, view=view, stage=call.query.get("stage"), newest_first=newest_first,
+                             after=after, limit=limit + 1)
+    page = rows[:limit]
+    result: dict[str, Any] = {"value": [r.body for r in page]}
+    if len(rows) > limit and page and (top is None or served + len(page) < top):
+        result["nextLink"] = next_link(call, _encode_keyset(page[-1].id, served + len(page)))
+    return Reply(200, result)
+
+
+def _version_page(tx: Tx, kind: AssetKind, name: str, *, view: str, stage: str | None, newest_first: bool,
+                  after: int | None, limit: int) -> list[Row]:
+    where = ["kind=?", "parent=?"]
+    args: list[Any] = [kind.version_kind, name.lower()]
+    if after is not None:
+        where.append("id < ?" if newest_first else "id > ?")
+        args.append(after)
+    if view != "All":
+        where.append("coalesce(json_extract(body, '$.properties.isArchived'), 0) = ?")
+        args.append(1 if view == "ArchivedOnly" else 0)
     if stage:
-        items = [i for i in items if (i["properties"].get("stage") or "").lower() == stage.lower()]
-    return paged(call, items, emu.config.page_size)
+        where.append("lower(coalesce(json_extract(body, '$.properties.stage'), '')) = ?")
+        args.append(stage.lower())
+    return tx.select(" AND ".join(where), tuple(args), newest_first=newest_first, limit=limit)
+
+
+def _encode_keyset(last_id: int, served: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"k": last_id, "n": served}).encode()).decode().rstrip("=")
+
+
+def _decode_keyset(token: str | None) -> tuple[int | None, int]:
+    if not token:
+        return None, 0
+    try:
+        doc = json.loads(base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode()))
+        last, served = doc["k"], doc["n"]
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise bad_request(f"The continuation token '{token}' is not valid.") from exc
+    if not isinstance(last, int) or not isinstance(served, int) or served < 0:
+        raise bad_request(f"The continuation token '{token}' is not valid.")
+    return last, served
 
 
 def put_version(emu: Emulator, call: Call) -> Reply:
     kind, name, version = kind_of(call), call.params["name"], call.params["version"]
+    _throttle(emu, call)
     coords = emu.config.coords
     props = _version_properties(kind, call.body_object()["properties"], coords)
     with emu.store.write() as tx:
@@ -397,6 +448,119 @@ def _create_version(
 
 def delete_version(emu: Emulator, call: Call) -> Reply:
     kind, name, version = kind_of(call), call.params["name"], call.params["version"]
+    _throttle(emu, call)
     with emu.store.write() as tx:
         existed = tx.delete(kind.version_kind, version, parent=name)
     return Reply(200 if existed else 204, empty=True)
+
+
+# --- emulator-only admin routes: throttling (429 + Retry-After) and bulk seeding -----------------
+
+THROTTLE = "emulatorThrottle"
+
+
+def register_admin(r: Router) -> None:
+    """`/_emulator/throttle` (GET lists, POST adds, DELETE clears) and `/_emulator/seed/{data|models}/{name}`."""
+    r.add("GET", "/_emulator/throttle", list_throttles)
+    r.add("POST", "/_emulator/throttle", add_throttle)
+    r.add("DELETE", "/_emulator/throttle", clear_throttles)
+    r.add("POST", "/_emulator/seed/(?P<kind>data|models)/(?P<name>[^/]+)", seed_versions)
+
+
+def _throttle(emu: Emulator, call: Call) -> None:
+    """Answer 429 with Retry-After, as ARM does when throttling, while a queued throttle rule matches."""
+    with emu.store.read() as tx:
+        rules = tx.rows(THROTTLE, newest_first=False)
+    for rule in rules:
+        spec = rule.body
+        if spec["method"] not in ("*", call.method) or spec["pathContains"].lower() not in call.path.lower():
+            continue
+        with emu.store.write() as tx:
+            current = tx.get(THROTTLE, rule.name)
+            if current is None:
+                continue
+            left = int(current.body["times"]) - 1
+            if left <= 0:
+                tx.delete(THROTTLE, rule.name)
+            else:
+                tx.put(THROTTLE, rule.name, {**current.body, "times": left})
+        raise ArmError(429, "TooManyRequests", "The request is being throttled. Retry after the given time.",
+                       headers={"Retry-After": str(spec["retryAfter"])})
+
+
+def list_throttles(emu: Emulator, call: Call) -> Reply:
+    with emu.store.read() as tx:
+        return Reply(200, {"value": [r.body for r in tx.rows(THROTTLE, newest_first=False)]})
+
+
+def add_throttle(emu: Emulator, call: Call) -> Reply:
+    """`{"method": "PUT"|"*", "pathContains": "/data/x", "times": 2, "retryAfter": 1}`: next matches get 429."""
+    body = call.body if isinstance(call.body, dict) else {}
+    method = str(body.get("method") or "*").upper()
+    path, times, retry_after = body.get("pathContains", ""), body.get("times", 1), body.get("retryAfter", 1)
+    if not isinstance(path, str):
+        raise bad_request("'pathContains' must be a string.")
+    if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+        raise bad_request("'times' must be a positive integer.")
+    if not isinstance(retry_after, int) or isinstance(retry_after, bool) or retry_after < 0:
+        raise bad_request("'retryAfter' must be a whole number of seconds.")
+    throttle_id = secrets.token_hex(8)
+    entry = {"id": throttle_id, "method": method, "pathContains": path, "times": times, "retryAfter": retry_after}
+    with emu.store.write() as tx:
+        tx.put(THROTTLE, throttle_id, entry)
+    return Reply(201, entry)
+
+
+def clear_throttles(emu: Emulator, call: Call) -> Reply:
+    with emu.store.write() as tx:
+        return Reply(200, {"removed": tx.delete_children(THROTTLE, "")})
+
+
+def seed_versions(emu: Emulator, call: Call) -> Reply:
+    """Bulk-create versions in one transaction, with a given `createdAt` (benchmarks, demos of old assets).
+
+    Body: `{"versions": [{"version": "1", "uri": "azureml://datastores/…/paths/…", "dataType": "uri_folder",
+    "createdAt": "2026-01-01T00:00:00+00:00", "tags": {}, "properties": {}, "isArchived": false}]}`.
+    Versions are stored exactly as a PUT would store them (same validation and normalisation); no events.
+    """
+    kind, name = kind_of(call), call.params["name"]
+    body = call.body if isinstance(call.body, dict) else {}
+    versions = body.get("versions")
+    if not isinstance(versions, list) or not all(isinstance(v, dict) for v in versions):
+        raise bad_request("'versions' must be a list of objects.")
+    coords = emu.config.coords
+    prepared = []
+    for spec in versions:
+        version = str(spec.get("version") or "")
+        if not version:
+            raise bad_request("every version needs 'version'.")
+        req = {kind.uri_field: spec.get("uri"), **{k: spec[k] for k in ("dataType", "tags", "properties",
+                                                                           "isArchived", "description") if k in spec}}
+        props = _version_properties(kind, req, coords)
+        created = spec.get("createdAt") or _now()
+        try:
+            created = datetime.fromisoformat(str(created)).astimezone(UTC).isoformat()
+        except ValueError as exc:
+            raise bad_request(f"createdAt {created!r} is not an ISO 8601 time.") from exc
+        prepared.append((version, props, created))
+    with emu.store.write() as tx:
+        container = tx.get(kind.segment, name)
+        if container is None:
+            implicit = {"dataType": prepared[0][1].get("dataType")} if kind is DATA and prepared else {}
+            container_body, meta = _new_container(kind, emu, call, name, implicit), {}
+        else:
+            container_body, meta = dict(container.body), dict(container.meta)
+        numbers = [int(v) for v, _, _ in prepared if _is_numeric(v)]
+        meta["highest"] = max([int(meta.get("highest", 0)), *numbers])
+        tx.put(kind.segment, name, container_body, meta=meta)
+        display = container_body["name"]
+        for version, props, created in prepared:
+            system = {**_system_data(call, full=kind.full_system_data), "createdAt": created, "lastModifiedAt": created}
+            tx.put(kind.version_kind, version, {
+                "id": f"{coords.arm_id}/{kind.segment}/{display}/versions/{version}",
+                "name": version,
+                "type": kind.arm_type(versions=True),
+                "properties": props,
+                "systemData": system,
+            }, parent=name)
+    return Reply(201, {"created": len(prepared)})

@@ -94,6 +94,15 @@ class Tx:
         )
         return [_row(r) for r in cur.fetchall()]
 
+    def select(self, where: str, args: tuple[Any, ...], *, newest_first: bool, limit: int) -> list[Row]:
+        """Rows matching a WHERE fragment (fixed SQL, bound values), in id order, at most `limit` (keyset paging)."""
+        order = "DESC" if newest_first else "ASC"
+        cur = self.conn.execute(
+            f"SELECT * FROM resources WHERE {where} ORDER BY id {order} LIMIT ?",  # noqa: S608 (fixed fragments)
+            (*args, limit),
+        )
+        return [_row(r) for r in cur.fetchall()]
+
     def rows_of_kind(self, kind: str) -> list[Row]:
         """Every row of `kind` under any parent, oldest first (workspace-wide lookups such as code hashes)."""
         cur = self.conn.execute("SELECT * FROM resources WHERE kind=? ORDER BY id", (kind,))

@@ -160,12 +160,17 @@ def paged(call: Call, items: list[dict[str, Any]], page_size: int) -> Reply:
     size = max(1, page_size)
     result: dict[str, Any] = {"value": items[offset : offset + size]}
     if offset + size < len(items):
-        keep = {k: v for k, v in call.query.items() if k not in ("api-version", "$skiptoken")}
-        original = _original_query_names(call)
-        query = {original.get(k, k): v for k, v in keep.items()}
-        query["$skipToken"] = _encode_token(offset + size)
-        result["nextLink"] = f"{call.base_url}{call.raw_path}?{urlencode(query)}"
+        result["nextLink"] = next_link(call, _encode_token(offset + size))
     return Reply(200, result)
+
+
+def next_link(call: Call, token: str) -> str:
+    """The link to the next page: this request's own filters plus `$skipToken`."""
+    keep = {k: v for k, v in call.query.items() if k not in ("api-version", "$skiptoken")}
+    original = _original_query_names(call)
+    query = {original.get(k, k): v for k, v in keep.items()}
+    query["$skipToken"] = token
+    return f"{call.base_url}{call.raw_path}?{urlencode(query)}"
 
 
 def _original_query_names(call: Call) -> dict[str, str]:

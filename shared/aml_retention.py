@@ -1,0 +1,266 @@
+"""Azure ML side of retention: list the workspace's assets into the planner's inventory, and execute its actions.
+
+Listing follows the rule "page, never GET per asset": one paged listing of containers, then one
+paged listing of versions per name, split into ActiveOnly and ArchivedOnly views because the SDK's
+`Data` entity drops `isArchived` (two views cost the same pages as one `All` listing). Endpoints
+come with their traffic, deployments with their model; jobs with their inputs and outputs. Datastore
+names are resolved to blob containers once per run (`datastore_containers`), never per asset.
+
+Idle deployments: Azure ML records no "traffic went to 0% at" time. A deployment's traffic can only
+change through an update of its endpoint, so a deployment at 0% now has been at 0% at least since
+the later of the endpoint's and the deployment's `systemData.lastModifiedAt`. That bound is
+conservative: any other change to the endpoint restarts the clock, which delays a deletion but never
+makes one early.
+
+Deletes of data and model versions: the public SDK offers archive/restore only. The ARM REST API
+has `DELETE …/data/{name}/versions/{version}` (and the same for models), which the SDK's generated
+client (`DataVersionsOperations.delete`) calls; we use that, for rules that ask for `delete`.
+
+Like shared/aml.py, this module imports azure.ai.ml lazily (on first call).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from shared.retention import (
+    Action,
+    ActionKind,
+    BlobPath,
+    DataKey,
+    DataVersion,
+    Deployment,
+    DeploymentKey,
+    Job,
+    JobInput,
+    ModelKey,
+    ModelVersion,
+)
+
+if TYPE_CHECKING:
+    from azure.ai.ml import MLClient
+
+    from shared.aml import AzureML
+
+log = logging.getLogger(__name__)
+
+METRIC_PREFIX = "evergreen.metric."
+DATA_ASSET_TAG = "evergreen.data_asset"
+DATA_VERSION_TAG = "evergreen.data_version"
+JOB_TAG = "evergreen.job_name"
+LIST_WORKERS = 8
+
+_DATASTORE_URI = re.compile(r"^azureml://(?:.*/)?datastores/(?P<ds>[^/]+)/paths/(?P<path>.*)$", re.IGNORECASE)
+_BLOB_URL = re.compile(r"^https://[^/]+\.blob\.[^/]+/(?P<container>[^/?]+)/?(?P<path>[^?]*)")
+_ASSET_ID = re.compile(r"/(?P<kind>data|models)/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$", re.IGNORECASE)
+_SHORT_REF = re.compile(r"^azureml:(?P<name>[^:/]+):(?P<version>[^:/]+)$")
+_MODEL_TYPES = {"custom_model", "mlflow_model", "triton_model"}
+
+
+def blob_path(uri: str | None, containers: Mapping[str, str]) -> BlobPath | None:
+    """An asset URI as a path in a blob container; None when it points elsewhere (unknown datastore, local)."""
+    if not uri:
+        return None
+    m = _DATASTORE_URI.match(uri)
+    if m:
+        container = containers.get(m.group("ds").lower())
+        return BlobPath(container, m.group("path")) if container else None
+    m = _BLOB_URL.match(uri)
+    if m:  # https://<account>.blob.core.windows.net/<container>/<path>: the data account is the one we watch
+        return BlobPath(m.group("container"), m.group("path"))
+    return None
+
+
+def _aware(value: datetime | str | None) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _created(entity: Any) -> datetime:
+    context = getattr(entity, "creation_context", None)
+    created = _aware(getattr(context, "created_at", None))
+    if created is None:
+        raise ValueError(f"{type(entity).__name__} {getattr(entity, 'name', '?')} has no creation time")
+    return created
+
+
+def _metrics(values: Mapping[str, str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, raw in values.items():
+        if key.startswith(METRIC_PREFIX):
+            try:
+                out[key.removeprefix(METRIC_PREFIX)] = float(raw)
+            except (TypeError, ValueError):
+                continue  # not a number: the metric is absent for top-K, as the gate treats it
+    return out
+
+
+class AmlRetention:
+    """Lists Azure ML assets for the planner and executes the Azure ML actions of a plan."""
+
+    def __init__(self, azureml: AzureML) -> None:
+        self._azureml = azureml
+
+    @property
+    def _client(self) -> MLClient:
+        return self._azureml.client
+
+    # -- listing ------------------------------------------------------------------------------
+    def datastore_containers(self) -> dict[str, str]:
+        """Datastore name (lower case) -> blob container, read once per run."""
+        out: dict[str, str] = {}
+        for ds in self._client.datastores.list():
+            container = getattr(ds, "container_name", None)
+            if container:
+                out[str(ds.name).lower()] = str(container)
+        return out
+
+    def _versions(self, operations: Any, names: Iterable[str], convert: Callable[[Any, bool], Any]) -> list[Any]:
+        from azure.ai.ml.constants import ListViewType
+
+        def one(name: str) -> list[Any]:
+            active = [convert(v, False) for v in operations.list(name=name, list_view_type=ListViewType.ACTIVE_ONLY)]
+            archived = [convert(v, True)
+                        for v in operations.list(name=name, list_view_type=ListViewType.ARCHIVED_ONLY)]
+            return active + archived
+
+        with ThreadPoolExecutor(max_workers=LIST_WORKERS, thread_name_prefix="retention-list") as pool:
+            return [v for group in pool.map(one, sorted(names)) for v in group]
+
+    def _names(self, operations: Any) -> list[str]:
+        from azure.ai.ml.constants import ListViewType
+
+        return [str(c.name) for c in operations.list(list_view_type=ListViewType.ALL)]
+
+    def data_versions(self, containers: Mapping[str, str]) -> list[DataVersion]:
+        def convert(d: Any, archived: bool) -> DataVersion:
+            path = blob_path(str(d.path) if d.path else None, containers)
+            return DataVersion(name=str(d.name), version=str(d.version), created_at=_created(d), archived=archived,
+                               tags=dict(d.tags or {}), blob_paths=(path,) if path else ())
+
+        return list(self._versions(self._client.data, self._names(self._client.data), convert))
+
+    def model_versions(self, containers: Mapping[str, str]) -> list[ModelVersion]:
+        def convert(m: Any, archived: bool) -> ModelVersion:
+            tags = dict(m.tags or {})
+            lineage = {**tags, **dict(m.properties or {})}  # properties are immutable: they win
+            path = blob_path(str(m.path) if m.path else None, containers)
+            return ModelVersion(
+                name=str(m.name), version=str(m.version), created_at=_created(m),
+                archived=archived or str(getattr(m, "stage", "") or "").lower() == "archived",
+                tags=tags, metrics=_metrics(lineage), data_asset=lineage.get(DATA_ASSET_TAG) or None,
+                data_version=lineage.get(DATA_VERSION_TAG) or None, blob_paths=(path,) if path else (),
+                job=getattr(m, "job_name", None) or lineage.get(JOB_TAG) or None,
+            )
+
+        return list(self._versions(self._client.models, self._names(self._client.models), convert))
+
+    def deployments(self) -> list[Deployment]:
+        """Every online deployment with its endpoint's traffic and the time it has been idle since at least."""
+        endpoints = list(self._client.online_endpoints.list())
+
+        def of(endpoint: Any) -> list[Deployment]:
+            traffic = {k.lower(): int(v) for k, v in (endpoint.traffic or {}).items()}
+            mirror = {k.lower(): int(v) for k, v in (getattr(endpoint, "mirror_traffic", None) or {}).items()}
+            endpoint_changed = _aware((endpoint.properties or {}).get("lastModifiedAt"))
+            out = []
+            for d in self._client.online_deployments.list(endpoint.name):
+                percent = traffic.get(str(d.name).lower(), 0)
+                shadow = mirror.get(str(d.name).lower(), 0)
+                system = getattr(d, "creation_context", None)
+                changed = [t for t in (endpoint_changed, _aware(getattr(system, "last_modified_at", None))) if t]
+                model = _ASSET_ID.search(str(d.model or ""))
+                out.append(Deployment(
+                    endpoint=str(endpoint.name), name=str(d.name), traffic_percent=percent,
+                    zero_traffic_since=max(changed) if percent == 0 and shadow == 0 and changed else None,
+                    model_name=model.group("name") if model else None,
+                    model_version=model.group("version") if model else None,
+                    mirror_traffic_percent=shadow, tags=dict(d.tags or {}),
+                ))
+            return out
+
+        with ThreadPoolExecutor(max_workers=LIST_WORKERS, thread_name_prefix="retention-list") as pool:
+            return [d for group in pool.map(of, endpoints) for d in group]
+
+    def jobs(self, containers: Mapping[str, str]) -> list[Job]:
+        """Top-level jobs with the assets they read and write (pipeline inputs are on the pipeline job)."""
+        out = []
+        for job in self._client.jobs.list():
+            inputs: list[JobInput] = []
+            for value in (getattr(job, "inputs", None) or {}).values():
+                ref = _job_input(value, containers)
+                if ref is not None:
+                    inputs.append(ref)
+            outputs: dict[str, BlobPath] = {}
+            for name, value in (getattr(job, "outputs", None) or {}).items():
+                path = blob_path(_uri_of(value), containers)
+                if path is not None:
+                    outputs[str(name)] = path
+            status = str(job.status or "Unknown")
+            context = getattr(job, "creation_context", None)
+            finished_at = _aware(getattr(context, "last_modified_at", None)) if status.lower() in {
+                "completed", "failed", "canceled", "cancelled"} else None
+            out.append(Job(name=str(job.name), status=status, inputs=tuple(inputs), outputs=outputs,
+                           finished_at=finished_at, tags=dict(job.tags or {})))
+        return out
+
+    # -- actions ------------------------------------------------------------------------------
+    def execute(self, action: Action) -> str:
+        """Do one Azure ML action; return 'done', or 'already' when the asset was already in that state."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        target = action.target
+        try:
+            if action.kind in (ActionKind.ARCHIVE_DATA, ActionKind.ARCHIVE_MODEL):
+                assert isinstance(target, DataKey | ModelKey)
+                ops: Any = self._client.data if action.kind is ActionKind.ARCHIVE_DATA else self._client.models
+                ops.archive(name=target.name, version=target.version)
+                return "done"
+            if action.kind in (ActionKind.DELETE_DATA, ActionKind.DELETE_MODEL):
+                assert isinstance(target, DataKey | ModelKey)
+                rest: Any = (self._client.data._operation if action.kind is ActionKind.DELETE_DATA
+                             else self._client.models._model_versions_operation)
+                scope = self._client._operation_scope
+                rest.delete(resource_group_name=scope.resource_group_name, workspace_name=self._client.workspace_name,
+                            name=target.name, version=target.version)
+                return "done"
+            if action.kind is ActionKind.DELETE_DEPLOYMENT:
+                assert isinstance(target, DeploymentKey)
+                self._client.online_deployments.begin_delete(name=target.name, endpoint_name=target.endpoint).result()
+                return "done"
+        except ResourceNotFoundError:
+            return "already"  # gone already: a re-run after a crash, or someone else did it
+        raise ValueError(f"not an Azure ML action: {action.kind.value}")
+
+
+def _uri_of(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    for holder in (value, getattr(value, "_data", None)):
+        path = getattr(holder, "path", None)
+        if isinstance(path, str) and path:
+            return path
+    return None
+
+
+def _job_input(value: Any, containers: Mapping[str, str]) -> JobInput | None:
+    uri = _uri_of(value)
+    if not uri:
+        return None
+    kind = str(getattr(value, "type", "") or "").lower()
+    m = _ASSET_ID.search(uri)
+    if m:
+        key_cls: Any = ModelKey if m.group("kind").lower() == "models" else DataKey
+        return key_cls(m.group("name"), m.group("version"))  # type: ignore[no-any-return]
+    m = _SHORT_REF.match(uri)
+    if m:
+        return (ModelKey if kind in _MODEL_TYPES else DataKey)(m.group("name"), m.group("version"))
+    return blob_path(uri, containers)

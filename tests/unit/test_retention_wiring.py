@@ -1,0 +1,134 @@
+"""Retention's wiring: the timer function, the policy file's rules, and the adapters' parsing of Azure ML values."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.aml_retention import _job_input, blob_path
+from shared.ledger import ROLLOUT_FINAL_STATES
+from shared.policy import load_policy
+from shared.retention import (
+    Action,
+    ActionKind,
+    BlobKey,
+    BlobPath,
+    BlobTier,
+    DataKey,
+    ModelKey,
+    Protected,
+    RetentionPlan,
+    RuleType,
+)
+from shared.retention_runner import Outcome, RetentionSummary, rollouts_from
+from tests.unit.test_function_app import ENV, run
+
+REPO = Path(__file__).resolve().parents[2]
+CONTAINERS = {"landing": "landing", "workspaceblobstore": "azureml-blobstore"}
+
+
+def test_the_timer_runs_on_the_schedule_setting_and_not_on_start_up() -> None:
+    code = ("import json, function_app; print(json.dumps({f.get_function_name(): json.loads(f.get_raw_bindings()[0])"
+            " for f in function_app.app.get_functions()}))")
+    result = run(code, ENV)
+    assert result.returncode == 0, result.stderr
+    timer = json.loads(result.stdout)["retention"]
+    assert timer["type"] == "timerTrigger"
+    assert timer["schedule"] == "%EVERGREEN_RETENTION_SCHEDULE%"
+    assert timer.get("runOnStartup", False) is False
+
+
+def test_the_policy_file_has_rules_for_the_demo_assets() -> None:
+    policy = load_policy(REPO / "evergreen.yaml", landing_container="landing")
+    rules = {r.name: r for r in policy.retention.rules}
+    assert policy.retention.protect_tag == "evergreen.keep"
+    data = rules["archive-old-training-data"]
+    assert data.type is RuleType.DATA_VERSIONS and "churn-training" in data.filters.names
+    assert rules["prune-churn-models"].actions.keep_top_k is not None
+    assert rules["prune-churn-models"].actions.keep_top_k.metric == "roc_auc"
+    assert rules["raw-landing-blobs"].filters.prefixes == ("landing/",)
+    assert rules["idle-deployments"].actions.delete_idle is not None
+    assert rules["old-job-outputs"].enabled is False
+
+
+@pytest.mark.parametrize(("uri", "expected"), [
+    ("azureml://subscriptions/s/resourcegroups/r/workspaces/w/datastores/landing/paths/churn/d1/",
+     BlobPath("landing", "churn/d1/")),
+    ("azureml://datastores/workspaceblobstore/paths/models/m1", BlobPath("azureml-blobstore", "models/m1")),
+    ("azureml://datastores/elsewhere/paths/x", None),
+    ("https://acct.blob.core.windows.net/raw/2026/a.csv", BlobPath("raw", "2026/a.csv")),
+    ("./local/folder", None),
+    (None, None),
+])
+def test_asset_uris_map_to_blob_paths(uri: str | None, expected: BlobPath | None) -> None:
+    assert blob_path(uri, CONTAINERS) == expected
+
+
+class _Input:
+    def __init__(self, path: str, type_: str = "uri_folder") -> None:
+        self.path, self.type = path, type_
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (_Input("azureml:churn-training:3"), DataKey("churn-training", "3")),
+    (_Input("azureml:churn-model:2", "custom_model"), ModelKey("churn-model", "2")),
+    (_Input("/subscriptions/s/resourceGroups/r/providers/Microsoft.MachineLearningServices/workspaces/w/data/"
+            "churn-training/versions/7"), DataKey("churn-training", "7")),
+    (_Input("azureml://locations/l/workspaces/w/models/churn-model/versions/4", "mlflow_model"),
+     ModelKey("churn-model", "4")),
+    (_Input("azureml://datastores/landing/paths/churn/d9/"), BlobPath("landing", "churn/d9/")),
+    ("churned", None),  # a literal pipeline input
+    (0.5, None),
+])
+def test_job_inputs_are_recognised_as_data_models_or_paths(value: Any, expected: Any) -> None:
+    assert _job_input(value, CONTAINERS) == expected
+
+
+@dataclass(frozen=True)
+class _Rollout:
+    """The fields of shared.ledger.RolloutRecord that retention reads (the ledger row has many more)."""
+
+    state: str
+    endpoint: str = "ep"
+    candidate_name: str = "churn-model"
+    candidate_version: str = "5"
+    deployment: str = "green"
+
+    @property
+    def active(self) -> bool:
+        return self.state not in ROLLOUT_FINAL_STATES
+
+
+def _rollout(state: str) -> _Rollout:
+    return _Rollout(state)
+
+
+def test_only_active_rollouts_protect_and_the_ledger_decides_what_is_active() -> None:
+    rollouts = rollouts_from([_rollout("canary"), _rollout("succeeded"), _rollout(""), _rollout("failed")])
+    assert [(r.state, r.candidate, r.deployment) for r in rollouts] == [
+        ("canary", ModelKey("churn-model", "5"), "green"),
+        ("failed (active in the ledger)", ModelKey("churn-model", "5"), "green")]
+    assert all(r.in_flight for r in rollouts)
+
+
+def test_the_summary_renders_the_plan_then_the_outcomes_and_serialises_to_json() -> None:
+    now = datetime(2026, 11, 27, tzinfo=UTC)
+    archive = Action(ActionKind.ARCHIVE_DATA, DataKey("churn-training", "1"), "created 90 days ago (> 30)", "r1")
+    tier = Action(ActionKind.TIER_BLOB, BlobKey("landing", "x.csv"), "modified 40 days ago", "r2", tier=BlobTier.COOL)
+    plan = RetentionPlan(now, (archive, tier), (Protected(DataKey("churn-training", "2"), "tagged evergreen.keep"),))
+    summary = RetentionSummary("run-1", False, plan, (Outcome(archive, "done"), Outcome(tier, "failed", "boom")))
+    text = summary.render()
+    assert "archive_data" in text and "tier_blob->Cool" in text and "tagged evergreen.keep" in text
+    assert "Applied (run run-1): 1 done, 1 failed" in text and "(boom)" in text
+    assert summary.counts == {"done": 1, "failed": 1} and [o.action for o in summary.failed] == [tier]
+    doc = json.loads(summary.to_json())
+    assert doc["actions"][1] == {"kind": "tier_blob", "target": "blob:landing/x.csv", "reason": "modified 40 days ago",
+                                 "rule": "r2", "tier": "Cool", "key": tier.key}
+    assert doc["protected"] == [{"target": "data:churn-training:2", "reason": "tagged evergreen.keep"}]
+    dry = RetentionSummary("run-2", True, plan).render()
+    assert "Dry run: nothing was changed." in dry and "Applied" not in dry
