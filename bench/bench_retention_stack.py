@@ -107,7 +107,12 @@ def seed(stack: Stack, scale: int) -> None:
                      "tags": {"evergreen.metric.auc": repr((v * 37 % 100) / 100),
                               "evergreen.data_asset": f"ds{n}", "evergreen.data_version": str(v)}}
                     for v in range(start, min(start + 5000, models + 1))])
-    landing = BlobServiceClient.from_connection_string(stack.storage, max_single_put_size=1024)
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+
+    session = requests.Session()
+    session.mount("http://", requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32))
+    landing = BlobServiceClient.from_connection_string(stack.storage, transport=RequestsTransport(session=session))
     landing.create_container("landing")
     container = landing.get_container_client("landing")
     names = [f"ds{n}/{v}/part-{i}.csv" for n in range(DATA_NAMES) for v in range(1, per_name + 1) for i in range(2)]
@@ -121,8 +126,8 @@ def retention_run(stack: Stack, *, apply: bool) -> Any:
     from azure.storage.blob import BlobServiceClient
 
     from shared.aml import AzureML
-    from shared.audit import AUDIT_TABLE, AuditLog
     from shared.aml_retention import AmlRetention
+    from shared.audit import AUDIT_TABLE, AuditLog
     from shared.blob_retention import BlobRetention
     from shared.retention_runner import RetentionRunner
 

@@ -61,7 +61,9 @@ def run(args: argparse.Namespace, state_dir: Path) -> int:
     if args.command == "test":
         return test(args.pytest_args)
     if args.command == "bench":
-        return subprocess.call([sys.executable, "-m", "bench.bench_planning"], cwd=REPO_ROOT)
+        planning = subprocess.call([sys.executable, "-m", "bench.bench_planning"], cwd=REPO_ROOT)
+        stack = subprocess.call([sys.executable, "-m", "bench.bench_retention_stack"], cwd=REPO_ROOT)
+        return planning or stack
     if args.command == "demo":
         from devstack.demo import run_demo
 

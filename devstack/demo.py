@@ -9,15 +9,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import random
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from devstack.polling import wait_for
-from devstack.procs import port_open
+from devstack.procs import REPO_ROOT, port_open
 from devstack.stack import Ports, Stack, applied_env, read_env, start_stack, stop_stack
+
+ML_SRC = REPO_ROOT / "ml" / "src"
 
 
 def _say(text: str) -> None:
@@ -29,19 +30,23 @@ def _get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
-def churn_rows(n: int, seed: int) -> str:
-    """A small synthetic churn table (tenure, charges, support calls → churned)."""
-    rng = random.Random(seed)
+def churn_rows(n: int, seed: int, label_noise: float = 0.0) -> str:
+    """A churn CSV from ml/src/make_churn_data.py (the generator the pipeline's tests use, one place).
+
+    `label_noise` replaces that fraction of labels with coin flips: 0 gives a learnable drop, 0.95 one
+    whose model loses the champion gate.
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evergreen_make_churn_data", ML_SRC / "make_churn_data.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.churn_rows(n, seed, label_noise)
     out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["customer_id", "tenure_months", "monthly_charges", "support_calls", "contract", "churned"])
-    for i in range(n):
-        tenure = rng.randint(1, 72)
-        charges = round(rng.uniform(20, 120), 2)
-        calls = rng.randint(0, 9)
-        contract = rng.choice(["monthly", "annual", "biennial"])
-        risk = 0.04 * calls + (0.3 if contract == "monthly" else 0.0) + charges / 400 - tenure / 150
-        writer.writerow([f"c{seed}-{i}", tenure, charges, calls, contract, int(rng.random() < risk)])
+    writer = csv.DictWriter(out, fieldnames=module.COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
     return out.getvalue()
 
 
@@ -63,30 +68,37 @@ def run_demo(state_dir: Path, *, keep: bool = False) -> int:
     return 0
 
 
+ENDPOINT = "churn-endpoint"
+MODEL = "churn-model"
+
+
 def _run(env: dict[str, str]) -> None:
     from azure.ai.ml import MLClient
+    from azure.data.tables import TableServiceClient
     from azure.identity import DefaultAzureCredential
     from azure.storage.blob import BlobServiceClient
 
+    from shared.audit import AUDIT_TABLE, AuditLog
+    from shared.clients import LEDGER_TABLE
+    from shared.ledger import Ledger
+
     blobs = BlobServiceClient.from_connection_string(env["DATA_STORAGE"])
     landing = blobs.get_container_client("landing")
+    tables = TableServiceClient.from_connection_string(env["AzureWebJobsStorage"])
+    ledger = Ledger(tables.create_table_if_not_exists(LEDGER_TABLE))
+    audit = AuditLog(tables.create_table_if_not_exists(AUDIT_TABLE))
     started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # the local Event Grid's format
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    folder = f"churn/drop-{stamp}/"
+    ml = MLClient(DefaultAzureCredential(), env["AZURE_SUBSCRIPTION_ID"], env["AZURE_RESOURCE_GROUP"],
+                  env["AZUREML_WORKSPACE_NAME"])
+    _reset_endpoint(ml, ledger)
 
+    folder = f"churn/drop-{stamp}/"
     _say(f"\n1. uploading a data drop to landing/{folder} (5 parts, then the _SUCCESS marker)")
-    for part in range(5):
-        name = f"{folder}part-{part:04d}.csv"
-        landing.upload_blob(name, churn_rows(400, seed=hash((stamp, part)) & 0xFFFF), overwrite=True)
-        _say(f"   uploaded landing/{name}")
-    landing.upload_blob(f"{folder}_SUCCESS", b"", overwrite=True)
-    _say(f"   uploaded landing/{folder}_SUCCESS")
+    _upload_drop(landing, folder, stamp, label_noise=0.4, verbose=True)
     reference = f"reference/regions-{stamp}.csv"
     landing.upload_blob(reference, f"region,code,drop\nnorth,N,{stamp}\nsouth,S,{stamp}\n", overwrite=True)
     _say(f"   uploaded landing/{reference}")
-
-    ml = MLClient(DefaultAzureCredential(), env["AZURE_SUBSCRIPTION_ID"], env["AZURE_RESOURCE_GROUP"],
-                  env["AZUREML_WORKSPACE_NAME"])
 
     def version_for(name: str, tag: str, value: str) -> Any:
         try:
@@ -115,14 +127,54 @@ def _run(env: dict[str, str]) -> None:
               lambda: len([d for d in _get_json(f"{eventgrid}/deliveries")
                            if "-copy.csv" in json.dumps(d) and d.get("status") == "delivered"]) > 0, timeout=60)
     all_reference = list(ml.data.list(name="churn-reference"))
-    copies = [d for d in all_reference if (d.tags or {}).get("evergreen.source_url", "").endswith("-copy.csv")]
+    copies = [d for d in all_reference
+              if (d.tags or {}).get("evergreen.source_url", "").endswith(f"regions-{stamp}-copy.csv")]
     _say(f"\n   the identical copy registered {len(copies)} new version(s) (deduplicated by content hash)")
 
-    _show_retraining(ml, env, str(drop.version))
+    champion = _show_retraining(ml, env, str(drop.version), step="3")
+    _say(f"\n5. ModelRegistered → on_model_registered: the champion/challenger gate on {ENDPOINT}")
+    first = _await_decision(ml, ledger, audit, champion)
+    if first.state != "succeeded":
+        raise RuntimeError(f"the first model was not rolled out: {first.state} {first.failure}")
+    _show_endpoint(ml, env, "   a scoring request to the endpoint is answered by")
 
-    _say("\n5. the events that flowed (local Event Grid):")
-    deliveries = {d["eventId"]: d for d in _get_json(f"{eventgrid}/deliveries?limit=500")}
-    for item in reversed(_get_json(f"{eventgrid}/events?limit=200")):
+    _say("\n6. a second drop whose labels are mostly noise: its model must lose the gate")
+    worse_folder = f"churn/drop-{stamp}-noisy/"
+    _upload_drop(landing, worse_folder, stamp + "n", label_noise=0.95)
+    worse_data = wait_for("the noisy drop's data version",
+                          lambda: version_for("churn-training", "evergreen.source_folder", f"landing/{worse_folder}"))
+    worse = _show_retraining(ml, env, str(worse_data.version), step="6", verbose=False)
+    rejected = _await_decision(ml, ledger, audit, worse)
+    if rejected.state != "skipped":
+        raise RuntimeError(f"the worse model was not rejected: {rejected}")
+    _show_endpoint(ml, env, "   the endpoint still answers with")
+
+    _say("\n7. a third, clean drop gives a better model, but its deployment is faulty (injected: smoke test fails)")
+    _inject_fault(env, "smoke")
+    better_folder = f"churn/drop-{stamp}-clean/"
+    _upload_drop(landing, better_folder, stamp + "c", label_noise=0.0)
+    better_data = wait_for("the clean drop's data version",
+                           lambda: version_for("churn-training", "evergreen.source_folder", f"landing/{better_folder}"))
+    better = _show_retraining(ml, env, str(better_data.version), step="7", verbose=False)
+    failed = _await_decision(ml, ledger, audit, better)
+    if failed.state != "rolled_back":
+        raise RuntimeError(f"the faulty deployment was not rolled back: {failed}")
+    _show_endpoint(ml, env, "   after the rollback the champion still answers:")
+
+    _say("\n8. the fault is gone; another clean drop: a better model, rolled out blue/green in canary steps")
+    best_folder = f"churn/drop-{stamp}-clean2/"
+    _upload_drop(landing, best_folder, stamp + "d", label_noise=0.0)
+    best_data = wait_for("the second clean drop's data version",
+                         lambda: version_for("churn-training", "evergreen.source_folder", f"landing/{best_folder}"))
+    best = _show_retraining(ml, env, str(best_data.version), step="8", verbose=False)
+    promoted = _await_decision(ml, ledger, audit, best)
+    if promoted.state != "succeeded":
+        raise RuntimeError(f"the better model was not rolled out: {promoted}")
+    _show_endpoint(ml, env, "   the new champion answers:")
+
+    _say("\n9. the events that flowed (local Event Grid):")
+    deliveries = {d["eventId"]: d for d in _get_json(f"{eventgrid}/deliveries?limit=1000")}
+    for item in reversed(_get_json(f"{eventgrid}/events?limit=400")):
         if item["receivedAt"] < started_at:
             continue  # an earlier demo's events (the stack keeps its state)
         event = item["event"]
@@ -136,10 +188,109 @@ def _run(env: dict[str, str]) -> None:
     _say(f"\n   dead letters: {len(dead)}")
     for letter in dead:
         _say(f"   - {letter['function']}: {letter['deadLetterReason']} {letter.get('detail', '')}")
-    _say("\ndemo complete: upload → data version → retraining → registered model, on the local stack")
+    _say("\ndemo complete: upload → data version → retraining → model → gate → blue/green rollout → scoring, "
+         "on the local stack")
 
 
-def _show_retraining(ml: Any, env: dict[str, str], data_version: str) -> None:
+def _upload_drop(landing: Any, folder: str, stamp: str, *, label_noise: float, verbose: bool = False) -> None:
+    for part in range(5):
+        name = f"{folder}part-{part:04d}.csv"
+        landing.upload_blob(name, churn_rows(400, seed=hash((stamp, part)) & 0xFFFF, label_noise=label_noise),
+                            overwrite=True)
+        if verbose:
+            _say(f"   uploaded landing/{name}")
+    landing.upload_blob(f"{folder}_SUCCESS", b"", overwrite=True)
+    _say(f"   uploaded landing/{folder} (5 parts, label noise {label_noise:.0%}) and its _SUCCESS marker")
+
+
+def _reset_endpoint(ml: Any, ledger: Any) -> None:
+    """The demo shows a first deployment, so it starts without the endpoint an earlier run left behind."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        ml.online_endpoints.get(ENDPOINT)
+    except ResourceNotFoundError:
+        return
+    _say(f"0. deleting {ENDPOINT} left by an earlier demo run (the demo starts from no champion)")
+    ml.online_endpoints.begin_delete(name=ENDPOINT).result()
+
+    def settled() -> bool:
+        record = ledger.get_rollout(ENDPOINT)
+        return record is None or not record.active
+
+    wait_for("an earlier demo's rollout to settle", settled, timeout=120)
+
+
+def _inject_fault(env: dict[str, str], fault: str) -> None:
+    import httpx
+    from azure.identity import DefaultAzureCredential
+
+    token = DefaultAzureCredential().get_token("https://management.azure.com/.default").token
+    httpx.post(f"{env['AZUREML_DEV_URL_MFE'].rstrip('/')}/_emulator/faults",
+               json={"model": MODEL, "fault": fault, "times": 1}, headers={"Authorization": f"Bearer {token}"},
+               verify=env["REQUESTS_CA_BUNDLE"]).raise_for_status()
+    _say(f"   emulator: the next deployment of {MODEL} will fail its {fault} test")
+
+
+class Decision:
+    def __init__(self, state: str, reason: str, failure: str = "") -> None:
+        self.state, self.reason, self.failure = state, reason, failure
+
+    def __repr__(self) -> str:
+        return f"{self.state}: {self.failure or self.reason}"
+
+
+def _await_decision(ml: Any, ledger: Any, audit: Any, model: Any) -> Decision:
+    """Follow the gate's decision for `model` and, if it won, its rollout to the end (from the audit log)."""
+    ref = f"{model.name}:{model.version}"
+
+    def decided() -> Decision | None:
+        for record in audit.query(kind_prefix="promotion."):
+            if record.assets.get("model") == ref and record.kind in ("promotion.skipped", "promotion.started"):
+                return Decision(record.kind.removeprefix("promotion."), record.reason)
+        return None
+
+    decision = wait_for(f"the gate's decision on {ref}", decided, timeout=120)
+    verb = "promote" if decision.state == "started" else "reject"
+    _say(f"   gate: {verb} {ref} — {decision.reason}")
+    if decision.state != "started":
+        return decision
+
+    def finished() -> Any:
+        record = ledger.get_rollout(ENDPOINT)
+        return record if record and record.candidate == ref and not record.active else None
+
+    record = wait_for(f"the rollout of {ref}", finished, timeout=300)
+    steps = [r for r in audit.query(kind_prefix="rollout.") if r.assets.get("model") == ref]
+    _say(f"   rollout of {ref} as deployment {record.deployment} (a persisted state machine, one queue message "
+         "per step):")
+    for step in reversed(steps):
+        _say(f"     {step.at.strftime('%H:%M:%S')} {step.decision:<12} {step.reason[:140]}")
+    return Decision(record.state, record.reason, record.failure)
+
+
+def _show_endpoint(ml: Any, env: dict[str, str], lead: str) -> None:
+    import httpx
+
+    endpoint = ml.online_endpoints.get(ENDPOINT)
+    deployments = {d.name: d for d in ml.online_deployments.list(endpoint_name=ENDPOINT)}
+    _say(f"   endpoint {ENDPOINT}: traffic {dict(endpoint.traffic or {})}; deployments "
+         + ", ".join(f"{n} ({(d.tags or {}).get('evergreen.model', '?')})" for n, d in deployments.items()))
+    key = ml.online_endpoints.get_keys(ENDPOINT).primary_key
+    request = {"input_data": [{"tenure_months": 2, "monthly_charges": 110.0, "support_calls": 6,
+                               "contract": "month-to-month"},
+                              {"tenure_months": 70, "monthly_charges": 25.0, "support_calls": 0,
+                               "contract": "two-year"}]}
+    uri = str(endpoint.scoring_uri)
+    verify: Any = env["REQUESTS_CA_BUNDLE"] if uri.startswith("https") else True
+    reply = httpx.post(uri, json=request, headers={"Authorization": f"Bearer {key}"}, verify=verify, timeout=30)
+    reply.raise_for_status()
+    answered = reply.headers.get("azureml-model-deployment", "?")
+    model = (deployments[answered].tags or {}).get("evergreen.model", "?") if answered in deployments else "?"
+    _say(f"{lead} deployment {answered} = model {model}: {reply.json()}")
+
+
+def _show_retraining(ml: Any, env: dict[str, str], data_version: str, *, step: str, verbose: bool = True) -> Any:
     import httpx
     from azure.core.exceptions import ResourceNotFoundError
     from azure.identity import DefaultAzureCredential
@@ -147,7 +298,7 @@ def _show_retraining(ml: Any, env: dict[str, str], data_version: str) -> None:
     from shared.retrain import job_name_for
 
     job_name = job_name_for("churn-training", data_version)
-    _say(f"\n3. the new data version starts the retraining pipeline ml/pipeline.yml as job {job_name}")
+    _say(f"\n{step}. the new data version starts the retraining pipeline ml/pipeline.yml as job {job_name}")
 
     def finished() -> Any:
         try:
@@ -161,10 +312,10 @@ def _show_retraining(ml: Any, env: dict[str, str], data_version: str) -> None:
     logs = httpx.get(f"{env['AZUREML_DEV_URL_MFE'].rstrip('/')}/_emulator/jobs/{job_name}/logs",
                      headers={"Authorization": f"Bearer {token}"}, verify=env["REQUESTS_CA_BUNDLE"]).json()
     _say(f"   job {job_name}: {logs['status']}")
-    for node, step in logs["steps"].items():
-        tail = [line for line in step["log"].splitlines() if line.strip()][-3:]
-        _say(f"   - step {node:<9} {step['status']}")
-        for line in tail:
+    for node, detail in logs["steps"].items():
+        tail = [line for line in detail["log"].splitlines() if line.strip()][-3:]
+        _say(f"   - step {node:<9} {detail['status']}")
+        for line in tail if verbose else []:
             _say(f"       | {line[:150]}")
     if job.status != "Completed":
         raise RuntimeError(f"the retraining job ended {job.status}: {logs.get('error')}")
@@ -178,9 +329,11 @@ def _show_retraining(ml: Any, env: dict[str, str], data_version: str) -> None:
 
     registered = wait_for("the registered model", model, timeout=60)
     tags = registered.tags or {}
-    _say(f"\n4. registered model {registered.name}:{registered.version}  path={registered.path}")
+    _say(f"\n{'4' if step == '3' else step}. registered model {registered.name}:{registered.version}  "
+         f"path={registered.path}")
     _say(f"   lineage: data {tags.get('evergreen.data_asset')}:{tags.get('evergreen.data_version')}"
          f" → job {tags.get('evergreen.job_name')} → model; code sha256 {tags.get('evergreen.code_sha256', '')[:12]}…")
     metrics = {k.removeprefix("evergreen.metric."): v for k, v in tags.items()
                if k.startswith("evergreen.metric.")}
     _say("   metrics: " + ", ".join(f"{k}={float(v):.3f}" for k, v in sorted(metrics.items())))
+    return registered

@@ -20,6 +20,7 @@ from devstack.procs import REPO_ROOT, Service, ServiceStartError, port_open, sto
 log = logging.getLogger(__name__)
 
 TOPIC_KEY = "evergreen-local-topic-key"
+WEBHOOK_SECRET = "evergreen-local-webhook-secret"  # local only; Azure reads it from Key Vault
 CONTAINERS = ("landing", "azureml-blobstore", "deadletter")
 
 
@@ -71,6 +72,7 @@ def stack_env(state_dir: Path, ports: Ports) -> dict[str, str]:
             "EVERGREEN_EVENTGRID_URL": f"http://127.0.0.1:{ports.eventgrid}",
             "EVERGREEN_HOST_URL": f"http://127.0.0.1:{ports.host}",
             "EVERGREEN_RETENTION_SCHEDULE": "0 0 3 * * *",  # the retention timer (03:00 UTC daily)
+            "EVERGREEN_WEBHOOK_SECRET": WEBHOOK_SECRET,  # registry webhooks (MLflow/Databricks) sign with it
             "FUNCTIONS_WORKER_RUNTIME": "python",
         }
     )
