@@ -1,10 +1,13 @@
 """Azure ML side of retention: list the workspace's assets into the planner's inventory, and execute its actions.
 
 Listing follows the rule "page, never GET per asset": one paged listing of containers, then one
-paged listing of versions per name, split into ActiveOnly and ArchivedOnly views because the SDK's
-`Data` entity drops `isArchived` (two views cost the same pages as one `All` listing). Endpoints
-come with their traffic, deployments with their model; jobs with their inputs and outputs. Datastore
-names are resolved to blob containers once per run (`datastore_containers`), never per asset.
+paged `listViewType=All` listing of versions per name. The versions are read through the SDK's
+generated REST client (`DataVersionsOperations.list`, as `ml_client.data.list` does) but kept as
+REST objects, because the SDK's `Data` entity drops `isArchived`; two listings (ActiveOnly, then
+ArchivedOnly) could miss a version archived or restored in between, and a missing version would
+leave its blobs unprotected. Endpoints come with their traffic, deployments with their model; jobs
+with their inputs and outputs. Datastore names are resolved to blob containers once per run
+(`datastore_containers`), never per asset.
 
 Idle deployments: Azure ML records no "traffic went to 0% at" time. A deployment's traffic can only
 change through an update of its endpoint, so a deployment at 0% now has been at 0% at least since
@@ -58,7 +61,8 @@ LIST_WORKERS = 8
 _DATASTORE_URI = re.compile(r"^azureml://(?:.*/)?datastores/(?P<ds>[^/]+)/paths/(?P<path>.*)$", re.IGNORECASE)
 _BLOB_URL = re.compile(r"^https://[^/]+\.blob\.[^/]+/(?P<container>[^/?]+)/?(?P<path>[^?]*)")
 _ASSET_ID = re.compile(r"/(?P<kind>data|models)/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$", re.IGNORECASE)
-_SHORT_REF = re.compile(r"^azureml:(?P<name>[^:/]+):(?P<version>[^:/]+)$")
+_SHORT_REF = re.compile(r"^(?:azureml:)?(?P<name>[^:/@]+):(?P<version>[^:/@]+)$")  # the SDK drops 'azureml:'
+DEFAULT_DATASTORE = "workspaceblobstore"
 _MODEL_TYPES = {"custom_model", "mlflow_model", "triton_model"}
 
 
@@ -85,7 +89,7 @@ def _aware(value: datetime | str | None) -> datetime | None:
 
 
 def _created(entity: Any) -> datetime:
-    context = getattr(entity, "creation_context", None)
+    context = getattr(entity, "creation_context", None) or getattr(entity, "system_data", None)
     created = _aware(getattr(context, "created_at", None))
     if created is None:
         raise ValueError(f"{type(entity).__name__} {getattr(entity, 'name', '?')} has no creation time")
@@ -123,14 +127,16 @@ class AmlRetention:
                 out[str(ds.name).lower()] = str(container)
         return out
 
-    def _versions(self, operations: Any, names: Iterable[str], convert: Callable[[Any, bool], Any]) -> list[Any]:
+    def _versions(self, rest: Any, names: Iterable[str], convert: Callable[[str, Any], Any]) -> list[Any]:
+        """Every version of every name, archived or not, one paged listing per name (8 names at a time)."""
         from azure.ai.ml.constants import ListViewType
 
+        scope = {"resource_group_name": self._client.resource_group_name,
+                 "workspace_name": self._client.workspace_name}
+
         def one(name: str) -> list[Any]:
-            active = [convert(v, False) for v in operations.list(name=name, list_view_type=ListViewType.ACTIVE_ONLY)]
-            archived = [convert(v, True)
-                        for v in operations.list(name=name, list_view_type=ListViewType.ARCHIVED_ONLY)]
-            return active + archived
+            pages = rest.list(name=name, list_view_type=ListViewType.ALL, cls=lambda objs: objs, **scope)
+            return [convert(name, v) for v in pages]
 
         with ThreadPoolExecutor(max_workers=LIST_WORKERS, thread_name_prefix="retention-list") as pool:
             return [v for group in pool.map(one, sorted(names)) for v in group]
@@ -141,27 +147,32 @@ class AmlRetention:
         return [str(c.name) for c in operations.list(list_view_type=ListViewType.ALL)]
 
     def data_versions(self, containers: Mapping[str, str]) -> list[DataVersion]:
-        def convert(d: Any, archived: bool) -> DataVersion:
-            path = blob_path(str(d.path) if d.path else None, containers)
-            return DataVersion(name=str(d.name), version=str(d.version), created_at=_created(d), archived=archived,
-                               tags=dict(d.tags or {}), blob_paths=(path,) if path else ())
+        def convert(name: str, rest: Any) -> DataVersion:
+            props = rest.properties
+            path = blob_path(props.data_uri, containers)
+            return DataVersion(name=name, version=str(rest.name), created_at=_created(rest),
+                               archived=bool(props.is_archived), tags=dict(props.tags or {}),
+                               blob_paths=(path,) if path else ())
 
-        return list(self._versions(self._client.data, self._names(self._client.data), convert))
+        rest = self._client.data._operation  # the generated client ml_client.data.list uses
+        return list(self._versions(rest, self._names(self._client.data), convert))
 
     def model_versions(self, containers: Mapping[str, str]) -> list[ModelVersion]:
-        def convert(m: Any, archived: bool) -> ModelVersion:
-            tags = dict(m.tags or {})
-            lineage = {**tags, **dict(m.properties or {})}  # properties are immutable: they win
-            path = blob_path(str(m.path) if m.path else None, containers)
+        def convert(name: str, rest: Any) -> ModelVersion:
+            props = rest.properties
+            tags = dict(props.tags or {})
+            lineage = {**tags, **dict(props.properties or {})}  # properties are immutable: they win
+            path = blob_path(props.model_uri, containers)
             return ModelVersion(
-                name=str(m.name), version=str(m.version), created_at=_created(m),
-                archived=archived or str(getattr(m, "stage", "") or "").lower() == "archived",
+                name=name, version=str(rest.name), created_at=_created(rest),
+                archived=bool(props.is_archived) or str(props.stage or "").lower() == "archived",
                 tags=tags, metrics=_metrics(lineage), data_asset=lineage.get(DATA_ASSET_TAG) or None,
                 data_version=lineage.get(DATA_VERSION_TAG) or None, blob_paths=(path,) if path else (),
-                job=getattr(m, "job_name", None) or lineage.get(JOB_TAG) or None,
+                job=props.job_name or lineage.get(JOB_TAG) or None,
             )
 
-        return list(self._versions(self._client.models, self._names(self._client.models), convert))
+        rest = self._client.models._model_versions_operation  # what ml_client.models.list uses
+        return list(self._versions(rest, self._names(self._client.models), convert))
 
     def deployments(self) -> list[Deployment]:
         """Every online deployment with its endpoint's traffic and the time it has been idle since at least."""
@@ -201,10 +212,12 @@ class AmlRetention:
                     inputs.append(ref)
             outputs: dict[str, BlobPath] = {}
             for name, value in (getattr(job, "outputs", None) or {}).items():
-                path = blob_path(_uri_of(value), containers)
+                # an output without a path goes to Azure ML's default: <default datastore>/azureml/<job>/<output>/
+                uri = _uri_of(value) or f"azureml://datastores/{DEFAULT_DATASTORE}/paths/azureml/{job.name}/{name}/"
+                path = blob_path(uri, containers)
                 if path is not None:
                     outputs[str(name)] = path
-            status = str(job.status or "Unknown")
+            status = str(getattr(job.status, "value", job.status) or "Unknown")
             context = getattr(job, "creation_context", None)
             finished_at = _aware(getattr(context, "last_modified_at", None)) if status.lower() in {
                 "completed", "failed", "canceled", "cancelled"} else None

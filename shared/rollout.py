@@ -149,8 +149,11 @@ def decide(record: RolloutRecord, endpoint: EndpointView | None, policy: Promoti
             return _fail(f"deployment {record.deployment} still {candidate.state} after "
                          f"{policy.provisioning_timeout_seconds:.0f} s (provisioning timeout)")
         return Transition(Phase.PROVISIONING, f"deployment is {candidate.state}: waiting", delay_seconds=poll)
-    if state != "succeeded":
+    if state in _FAILED_STATES and phase is not Phase.GRACE:
         return _fail(f"deployment {record.deployment} is {candidate.state}, no longer Succeeded")
+    if state != "succeeded" and phase is not Phase.GRACE:
+        # e.g. an operator scaling it: wait; a deployment that ends Failed is caught above on a later look
+        return Transition(phase, f"deployment {record.deployment} is {candidate.state}: waiting", delay_seconds=poll)
 
     champion = _live_champion(record, endpoint)
     steps = traffic_steps(policy, champion is not None)
@@ -163,7 +166,7 @@ def decide(record: RolloutRecord, endpoint: EndpointView | None, policy: Promoti
         return Transition(Phase.SHIFTING, f"shifting {steps[step]}% of traffic to {record.deployment}",
                           SetTraffic(record.endpoint, weights), poll, step=step)
     if phase is Phase.SHIFTING:
-        step = max(record.step, 0)
+        step = min(max(record.step, 0), len(steps) - 1)  # the champion may be gone: fewer steps then
         expected = _split(record.deployment, steps[step], champion)
         if endpoint.state.lower() in _FAILED_STATES:
             return _fail(f"the traffic update left endpoint {record.endpoint} {endpoint.state}")

@@ -94,7 +94,7 @@ def test_registered_models_are_gated_and_rolled_out_through_the_host(
     assert record.state == "succeeded", record.failure
     assert serving(ml) == f"{MODEL}:{first.version}"
     worse = register(ml, MODEL, model_uri, "0.950")
-    host_log = next(s for s in local_stack.services if s.name == "host").log_path
+    host_log = next(s for s in local_stack.services if s.name == "functions-host").log_path
 
     def rejected() -> bool:
         return f"model={MODEL}:{worse.version} -> skipped" in host_log.read_text(errors="replace")
@@ -125,7 +125,7 @@ def test_a_host_restart_mid_rollout_does_not_lose_the_rollout(
             "provisioning", "smoke", "shift", "shifting") else None
 
     seen = wait_for(mid_rollout, "the rollout to be under way", timeout=120)
-    index, host = next((i, s) for i, s in enumerate(local_stack.services) if s.name == "host")
+    index, host = next((i, s) for i, s in enumerate(local_stack.services) if s.name == "functions-host")
     host.process.kill()  # no drain: the function may die between its state write and its next message
     host.process.wait(timeout=10)
     time.sleep(2)

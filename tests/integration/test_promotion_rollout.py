@@ -155,7 +155,7 @@ def scorer(ml_client: Any) -> Iterator[Callable[[str], dict[str, int]]]:
         key = ml_client.online_endpoints.get_keys(endpoint).primary_key
 
         def loop() -> None:
-            with httpx.Client(verify=False, timeout=10) as http:  # noqa: S501 (local emulator, self-signed)
+            with httpx.Client(verify=False, timeout=10) as http:  # local emulator, self-signed
                 while not stop.is_set():
                     reply = http.post(ep.scoring_uri, json=SAMPLE, headers={"Authorization": f"Bearer {key}"})
                     if reply.status_code == 200 and "predictions" in reply.json():
@@ -358,7 +358,7 @@ def test_a_restarted_instance_resumes_a_rollout_mid_flight(
             rig.promoter.on_tick(tick, 1)
         time.sleep(0.02)
     # its last tick was written to the queue; a new instance (fresh clients, same tables) carries on
-    fresh = Promoter(rig.promoter._policy, OnlineEndpoints(AzureML(  # noqa: SLF001
+    fresh = Promoter(rig.promoter._policy, OnlineEndpoints(AzureML(
         DefaultAzureCredential(), aml.subscription_id, aml.resource_group, aml.workspace)),
         rig.ledger, rig.pump, rig.audit, REPO)
     done = rig.run(endpoint, promoter=fresh)

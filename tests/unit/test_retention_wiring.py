@@ -77,6 +77,7 @@ class _Input:
 @pytest.mark.parametrize(("value", "expected"), [
     (_Input("azureml:churn-training:3"), DataKey("churn-training", "3")),
     (_Input("azureml:churn-model:2", "custom_model"), ModelKey("churn-model", "2")),
+    (_Input("churn-training:4"), DataKey("churn-training", "4")),  # the SDK's form after it drops 'azureml:'
     (_Input("/subscriptions/s/resourceGroups/r/providers/Microsoft.MachineLearningServices/workspaces/w/data/"
             "churn-training/versions/7"), DataKey("churn-training", "7")),
     (_Input("azureml://locations/l/workspaces/w/models/churn-model/versions/4", "mlflow_model"),

@@ -183,10 +183,31 @@ def test_candidate_deployment_disappearing_mid_rollout_rolls_back(state: Phase) 
 
 
 @pytest.mark.parametrize("state", [Phase.SMOKE, Phase.SHIFT, Phase.SHIFTING])
-@pytest.mark.parametrize("cand_state", ["Failed", "Updating"])
+@pytest.mark.parametrize("cand_state", ["Failed", "Canceled"])
 def test_candidate_no_longer_succeeded_after_provisioning_rolls_back(state: Phase, cand_state: str) -> None:
     t = decide(make_record(state, step=0), both(10, 90, cand_state=cand_state), POLICY, NOW)
     expect_rollback(t, CAND, cand_state, "no longer Succeeded")
+
+
+@pytest.mark.parametrize("state", [Phase.SMOKE, Phase.SHIFT, Phase.SHIFTING])
+@pytest.mark.parametrize("cand_state", ["Updating", "Scaling"])
+def test_a_candidate_briefly_busy_after_provisioning_is_waited_for_not_rolled_back(state: Phase,
+                                                                                   cand_state: str) -> None:
+    t = decide(make_record(state, step=0), both(10, 90, cand_state=cand_state), POLICY, NOW)
+    expect(t, state, None, POLL)
+
+
+def test_grace_never_rolls_back_a_candidate_that_already_takes_all_traffic() -> None:
+    endpoint = view({CAND: 100}, dep(CAND, "Updating"))  # an operator scales it; the champion is deleted
+    t = decide(make_record(Phase.GRACE, step=2, due_at=NOW - timedelta(seconds=1)), endpoint, POLICY, NOW)
+    assert t.phase is Phase.SUCCEEDED, t
+
+
+@pytest.mark.parametrize("step", [1, 2])
+def test_shifting_after_the_champion_vanished_does_not_index_past_the_steps(step: int) -> None:
+    endpoint = view({CAND: 100}, dep(CAND))  # the 0 % champion was deleted by hand between two looks
+    t = decide(make_record(Phase.SHIFTING, step=step), endpoint, POLICY, NOW)
+    expect(t, Phase.GRACE, None, POLICY.grace_period_seconds)
 
 
 # -- smoke / shift --------------------------------------------------------------------------------------
