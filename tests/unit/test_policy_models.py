@@ -1,0 +1,72 @@
+"""The `models:` section of evergreen.yaml: promotion rules, checked at start-up with their paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.errors import ConfigurationError
+from shared.policy import load_policy, parse_policy
+
+REPO = Path(__file__).resolve().parents[2]
+DATASETS = [{"name": "d", "container": "landing", "prefix": "d/", "type": "uri_file", "datastore": "landing"}]
+
+
+def promotion(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "metric": "roc_auc", "direction": "higher_is_better", "endpoint": "churn-endpoint",
+        "deployment": {"instance_type": "Standard_DS3_v2", "code": "ml/src", "scoring_script": "score.py"},
+        "smoke_test": {"request": {"input_data": [{"a": 1}]}},
+    }
+    doc.update(overrides)
+    return doc
+
+
+def parse(*models: dict[str, Any]) -> Any:
+    return parse_policy({"datasets": DATASETS, "models": list(models)})
+
+
+def test_the_shipped_policy_promotes_churn_model_onto_churn_endpoint() -> None:
+    policy = load_policy(REPO / "evergreen.yaml", landing_container="landing")
+    model = policy.model("churn-model")
+    assert model is not None
+    assert model.promotion.endpoint == "churn-endpoint"
+    assert model.promotion.canary_steps[-1] == 100
+    deployment = model.promotion.deployment
+    assert (REPO / (deployment.code or "") / (deployment.scoring_script or "")).is_file()
+    assert policy.model("unknown") is None
+
+
+def test_defaults_are_safe_for_azure() -> None:
+    rule = parse({"name": "m", "promotion": promotion()}).models[0].promotion
+    assert rule.poll_interval_seconds == 30 and rule.grace_period_seconds == 300
+    assert rule.canary_steps == (10, 50, 100)
+
+
+@pytest.mark.parametrize(("override", "path", "fragment"), [
+    ({"canary_steps": [50, 10, 100]}, "models[0].promotion.canary_steps", "must increase"),
+    ({"canary_steps": [10, 50]}, "models[0].promotion.canary_steps", "last step must be 100"),
+    ({"endpoint": "-bad"}, "models[0].promotion.endpoint", "3-32 characters"),
+    ({"direction": "up"}, "models[0].promotion.direction", "higher_is_better"),
+    ({"poll_interval_seconds": 0}, "models[0].promotion.poll_interval_seconds", "greater than 0"),
+    ({"deployment": {"instance_type": "Standard_DS3_v2", "code": "ml/src"}}, "models[0].promotion.deployment",
+     "set both code and scoring_script"),
+    ({"deployment": {"instance_type": "Standard_DS3_v2", "code": "../x", "scoring_script": "s.py"}},
+     "models[0].promotion.deployment", "relative to the app root"),
+    ({"smoke_test": {"request": {}}}, "models[0].promotion.smoke_test.request", "non-empty"),
+])
+def test_bad_promotion_rules_name_their_path(override: dict[str, Any], path: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse({"name": "m", "promotion": promotion(**override)})
+    assert any(p.startswith(path) and fragment in p for p in caught.value.problems), caught.value.problems
+
+
+def test_one_entry_per_model_and_one_model_per_endpoint() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse({"name": "m", "promotion": promotion()}, {"name": "m", "promotion": promotion(endpoint="other-ep")})
+    assert any("repeated: m" in p for p in caught.value.problems)
+    with pytest.raises(ConfigurationError) as caught:
+        parse({"name": "a", "promotion": promotion()}, {"name": "b", "promotion": promotion()})
+    assert any("churn-endpoint named by more than one model" in p for p in caught.value.problems)
