@@ -76,7 +76,7 @@ class PromotionOutcome:
 
 @dataclass(frozen=True)
 class TickOutcome:
-    action: str  # stale | resent | waiting | advanced | lost_race | finished
+    action: str  # stale | resent | resumed | waiting | advanced | lost_race | finished
     detail: str
 
 
@@ -212,10 +212,15 @@ class Promoter:
         if record is None or record.rollout_id != tick.rollout_id:
             return TickOutcome("stale", f"rollout {tick.rollout_id} is not {tick.endpoint}'s current rollout")
         if tick.seq != record.seq:
-            if dequeue_count > 1 and tick.seq == record.seq - 1 and record.active:
-                # This message's earlier run wrote the next state but may have died before sending its tick.
-                self._schedule(record, self._remaining(record))
-                return TickOutcome("resent", f"step {record.seq} re-scheduled after a failed delivery")
+            if dequeue_count > 1 and tick.seq == record.seq - 1:
+                # This message's earlier run wrote the next state but may have died before what follows it:
+                # sending the next tick, or (for the last step) handing over to the queued candidate.
+                if record.active:
+                    self._schedule(record, self._remaining(record))
+                    return TickOutcome("resent", f"step {record.seq} re-scheduled after a failed delivery")
+                if record.queued_name:
+                    self._finished(record)
+                    return TickOutcome("resumed", "handed over to the queued candidate after a failed delivery")
             return TickOutcome("stale", f"tick {tick.seq} is behind step {record.seq}")
         if not record.active:
             return TickOutcome("stale", f"rollout is over ({record.state})")

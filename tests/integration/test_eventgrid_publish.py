@@ -164,7 +164,7 @@ def test_workspace_topic_filters_on_model_tags(eventgrid: EventGridInfo) -> None
                               data={"ModelName": token, "ModelVersion": "2", "ModelTags": {}}, data_version="2")
     with _client(eventgrid, "workspace") as client:
         client.send([untagged, tagged])
-    (request,) = eventgrid.receiver.wait_for(token, function="on_model_registered")
+    (request,) = eventgrid.receiver.wait_for(token, function="on_tagged_model")
     assert request.event["subject"] == f"models/{token}:1"
     assert request.event["topic"].endswith("/Microsoft.MachineLearningServices/workspaces/evergreen-ws")
     published = eventgrid.get("/events", topic="workspace", subject=f"models/{token}")

@@ -391,3 +391,42 @@ def test_ledger_rows_are_json_safe_for_retention(rig: Rig, ml_client: Any, model
     assert len(rows) == 1 and rows[0].active and rows[0].candidate == f"{model}:{v1.version}"
     json.dumps(rows[0].row.data, default=str)
     assert rig.run(endpoint).state == Phase.SUCCEEDED.value
+
+
+def test_the_queued_candidate_is_not_lost_when_the_hand_over_fails(
+        rig: Rig, ml_client: Any, model_uri: str, names: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last step commits `succeeded`, then gating the queued candidate fails (Azure ML unreachable):
+    the message is redelivered, and the redelivery hands over instead of calling the tick stale."""
+    from azure.core.exceptions import ServiceRequestError
+
+    model, endpoint = names
+    v1, v2 = register(ml_client, model, model_uri, "0.80"), register(ml_client, model, model_uri, "0.90")
+    assert rig.promoter.on_model_version(event(v1)).action == "started"
+    assert rig.promoter.on_model_version(event(v2)).action == "queued"
+    real_get_model = rig.endpoints.get_model
+    failing = {"left": 1}
+
+    def flaky_get_model(name: str, version: str) -> Any:
+        if version == str(v2.version) and failing["left"]:
+            failing["left"] -= 1
+            raise ServiceRequestError("workspace unreachable")
+        return real_get_model(name, version)
+
+    monkeypatch.setattr(rig.endpoints, "get_model", flaky_get_model)
+    deadline = time.monotonic() + 120
+    failed_tick: RolloutTick | None = None
+    while failed_tick is None:
+        assert time.monotonic() < deadline
+        tick = rig.pump.pop()
+        if tick is None:
+            time.sleep(0.05)
+            continue
+        try:
+            rig.promoter.on_tick(tick, 1)
+        except ServiceRequestError:
+            failed_tick = tick
+    record = rig.ledger.get_rollout(endpoint)
+    assert record is not None and record.state == Phase.SUCCEEDED.value and record.queued_version == str(v2.version)
+    assert rig.promoter.on_tick(failed_tick, 2).action == "resumed"
+    done = rig.run(endpoint)
+    assert done.candidate_version == str(v2.version) and done.state == Phase.SUCCEEDED.value, done
