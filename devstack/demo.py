@@ -188,8 +188,12 @@ def _run(env: dict[str, str]) -> None:
     _say(f"\n   dead letters: {len(dead)}")
     for letter in dead:
         _say(f"   - {letter['function']}: {letter['deadLetterReason']} {letter.get('detail', '')}")
-    _say("\ndemo complete: upload → data version → retraining → model → gate → blue/green rollout → scoring, "
-         "on the local stack")
+    from devstack.demo_retention import run_retention_step
+
+    _say("\n10. retention (evergreen.yaml `retention:`), first as a dry run, then for real")
+    run_retention_step(_say)
+    _say("\ndemo complete: upload → data version → retraining → model → gate → blue/green rollout → scoring "
+         "→ retention, on the local stack")
 
 
 def _upload_drop(landing: Any, folder: str, stamp: str, *, label_noise: float, verbose: bool = False) -> None:

@@ -96,8 +96,8 @@ def run_retention_step(say: Callable[[str], None]) -> None:
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     runner: Any = get_services().retention
-    say("\nretention: the `retention:` rules of evergreen.yaml (timer EVERGREEN_RETENTION_SCHEDULE, "
-        "or POST /admin/functions/retention)")
+    say("   what runs: the `retention:` rules of evergreen.yaml, as the timer (EVERGREEN_RETENTION_SCHEDULE) "
+        "or POST /admin/functions/retention runs them")
     seeded = seed_history(stamp)
     say(f"   seeded {len(seeded)} old versions of {DATASET} with raw blobs under landing/history/{stamp}/: "
         f"{seeded[0]} (archived long ago), {seeded[2]} (tagged evergreen.keep=true), "

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from shared.retention import (
     Action,
@@ -71,12 +72,12 @@ def blob_path(uri: str | None, containers: Mapping[str, str]) -> BlobPath | None
     if not uri:
         return None
     m = _DATASTORE_URI.match(uri)
-    if m:
+    if m:  # paths are percent-encoded in URIs (shared.blobnames.azureml_path), blob names are not
         container = containers.get(m.group("ds").lower())
-        return BlobPath(container, m.group("path")) if container else None
+        return BlobPath(container, unquote(m.group("path"))) if container else None
     m = _BLOB_URL.match(uri)
     if m:  # https://<account>.blob.core.windows.net/<container>/<path>: the data account is the one we watch
-        return BlobPath(m.group("container"), m.group("path"))
+        return BlobPath(m.group("container"), unquote(m.group("path")))
     return None
 
 
@@ -255,13 +256,16 @@ class AmlRetention:
 
 
 def _uri_of(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    for holder in (value, getattr(value, "_data", None)):
-        path = getattr(holder, "path", None)
-        if isinstance(path, str) and path:
-            return path
-    return None
+    """The path of a job input or output; None for a literal (a number, a plain string) or an unset path.
+
+    Pipeline and node inputs wrap their value in `_data`; reading `.path` on one that wraps a literal
+    raises, so the wrapped value is looked at first.
+    """
+    data = getattr(value, "_data", value) if not isinstance(value, str | int | float | bool) else value
+    if data is None or isinstance(data, str | int | float | bool):
+        return None  # literal inputs (e.g. target_column: churned) reference no asset
+    path = data.get("path") if isinstance(data, Mapping) else getattr(data, "path", None)
+    return path if isinstance(path, str) and path else None
 
 
 def _job_input(value: Any, containers: Mapping[str, str]) -> JobInput | None:

@@ -127,8 +127,8 @@ class RetentionSummary:
         """The plan table, then (after an apply) what happened to each action."""
         lines = [render_plan_table(self.plan).rstrip("\n")]
         if not self.dry_run:
-            lines += ["", f"Applied (run {self.run_id}): " + ", ".join(f"{n} {s}" for s, n in
-                                                                      sorted(self.counts.items())) or "nothing"]
+            counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items())) or "nothing to do"
+            lines += ["", f"Applied (run {self.run_id}): {counts}"]
             lines += [f"  {o.status:<7} {o.action.kind.value:<18} {o.action.target}"
                       + (f"  ({o.error})" if o.error else "") for o in self.outcomes]
         else:
@@ -174,10 +174,20 @@ class RetentionRunner:
                        if r.enabled and r.type is RuleType.BLOBS for p in r.filters.prefixes})
 
     def inventory(self, now: datetime, run_id: str, timings: dict[str, float]) -> Inventory:
-        started = time.perf_counter()
+        """List everything, blobs first and what is in use last.
+
+        Order matters because the listings are not one atomic snapshot: a data version registered
+        while blobs are listed is still seen (and protects its blobs), and a job or rollout started
+        meanwhile is seen by the last listings. Anything created after its own listing is simply not
+        in the plan, so it is not touched.
+        """
+        mark = time.perf_counter()
+        blobs = self._blobs.list(self.watched_containers())
+        timings["list_blobs"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         containers = self._aml.datastore_containers()
         data = self._aml.data_versions(containers)
-        timings["list_data"] = time.perf_counter() - started
+        timings["list_data"] = time.perf_counter() - mark
         mark = time.perf_counter()
         models = self._aml.model_versions(containers)
         timings["list_models"] = time.perf_counter() - mark
@@ -186,9 +196,6 @@ class RetentionRunner:
         jobs = self._aml.jobs(containers)
         rollouts = rollouts_from(self._rollouts())
         timings["list_deployments_jobs_rollouts"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        blobs = self._blobs.list(self.watched_containers())
-        timings["list_blobs"] = time.perf_counter() - mark
         log.info("retention run=%s listed %d data version(s), %d model version(s), %d deployment(s), %d job(s), "
                  "%d rollout(s), %d blob(s)", run_id, len(data), len(models), len(deployments), len(jobs),
                  len(rollouts), len(blobs))

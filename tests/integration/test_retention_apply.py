@@ -358,3 +358,17 @@ def test_apply_runs_at_most_max_workers_actions_at_once(world: World) -> None:
     summary = runner.run(run_id=f"bounded-{world.uid}", dry_run=False, now=LATER)
     assert len([o for o in summary.outcomes if o.action.kind is ActionKind.TIER_BLOB]) == 24
     assert counting.peak == 3
+
+
+def test_blobs_with_spaces_and_unicode_are_matched_to_the_encoded_uris_that_reference_them(world: World) -> None:
+    from shared.blobnames import azureml_path
+
+    folder = f"{world.uid}/drop é 1/"
+    world.seed("data", world.data, [{"version": "1", "uri": f"azureml://datastores/landing/paths/{azureml_path(folder)}",
+                                     "dataType": "uri_folder", "createdAt": ago(1)}])
+    world.upload("drop é 1/part 0.csv", "drop é 2/part 0.csv")
+    summary = world.runner(RULES.replace("landing/UID/d", "landing/UID/drop")).run(
+        run_id=f"unicode-{world.uid}", dry_run=False, now=LATER)
+    assert [str(o.action.target) for o in summary.outcomes if world.uid in str(o.action.target)] == [
+        f"blob:landing/{world.uid}/drop é 2/part 0.csv"]
+    assert world.blob_names() == {"drop é 1/part 0.csv"}  # referenced (through an encoded URI): kept

@@ -131,3 +131,29 @@ rules:
         time.sleep(0.2)
     # deleting it again (a re-run after a crash) is harmless: ARM answers 204 for a deployment already gone
     assert aml_side.execute(later.actions[0]) in {"done", "already"}
+
+
+def test_a_pipeline_jobs_data_input_is_recognised_next_to_its_literal_inputs(ml_client: Any, aml: AmlInfo,
+                                                                            azurite: Any, tmp_path: Path) -> None:
+    from azure.ai.ml import load_job
+
+    from tests.integration.test_aml_jobs import PIPELINE, SCALE, SCALE_PY, TOTAL, TOTAL_PY, upload_landing
+
+    uid = uuid.uuid4().hex[:8]
+    data = f"inuse-pipe-{uid}"
+    upload_landing(azurite, f"drops/{data}", {"a.csv": "1 2 3"})
+    ml_client.data.create_or_update(Data(name=data, version="1", type="uri_folder",
+                                         path=f"azureml://datastores/landing/paths/drops/{data}/"))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "scale.py").write_text(SCALE_PY)
+    (tmp_path / "src" / "total.py").write_text(TOTAL_PY)
+    (tmp_path / "scale.yml").write_text(SCALE)
+    (tmp_path / "total.yml").write_text(TOTAL)
+    (tmp_path / "pipeline.yml").write_text(PIPELINE.format(data=data))  # inputs: raw (data) and factor: 3
+    job = load_job(tmp_path / "pipeline.yml")
+    job.name = f"inuse-pipe-job-{uid}"
+    ml_client.jobs.create_or_update(job)
+    aml_side = adapter(aml)
+    listed = {j.name: j for j in aml_side.jobs(aml_side.datastore_containers())}[job.name]
+    assert listed.inputs == (DataKey(data, "1"),)  # the literal `factor` references nothing
+    assert set(listed.outputs) == {"final"}

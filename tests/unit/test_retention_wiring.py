@@ -61,6 +61,9 @@ def test_the_policy_file_has_rules_for_the_demo_assets() -> None:
      BlobPath("landing", "churn/d1/")),
     ("azureml://datastores/workspaceblobstore/paths/models/m1", BlobPath("azureml-blobstore", "models/m1")),
     ("azureml://datastores/elsewhere/paths/x", None),
+    # ingestion percent-encodes blob names in URIs; the path must match the blob's real name again
+    ("azureml://datastores/landing/paths/churn/drop%201/part%20%C3%A9.csv",
+     BlobPath("landing", "churn/drop 1/part é.csv")),
     ("https://acct.blob.core.windows.net/raw/2026/a.csv", BlobPath("raw", "2026/a.csv")),
     ("./local/folder", None),
     (None, None),
@@ -74,6 +77,17 @@ class _Input:
         self.path, self.type = path, type_
 
 
+class _Wrapped:
+    """Like azure-ai-ml's PipelineInput/NodeInput: the value sits in `_data`; `.path` raises for literals."""
+
+    def __init__(self, data: Any) -> None:
+        self._data = data
+
+    @property
+    def path(self) -> str:
+        raise ValueError(f"{type(self._data)} does not have path.")
+
+
 @pytest.mark.parametrize(("value", "expected"), [
     (_Input("azureml:churn-training:3"), DataKey("churn-training", "3")),
     (_Input("azureml:churn-model:2", "custom_model"), ModelKey("churn-model", "2")),
@@ -84,6 +98,9 @@ class _Input:
      ModelKey("churn-model", "4")),
     (_Input("azureml://datastores/landing/paths/churn/d9/"), BlobPath("landing", "churn/d9/")),
     ("churned", None),  # a literal pipeline input
+    (_Wrapped("churned"), None),  # a pipeline input wrapping a literal (its .path would raise)
+    (_Wrapped(_Input("azureml:churn-training:5")), DataKey("churn-training", "5")),
+    (_Wrapped({"type": "uri_folder", "path": "azureml://datastores/landing/paths/x/"}), BlobPath("landing", "x/")),
     (0.5, None),
 ])
 def test_job_inputs_are_recognised_as_data_models_or_paths(value: Any, expected: Any) -> None:
