@@ -138,39 +138,27 @@ def _run(env: dict[str, str]) -> None:
         raise RuntimeError(f"the first model was not rolled out: {first.state} {first.failure}")
     _show_endpoint(ml, env, "   a scoring request to the endpoint is answered by")
 
+    def drop_and_decide(step: str, suffix: str, label_noise: float, expected: str, lead: str) -> None:
+        """Another drop → its data version → retraining → the gate (and rollout); checks the outcome."""
+        folder = f"churn/drop-{stamp}-{suffix}/"
+        _upload_drop(landing, folder, stamp + suffix, label_noise=label_noise)
+        data = wait_for(f"the {suffix} drop's data version",
+                        lambda: version_for("churn-training", "evergreen.source_folder", f"landing/{folder}"))
+        model = _show_retraining(ml, env, str(data.version), step=step, verbose=False)
+        decision = _await_decision(ml, ledger, audit, model)
+        if decision.state != expected:
+            raise RuntimeError(f"{model.name}:{model.version} should have ended {expected}, not {decision}")
+        _show_endpoint(ml, env, lead)
+
     _say("\n6. a second drop whose labels are mostly noise: its model must lose the gate")
-    worse_folder = f"churn/drop-{stamp}-noisy/"
-    _upload_drop(landing, worse_folder, stamp + "n", label_noise=0.95)
-    worse_data = wait_for("the noisy drop's data version",
-                          lambda: version_for("churn-training", "evergreen.source_folder", f"landing/{worse_folder}"))
-    worse = _show_retraining(ml, env, str(worse_data.version), step="6", verbose=False)
-    rejected = _await_decision(ml, ledger, audit, worse)
-    if rejected.state != "skipped":
-        raise RuntimeError(f"the worse model was not rejected: {rejected}")
-    _show_endpoint(ml, env, "   the endpoint still answers with")
+    drop_and_decide("6", "noisy", 0.95, "skipped", "   the endpoint still answers with")
 
     _say("\n7. a third, clean drop gives a better model, but its deployment is faulty (injected: smoke test fails)")
     _inject_fault(env, "smoke")
-    better_folder = f"churn/drop-{stamp}-clean/"
-    _upload_drop(landing, better_folder, stamp + "c", label_noise=0.0)
-    better_data = wait_for("the clean drop's data version",
-                           lambda: version_for("churn-training", "evergreen.source_folder", f"landing/{better_folder}"))
-    better = _show_retraining(ml, env, str(better_data.version), step="7", verbose=False)
-    failed = _await_decision(ml, ledger, audit, better)
-    if failed.state != "rolled_back":
-        raise RuntimeError(f"the faulty deployment was not rolled back: {failed}")
-    _show_endpoint(ml, env, "   after the rollback the champion still answers:")
+    drop_and_decide("7", "clean", 0.0, "rolled_back", "   after the rollback the champion still answers:")
 
     _say("\n8. the fault is gone; another clean drop: a better model, rolled out blue/green in canary steps")
-    best_folder = f"churn/drop-{stamp}-clean2/"
-    _upload_drop(landing, best_folder, stamp + "d", label_noise=0.0)
-    best_data = wait_for("the second clean drop's data version",
-                         lambda: version_for("churn-training", "evergreen.source_folder", f"landing/{best_folder}"))
-    best = _show_retraining(ml, env, str(best_data.version), step="8", verbose=False)
-    promoted = _await_decision(ml, ledger, audit, best)
-    if promoted.state != "succeeded":
-        raise RuntimeError(f"the better model was not rolled out: {promoted}")
-    _show_endpoint(ml, env, "   the new champion answers:")
+    drop_and_decide("8", "clean2", 0.0, "succeeded", "   the new champion answers:")
 
     _say("\n9. the events that flowed (local Event Grid):")
     deliveries = {d["eventId"]: d for d in _get_json(f"{eventgrid}/deliveries?limit=1000")}

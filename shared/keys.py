@@ -28,3 +28,8 @@ def event_id(*parts: str) -> str:
 
 def clean_etag(etag: str) -> str:
     return etag.strip().strip('"')
+
+
+def version_order(version: str) -> tuple[int, int, str]:
+    """Sort key for asset versions: numbers as numbers ('9' < '10'), other labels after them, as text."""
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)

@@ -32,7 +32,7 @@ from shared.aml import DeploymentSpec, EndpointView, OnlineEndpoints
 from shared.audit import AuditLog, AuditRecord
 from shared.errors import ClaimInProgressError, InvalidEventError
 from shared.gate import ModelSnapshot, PromotionPolicy, Skip, plan_promotion
-from shared.keys import digest
+from shared.keys import digest, version_order
 from shared.ledger import Ledger, RolloutRecord, utcnow
 from shared.policy import ModelPolicy, Policy
 from shared.rollout import (
@@ -83,10 +83,6 @@ class TickOutcome:
 def promotion_key(endpoint: str, model_name: str, version: str) -> str:
     """Names one promotion (candidate on endpoint): rollout id and the ledger's memory of its outcome."""
     return digest("promote", endpoint, model_name, version, length=16)
-
-
-def _natural(version: str) -> tuple[int, int, str]:
-    return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
 
 class Promoter:
@@ -152,7 +148,7 @@ class Promoter:
                                         f"({current.state})")
             if (current.queued_name, current.queued_version) == (name, version):
                 return PromotionOutcome("duplicate", f"{model} is already queued behind {current.candidate}")
-            if current.queued_name == name and _natural(current.queued_version) > _natural(version):
+            if current.queued_name == name and version_order(current.queued_version) > version_order(version):
                 reason = (f"{model} is older than the queued {name}:{current.queued_version}; the newest queued "
                           "candidate wins")
                 return self._skip(event_id, model, current.endpoint, reason, code="superseded")

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.alias_generators import to_camel
 
 from shared.errors import ConfigurationError
-from shared.keys import digest
+from shared.keys import digest, version_order
 
 EXAMPLE_YAML = """\
 retention:
@@ -324,11 +324,6 @@ def parse_retention(document: object, *, source: str = "policy") -> RetentionPol
 
 
 # == typed keys ======================================================================================
-def _natural(version: str) -> tuple[int, int, str]:
-    """Versions sort as numbers when they are numbers ('9' < '10'), else as text after them."""
-    return (0, int(version), "") if version.isdigit() else (1, 0, version)
-
-
 @dataclass(frozen=True)
 class DataKey:
     name: str
@@ -338,7 +333,7 @@ class DataKey:
         return f"data:{self.name}:{self.version}"
 
     def sort_key(self) -> tuple[Any, ...]:
-        return ("data", self.name, _natural(self.version))
+        return ("data", self.name, version_order(self.version))
 
 
 @dataclass(frozen=True)
@@ -350,7 +345,7 @@ class ModelKey:
         return f"model:{self.name}:{self.version}"
 
     def sort_key(self) -> tuple[Any, ...]:
-        return ("model", self.name, _natural(self.version))
+        return ("model", self.name, version_order(self.version))
 
 
 @dataclass(frozen=True)
@@ -830,7 +825,7 @@ class _Planner:
         is_data = rule.type is RuleType.DATA_VERSIONS
         for name in sorted(_select_names(by_name, rule.filters)):
             group = [v for v in by_name[name] if _tags_match(v.tags, rule.filters.tags)]
-            group.sort(key=lambda v: (v.created_at, _natural(v.version)), reverse=True)
+            group.sort(key=lambda v: (v.created_at, version_order(v.version)), reverse=True)
             kept: dict[str, str] = {}
             if acts.keep_latest is not None:
                 active = [v for v in group if not v.archived][: acts.keep_latest]
@@ -840,7 +835,7 @@ class _Planner:
             if acts.keep_top_k is not None:
                 top = acts.keep_top_k
                 scored = [v for v in group if isinstance(v, ModelVersion) and top.metric in v.metrics]
-                scored.sort(key=lambda v: (_score(v, top), v.created_at, _natural(v.version)), reverse=True)
+                scored.sort(key=lambda v: (_score(v, top), v.created_at, version_order(v.version)), reverse=True)
                 for v in scored[: top.k]:
                     kept.setdefault(v.version, f"in the top {top.k} of {name} by {top.metric} "
                                                f"({top.direction.value}) (rule {rule.name})")
