@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import urllib.request
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -224,12 +225,11 @@ def _inject_fault(env: dict[str, str], fault: str) -> None:
     _say(f"   emulator: the next deployment of {MODEL} will fail its {fault} test")
 
 
+@dataclass(frozen=True)
 class Decision:
-    def __init__(self, state: str, reason: str, failure: str = "") -> None:
-        self.state, self.reason, self.failure = state, reason, failure
-
-    def __repr__(self) -> str:
-        return f"{self.state}: {self.failure or self.reason}"
+    state: str  # skipped | succeeded | rolled_back
+    reason: str
+    failure: str = ""
 
 
 def _await_decision(ml: Any, ledger: Any, audit: Any, model: Any) -> Decision:

@@ -190,7 +190,7 @@ def _state(value: object) -> str:
     return str(getattr(value, "value", value))
 
 
-def _model_ref(model_id: str | None) -> tuple[str, str] | None:
+def model_ref(model_id: str | None) -> tuple[str, str] | None:
     """(name, version) from an ARM model id or an `azureml:name:version` reference."""
     if not model_id:
         return None
@@ -229,7 +229,7 @@ class OnlineEndpoints:
         except ResourceNotFoundError:
             return None
         deployments = tuple(
-            DeploymentView(name=str(d.name), state=_state(d.provisioning_state), model=_model_ref(d.model),
+            DeploymentView(name=str(d.name), state=_state(d.provisioning_state), model=model_ref(d.model),
                            tags=dict(d.tags or {}))
             for d in client.online_deployments.list(endpoint_name=name)
         )

@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from shared.aml import model_ref
+from shared.gate import METRIC_TAG_PREFIX
 from shared.retention import (
     Action,
     ActionKind,
@@ -53,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METRIC_PREFIX = "evergreen.metric."
 DATA_ASSET_TAG = "evergreen.data_asset"
 DATA_VERSION_TAG = "evergreen.data_version"
 JOB_TAG = "evergreen.job_name"
@@ -100,9 +101,9 @@ def _created(entity: Any) -> datetime:
 def _metrics(values: Mapping[str, str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, raw in values.items():
-        if key.startswith(METRIC_PREFIX):
+        if key.startswith(METRIC_TAG_PREFIX):
             try:
-                out[key.removeprefix(METRIC_PREFIX)] = float(raw)
+                out[key.removeprefix(METRIC_TAG_PREFIX)] = float(raw)
             except (TypeError, ValueError):
                 continue  # not a number: the metric is absent for top-K, as the gate treats it
     return out
@@ -189,12 +190,12 @@ class AmlRetention:
                 shadow = mirror.get(str(d.name).lower(), 0)
                 system = getattr(d, "creation_context", None)
                 changed = [t for t in (endpoint_changed, _aware(getattr(system, "last_modified_at", None))) if t]
-                model = _ASSET_ID.search(str(d.model or ""))
+                model = model_ref(d.model)
                 out.append(Deployment(
                     endpoint=str(endpoint.name), name=str(d.name), traffic_percent=percent,
                     zero_traffic_since=max(changed) if percent == 0 and shadow == 0 and changed else None,
-                    model_name=model.group("name") if model else None,
-                    model_version=model.group("version") if model else None,
+                    model_name=model[0] if model else None,
+                    model_version=model[1] if model else None,
                     mirror_traffic_percent=shadow, tags=dict(d.tags or {}),
                 ))
             return out

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from azure.core.credentials import AzureKeyCredential, TokenCredential
 from azure.core.exceptions import ResourceExistsError
@@ -21,7 +23,6 @@ from shared.aml import AzureML, OnlineEndpoints
 from shared.aml_retention import AmlRetention
 from shared.audit import AUDIT_TABLE, AuditLog
 from shared.blob_retention import BlobRetention
-from shared.events import SealRequest
 from shared.ingest import Ingestor, seal_request_to_json
 from shared.ledger import Ledger
 from shared.policy import Policy, load_policy
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 LEDGER_TABLE = "evergreenledger"
 SEAL_QUEUE = "evergreen-batch-seal"
+MAX_VISIBILITY_SECONDS = 7 * 24 * 3600
+T = TypeVar("T")
 
 
 def credential_for(client_id: str | None) -> TokenCredential:
@@ -74,24 +77,19 @@ def table_service(conn: StorageConnection, credential: TokenCredential) -> Table
     return TableServiceClient(conn.table_service_uri, credential=credential)
 
 
-class QueueSealScheduler:
-    """Schedules seal checks as queue messages that become visible after the delay."""
+class DelayedQueue(Generic[T]):
+    """Schedules work as queue messages that become visible after the delay (Azure's maximum: 7 days).
 
-    def __init__(self, queue: QueueClient) -> None:
+    Seal checks and rollout steps both wait this way instead of blocking a function.
+    """
+
+    def __init__(self, queue: QueueClient, encode: Callable[[T], str]) -> None:
         self._queue = queue
+        self._encode = encode
 
-    def send(self, request: SealRequest, delay_seconds: float) -> None:
-        self._queue.send_message(seal_request_to_json(request), visibility_timeout=max(0, round(delay_seconds)))
-
-
-class QueueTickScheduler:
-    """Schedules rollout steps as queue messages that become visible after the delay (max 7 days)."""
-
-    def __init__(self, queue: QueueClient) -> None:
-        self._queue = queue
-
-    def send(self, tick: RolloutTick, delay_seconds: float) -> None:
-        self._queue.send_message(tick.to_json(), visibility_timeout=min(604800, max(0, round(delay_seconds))))
+    def send(self, item: T, delay_seconds: float) -> None:
+        self._queue.send_message(self._encode(item), visibility_timeout=min(MAX_VISIBILITY_SECONDS,
+                                                                             max(0, round(delay_seconds))))
 
 
 @dataclass(frozen=True)
@@ -121,13 +119,14 @@ def build_services(settings: Settings, policy: Policy) -> Services:
         ledger=ledger,
         registry=azureml,
         publisher=EventPublisher(settings.events_topic_endpoint, topic_credential),
-        seal_queue=QueueSealScheduler(queue_client(settings.app_storage, credential, SEAL_QUEUE)),
+        seal_queue=DelayedQueue(queue_client(settings.app_storage, credential, SEAL_QUEUE), seal_request_to_json),
         audit=audit,
     )
     retrainer = Retrainer(policy=policy, app_root=settings.policy_path.parent, ledger=ledger, jobs=azureml,
                           audit=audit)
     promoter = Promoter(policy=policy, endpoints=OnlineEndpoints(azureml), ledger=ledger,
-                        ticks=QueueTickScheduler(queue_client(settings.app_storage, credential, ROLLOUT_QUEUE)),
+                        ticks=DelayedQueue(queue_client(settings.app_storage, credential, ROLLOUT_QUEUE),
+                                           RolloutTick.to_json),
                         audit=audit, app_root=settings.policy_path.parent)
     retention = RetentionRunner(policy.retention, AmlRetention(azureml), BlobRetention(data_blobs), ledger.rollouts,
                                 audit)

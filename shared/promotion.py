@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from azure.core.exceptions import AzureError
 
-from shared.aml import DeploymentSpec, EndpointView, OnlineEndpoints
+from shared.aml import DeploymentSpec, OnlineEndpoints
 from shared.audit import AuditLog, AuditRecord
 from shared.errors import ClaimInProgressError, InvalidEventError
 from shared.gate import ModelSnapshot, PromotionPolicy, Skip, plan_promotion
@@ -376,12 +376,3 @@ class Promoter:
     def _assets(record: RolloutRecord) -> dict[str, str]:
         return {"model": record.candidate, "endpoint": record.endpoint, "deployment": record.deployment,
                 "champion": record.champion_model}
-
-
-def describe(view: EndpointView | None) -> str:
-    """One line for logs and the demo: state, traffic and each deployment's model."""
-    if view is None:
-        return "endpoint does not exist"
-    models = ", ".join(f"{d.name}={':'.join(d.model) if d.model else '?'} ({d.state})" for d in view.deployments)
-    return f"{view.name} {view.state}; traffic {view.traffic}; deployments: {models or 'none'}"
-

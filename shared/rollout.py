@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from shared.aml import EndpointView
+from shared.aml import IN_PROGRESS_STATES, EndpointView
 from shared.errors import InvalidEventError
 from shared.gate import PromotionPolicy
 from shared.keys import digest
@@ -52,7 +52,6 @@ class Phase(str, Enum):
 FINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK})
 ROLLBACK_PHASES = frozenset({Phase.ROLLBACK, Phase.CLEANUP})
 _FAILED_STATES = frozenset({"failed", "canceled", "cancelled"})
-_BUSY_DEPLOYMENT = frozenset({"creating", "updating", "scaling", "provisioning", "notstarted"})
 
 
 # -- actions (values; the executor performs them) ---------------------------------------------------
@@ -234,7 +233,7 @@ def _rollback(record: RolloutRecord, endpoint: EndpointView | None, phase: Phase
         return Transition(Phase.ROLLED_BACK, f"{record.deployment} is gone; {record.endpoint} is as before")
     since = record.phase_since or now
     timed_out = now - since > timedelta(seconds=policy.provisioning_timeout_seconds)
-    if candidate.state.lower() == "deleting" or (candidate.state.lower() in _BUSY_DEPLOYMENT and not timed_out):
+    if candidate.state.lower() == "deleting" or (candidate.state.lower() in IN_PROGRESS_STATES and not timed_out):
         return Transition(Phase.CLEANUP, f"{record.deployment} is {candidate.state}: waiting",
                           delay_seconds=poll)
     return Transition(Phase.CLEANUP, f"deleting the failed deployment {record.deployment}",

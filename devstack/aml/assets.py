@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from devstack.aml.errors import ArmError, bad_request, not_found
 from devstack.aml.storage import parse_azureml_uri
 from devstack.aml.store import Row, Tx
-from devstack.aml.web import Call, Reply, Router, int_param, next_link, paged
+from devstack.aml.web import Call, Reply, Router, int_param, newest_first, next_link, paged
 
 if TYPE_CHECKING:
     from devstack.aml.app import Emulator
@@ -326,7 +326,6 @@ def get_version(emu: Emulator, call: Call) -> Reply:
     return Reply(200, row.body)
 
 
-_ORDER = re.compile(r"^\s*createdtime(?:\s+(asc|desc))?\s*$", re.IGNORECASE)
 
 
 def list_versions(emu: Emulator, call: Call) -> Reply:
@@ -337,13 +336,7 @@ def list_versions(emu: Emulator, call: Call) -> Reply:
     """
     kind, name, view = kind_of(call), call.params["name"], _list_view(call)
     _throttle(emu, call)
-    order = call.query.get("$orderby")
-    newest_first = True
-    if order:
-        m = _ORDER.match(order)
-        if m is None:
-            raise bad_request(f"$orderBy supports 'createdtime asc|desc', got '{order}'.")
-        newest_first = (m.group(1) or "asc").lower() == "desc"
+    descending = newest_first(call)
     after, served = _decode_keyset(call.query.get("$skiptoken"))
     top = int_param(call, "$top")
     size = max(1, emu.config.page_size)
@@ -351,7 +344,7 @@ def list_versions(emu: Emulator, call: Call) -> Reply:
     with emu.store.read() as tx:
         if tx.get(kind.segment, name) is None:
             raise kind.container_not_found(name)
-        rows = _version_page(tx, kind, name, view=view, stage=call.query.get("stage"), newest_first=newest_first,
+        rows = _version_page(tx, kind, name, view=view, stage=call.query.get("stage"), newest_first=descending,
                              after=after, limit=limit + 1)
     page = rows[:limit]
     result: dict[str, Any] = {"value": [r.body for r in page]}

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from devstack.aml.errors import bad_request, not_found
 from devstack.aml.store import Row, Tx
-from devstack.aml.web import Call, Reply, paged
+from devstack.aml.web import Call, Reply, newest_first, paged
 
 if TYPE_CHECKING:
     from devstack.aml.app import Emulator
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_ORDER = re.compile(r"^\s*createdtime(?:\s+(asc|desc))?\s*$", re.IGNORECASE)
 # `azureml:Name:3`, `azureml:Name@latest` as written in component YAML (not workspace ARM ids)
 _CURATED_REF = re.compile(r"^azureml:(?P<name>[^/:@]+)(?::(?P<version>[^/:@]+)|@(?P<label>[^/:@]+))$")
 UPLOAD_SAS_HOURS = 24
@@ -231,14 +230,7 @@ def list_versions(emu: Emulator, call: Call) -> Reply:
                      or (r.body["properties"].get("properties") or {}).get("hash_version") == hash_version)
             ]
             return Reply(200, {"value": [r.body for r in rows]})
-        order = call.query.get("$orderby")
-        newest_first = True
-        if order:
-            m = _ORDER.match(order)
-            if m is None:
-                raise bad_request(f"$orderBy supports 'createdtime asc|desc', got '{order}'.")
-            newest_first = (m.group(1) or "asc").lower() == "desc"
-        rows = tx.rows(kind.version_kind, name, newest_first=newest_first)
+        rows = tx.rows(kind.version_kind, name, newest_first=newest_first(call))
     if not rows and kind is not CODES:
         raise kind.not_found(name)
     view = (call.query.get("listviewtype") or "ActiveOnly").lower()

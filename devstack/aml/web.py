@@ -134,6 +134,20 @@ def _decode_token(token: str) -> int:
     return offset
 
 
+_ORDER_BY = re.compile(r"^\s*createdtime(?:\s+(asc|desc))?\s*$", re.IGNORECASE)
+
+
+def newest_first(call: Call) -> bool:
+    """`$orderBy=createdtime asc|desc` (the only order the asset listings take); newest first by default."""
+    order = call.query.get("$orderby")
+    if not order:
+        return True
+    m = _ORDER_BY.match(order)
+    if m is None:
+        raise bad_request(f"$orderBy supports 'createdtime asc|desc', got '{order}'.")
+    return (m.group(1) or "asc").lower() == "desc"
+
+
 def int_param(call: Call, name: str) -> int | None:
     value = call.query.get(name.lower())
     if value is None or value == "":
