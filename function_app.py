@@ -6,7 +6,7 @@ from functions.ingest import bp as ingest
 from functions.promote import bp as promote
 from functions.retention import bp as retention
 from functions.retrain import bp as retrain
-from shared.clients import load_configuration
+from shared.composition import load_configuration
 
 # Read and validate settings and the policy file now, so a bad deployment fails at start-up with
 # one error that lists every problem (instead of failing on the first event).

@@ -10,19 +10,12 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
-from shared.events import BlobCreated
-from shared.ingest import plan_blob
-from shared.policy import parse_policy
-from shared.retention import (
-    Blob,
-    BlobPath,
-    DataVersion,
-    Deployment,
-    Inventory,
-    ModelVersion,
-    RetentionRule,
-    plan_retention,
-)
+from shared.config.policy import parse_policy
+from shared.config.retention import RetentionRule
+from shared.domain.events import BlobCreated
+from shared.domain.ingest import plan_blob
+from shared.domain.retention.inventory import Blob, BlobPath, DataVersion, Deployment, Inventory, ModelVersion
+from shared.domain.retention.planner import plan_retention
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 RULES = [

@@ -34,7 +34,8 @@ import yaml
 from devstack.aml import client_env, start_aml
 from devstack.azurite import connection_string, ensure_installed, start_azurite
 from devstack.procs import Service, free_port
-from shared.retention import parse_retention
+from shared.adapters.azure.tables import AzureTable
+from shared.config.retention import parse_retention
 
 DATA_NAMES = 10
 MODEL_NAMES = 4
@@ -125,19 +126,21 @@ def retention_run(stack: Stack, *, apply: bool) -> Any:
     from azure.identity import DefaultAzureCredential
     from azure.storage.blob import BlobServiceClient
 
-    from shared.aml import AzureML
-    from shared.aml_retention import AmlRetention
-    from shared.audit import AUDIT_TABLE, AuditLog
-    from shared.blob_retention import BlobRetention
-    from shared.retention_runner import RetentionRunner
+    from shared.adapters.azure.aml_retention import AmlRetention
+    from shared.adapters.azure.azureml import AzureML
+    from shared.adapters.azure.blob_retention import BlobRetention
+    from shared.services.audit import AUDIT_TABLE, TableAuditLog
+    from shared.services.retention import RetentionRunner
 
     env = stack.env
     azureml = AzureML(DefaultAzureCredential(), env["AZURE_SUBSCRIPTION_ID"], env["AZURE_RESOURCE_GROUP"],
                       env["AZUREML_WORKSPACE_NAME"])
     azureml.client  # noqa: B018 - import azure.ai.ml (~1.3 s) before the clock starts, as a warm function would
     blobs = BlobRetention(BlobServiceClient.from_connection_string(stack.storage))
-    audit = AuditLog(TableServiceClient.from_connection_string(stack.storage).create_table(AUDIT_TABLE))
-    runner = RetentionRunner(parse_retention(RULES), AmlRetention(azureml), blobs, lambda: [], audit)
+    tables = TableServiceClient.from_connection_string(stack.storage)
+    audit = TableAuditLog(AzureTable(tables.create_table(AUDIT_TABLE)))
+    runner = RetentionRunner(policy=parse_retention(RULES), workspace=AmlRetention(azureml), blobs=blobs,
+                             rollouts=lambda: [], audit=audit)
     started, cpu = time.perf_counter(), time.process_time()
     summary = runner.run(run_id="bench", dry_run=True)
     total, cpu = time.perf_counter() - started, time.process_time() - cpu

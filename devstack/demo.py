@@ -79,15 +79,15 @@ def _run(env: dict[str, str]) -> None:
     from azure.identity import DefaultAzureCredential
     from azure.storage.blob import BlobServiceClient
 
-    from shared.audit import AUDIT_TABLE, AuditLog
-    from shared.clients import LEDGER_TABLE
-    from shared.ledger import Ledger
+    from shared.adapters.azure.tables import AzureTable
+    from shared.services.audit import AUDIT_TABLE, TableAuditLog
+    from shared.services.ledger import LEDGER_TABLE, Ledger
 
     blobs = BlobServiceClient.from_connection_string(env["DATA_STORAGE"])
     landing = blobs.get_container_client("landing")
     tables = TableServiceClient.from_connection_string(env["AzureWebJobsStorage"])
-    ledger = Ledger(tables.create_table_if_not_exists(LEDGER_TABLE))
-    audit = AuditLog(tables.create_table_if_not_exists(AUDIT_TABLE))
+    ledger = Ledger(AzureTable(tables.create_table_if_not_exists(LEDGER_TABLE)))
+    audit = TableAuditLog(AzureTable(tables.create_table_if_not_exists(AUDIT_TABLE)))
     started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # the local Event Grid's format
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     ml = MLClient(DefaultAzureCredential(), env["AZURE_SUBSCRIPTION_ID"], env["AZURE_RESOURCE_GROUP"],
@@ -287,7 +287,7 @@ def _show_retraining(ml: Any, env: dict[str, str], data_version: str, *, step: s
     from azure.core.exceptions import ResourceNotFoundError
     from azure.identity import DefaultAzureCredential
 
-    from shared.retrain import job_name_for
+    from shared.domain.retrain import job_name_for
 
     job_name = job_name_for("churn-training", data_version)
     _say(f"\n{step}. the new data version starts the retraining pipeline ml/pipeline.yml as job {job_name}")

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.audit import AuditRecord
-from shared.retention import ActionKind, RetentionPlan
-from shared.retention_runner import Outcome, RetentionIncomplete, RetentionSummary
+from shared.adapters.azure.tables import AzureTable
+from shared.domain.audit import AuditRecord
+from shared.domain.retention.planner import ActionKind, RetentionPlan
+from shared.services.retention import Outcome, RetentionIncomplete, RetentionSummary
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +81,19 @@ def _protected(say: Callable[[str], None], plan: RetentionPlan) -> None:
 
 
 def _audit_records(run_id: str) -> list[AuditRecord]:
-    from shared.audit import AUDIT_TABLE, AuditLog
-    from shared.clients import credential_for, table_service
-    from shared.settings import load_settings
+    from shared.composition import credential_for, table_service
+    from shared.config.settings import load_settings
+    from shared.services.audit import AUDIT_TABLE, TableAuditLog
 
     settings = load_settings()
     tables = table_service(settings.app_storage, credential_for(settings.client_id))
-    audit = AuditLog(tables.get_table_client(AUDIT_TABLE))
+    audit = TableAuditLog(AzureTable(tables.get_table_client(AUDIT_TABLE)))
     return [r for r in audit.query(kind_prefix="retention.") if r.event_id == run_id]
 
 
 def run_retention_step(say: Callable[[str], None]) -> None:
     """Dry run (the plan as a table), then the real run: what was archived, deleted, protected and why."""
-    from shared.clients import get_services
+    from shared.composition import get_services
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     runner: Any = get_services().retention

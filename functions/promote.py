@@ -2,61 +2,63 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 
 import azure.functions as func
 
-from shared.clients import get_services
-from shared.errors import InvalidEventError
-from shared.promotion import ROLLOUT_QUEUE
-from shared.rollout import tick_from_json
-from shared.webhooks import Received, SignatureError, parse_model_registered, parse_webhook_request, to_http
-
-log = logging.getLogger(__name__)
+from functions.edge import Delivery, Handled, Settled, action_value, edge, event_grid, http_request, queue_message
+from shared.composition import get_services
+from shared.domain.events import ModelVersionEvent
+from shared.domain.rollout import RolloutTick, tick_from_json
+from shared.domain.webhooks import (
+    Ignored,
+    Received,
+    WebhookResult,
+    parse_model_registered,
+    parse_webhook_request,
+    to_http,
+)
+from shared.services.promotion import ROLLOUT_QUEUE
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 
 @bp.function_name("on_model_registered")
 @bp.event_grid_trigger(arg_name="event")
-def on_model_registered(event: func.EventGridEvent) -> None:
+@edge(event_grid(parse_model_registered), subject=lambda registered: registered.model)
+def on_model_registered(registered: ModelVersionEvent, delivery: Delivery) -> Settled:
     """Azure ML's ModelRegistered: gate the new version against the champion; start a rollout if it wins."""
-    registered = parse_model_registered({
-        "id": event.id, "eventType": event.event_type, "subject": event.subject, "eventTime": event.event_time,
-        "topic": event.topic, "data": event.get_json(),
-    })
-    outcome = get_services().promoter.on_model_version(registered)
-    log.info("on_model_registered event=%s model=%s -> %s: %s", event.id, registered.model, outcome.action,
-             outcome.detail)
+    return get_services().promoter.on_model_version(registered)
+
+
+def webhook_request(req: func.HttpRequest) -> WebhookResult:
+    """Verify and parse a registry webhook or Event Grid delivery; raises SignatureError / InvalidEventError."""
+    return parse_webhook_request(req.method, dict(req.headers), req.get_body(),
+                                 secret=get_services().settings.webhook_secret, now=datetime.now(UTC))
+
+
+def _models(result: WebhookResult) -> str:
+    return ",".join(item.model for item in result.events) if isinstance(result, Received) else "-"
 
 
 @bp.function_name("registry_webhook")
 @bp.route(route="registry-webhook", methods=["POST", "OPTIONS"], auth_level=func.AuthLevel.FUNCTION)
-def registry_webhook(req: func.HttpRequest) -> func.HttpResponse:
+@edge(http_request(webhook_request), subject=_models)
+def registry_webhook(result: WebhookResult, delivery: Delivery) -> Settled:
     """Event Grid (with its handshake), CloudEvents (with OPTIONS) and signed MLflow/Databricks webhooks."""
-    services = get_services()
-    try:
-        result = parse_webhook_request(req.method, dict(req.headers), req.get_body(),
-                                       secret=services.settings.webhook_secret, now=datetime.now(UTC))
-    except (SignatureError, InvalidEventError) as exc:
-        reply = to_http(exc)
-        log.warning("registry_webhook refused (%d): %s", reply.status, exc)
-        return func.HttpResponse(reply.body, status_code=reply.status, headers=dict(reply.headers))
-    if isinstance(result, Received):
-        for item in result.events:
-            outcome = services.promoter.on_model_version(item)
-            log.info("registry_webhook event=%s source=%s model=%s -> %s: %s", item.event_id, item.source,
-                     item.model, outcome.action, outcome.detail)
     reply = to_http(result)
-    return func.HttpResponse(reply.body, status_code=reply.status, headers=dict(reply.headers))
+    if isinstance(result, Received):
+        promoter = get_services().promoter
+        done = [f"{item.model}:{action_value(promoter.on_model_version(item).action)}" for item in result.events]
+        return Handled(action="received", detail=", ".join(done), reply=reply)
+    if isinstance(result, Ignored):
+        return Handled(action="ignored", detail=result.reason, reply=reply)
+    return Handled(action="handshake", detail=type(result).__name__, reply=reply)
 
 
 @bp.function_name("advance_rollout")
 @bp.queue_trigger(arg_name="msg", queue_name=ROLLOUT_QUEUE, connection="AzureWebJobsStorage")
-def advance_rollout(msg: func.QueueMessage) -> None:
-    """Take the next step of an endpoint's rollout (a persisted state machine; see shared/rollout.py)."""
-    tick = tick_from_json(msg.get_body().decode("utf-8"))
-    outcome = get_services().promoter.on_tick(tick, msg.dequeue_count or 1)
-    log.info("advance_rollout event=%s rollout=%s seq=%d -> %s: %s", tick.event_id, tick.rollout_id, tick.seq,
-             outcome.action, outcome.detail)
+@edge(queue_message(tick_from_json), subject=lambda tick: f"{tick.rollout_id}#{tick.seq} cause={tick.event_id}")
+def advance_rollout(tick: RolloutTick, delivery: Delivery) -> Settled:
+    """Take the next step of an endpoint's rollout (a persisted state machine; see shared/domain/rollout.py)."""
+    return get_services().promoter.on_tick(tick, delivery.attempt)

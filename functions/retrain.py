@@ -2,33 +2,29 @@
 
 from __future__ import annotations
 
-import logging
-
 import azure.functions as func
 
-from shared.clients import get_services
-from shared.retrain import parse_data_version_registered, parse_run_event
-
-log = logging.getLogger(__name__)
+from functions.edge import Delivery, Settled, edge, event_grid
+from shared.composition import get_services
+from shared.domain.events import DataVersionRegistered
+from shared.domain.retrain import RunFinished, parse_data_version_registered, parse_run_event
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 
 @bp.function_name("on_data_version_registered")
 @bp.event_grid_trigger(arg_name="event")
-def on_data_version_registered(event: func.EventGridEvent) -> None:
+@edge(event_grid(lambda event: parse_data_version_registered(event["data"])),
+      subject=lambda data: f"{data.asset_name}:{data.version}")
+def on_data_version_registered(registered: DataVersionRegistered, delivery: Delivery) -> Settled:
     """Start (or coalesce, or skip with a reason) the dataset's retraining pipeline."""
-    registered = parse_data_version_registered(event.get_json())
-    outcome = get_services().retrainer.on_data_version_registered(registered, event.id)
-    log.info("on_data_version_registered event=%s data=%s:%s -> %s: %s", event.id, registered.asset_name,
-             registered.version, outcome.action, outcome.detail)
+    return get_services().retrainer.on_data_version_registered(registered, delivery.id)
 
 
 @bp.function_name("on_run_event")
 @bp.event_grid_trigger(arg_name="event")
-def on_run_event(event: func.EventGridEvent) -> None:
+@edge(event_grid(lambda event: parse_run_event(event["eventType"], event["data"])),
+      subject=lambda run: f"{run.run_id}:{run.status}")
+def on_run_event(finished: RunFinished, delivery: Delivery) -> Settled:
     """A run ended: record it, and start the coalesced follow-up run if newer data arrived meanwhile."""
-    finished = parse_run_event(event.event_type, event.get_json())
-    outcome = get_services().retrainer.on_run_finished(finished, event.id)
-    log.info("on_run_event event=%s run=%s status=%s -> %s: %s", event.id, finished.run_id, finished.status,
-             outcome.action, outcome.detail)
+    return get_services().retrainer.on_run_finished(finished, delivery.id)

@@ -15,7 +15,9 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from shared.audit import AUDIT_TABLE, AuditLog, AuditRecord
+from shared.adapters.azure.tables import AzureTable
+from shared.domain.audit import AuditRecord
+from shared.services.audit import AUDIT_TABLE, TableAuditLog
 
 
 def render(records: Sequence[AuditRecord]) -> str:
@@ -45,12 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "retention":
         return run_retention(dry_run=args.dry_run, as_json=args.json, as_of=args.as_of)
 
-    from shared.clients import credential_for, table_service
-    from shared.settings import load_settings
+    from shared.composition import credential_for, table_service
+    from shared.config.settings import load_settings
 
     settings = load_settings()
     tables = table_service(settings.app_storage, credential_for(settings.client_id))
-    log = AuditLog(tables.get_table_client(AUDIT_TABLE))
+    log = TableAuditLog(AzureTable(tables.get_table_client(AUDIT_TABLE)))
     records = []
     for rec in log.query(days=args.days, kind_prefix=args.kind):
         records.append(rec)
@@ -67,8 +69,8 @@ def _aware_time(text: str) -> datetime:
 
 def run_retention(*, dry_run: bool, as_json: bool, as_of: datetime | None) -> int:
     """Run retention with the Function App's own settings, policy and clients; exit 1 if an action failed."""
-    from shared.clients import get_services
-    from shared.retention_runner import RetentionIncomplete
+    from shared.composition import get_services
+    from shared.services.retention import RetentionIncomplete
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     run_id = f"retention-cli-{uuid.uuid4().hex[:12]}"

@@ -1,8 +1,4 @@
-"""Test fixtures. Each local-stack piece has its own fixture module under tests/fixtures/."""
+"""The product's tests use the local stack's fixtures, which the devstack ships as a pytest plugin
+(devstack.testing: azurite, aml, ml_client, eventgrid, start_function_host, sample_host)."""
 
-pytest_plugins = [
-    "tests.fixtures.azurite",
-    "tests.fixtures.aml",
-    "tests.fixtures.eventgrid",
-    "tests.fixtures.host",
-]
+pytest_plugins = ["devstack.testing"]

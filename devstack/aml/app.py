@@ -1,8 +1,9 @@
 """The emulator as an ASGI app: authentication, routing, error translation, event publishing.
 
-Routes are registered in `build_router()`; each resource family lives in its own module
-(workspace.py, assets.py, lro.py, identity.py) so jobs, code, environments, components and
-online endpoints can be added the same way.
+Each resource family lives in its own module (workspace.py, assets.py, lro.py, components.py,
+jobs.py, endpoints.py) and adds its routes to the Router passed to its `register(router)`; the
+handlers take the `Emulator` (emulator.py), so no module imports this one. `open_emulator()`
+builds the state, `build_router()` collects the routes, `create_app()` serves them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -24,70 +24,44 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 
-from devstack.aml import assets, endpoints, identity, jobs, lro, workspace
+from devstack.aml import assets, components, endpoints, identity, jobs, lro, workspace
 from devstack.aml.config import AmlConfig
+from devstack.aml.emulator import Emulator
 from devstack.aml.errors import ArmError
 from devstack.aml.storage import DatastoreMap, StorageAccount
-from devstack.aml.store import Store, Tx
-from devstack.aml.web import LOCATIONS, Call, Principal, Reply, Router, W
+from devstack.aml.store import Store
+from devstack.aml.web import Call, Principal, Reply, Router
 
 log = logging.getLogger(__name__)
 
-WORKSPACE_TOPIC = "workspace"
 _METHODS = ["GET", "PUT", "POST", "DELETE", "PATCH", "HEAD"]
 
 
 def build_router() -> Router:
     r = Router()
-    r.add("GET", W, workspace.get_workspace)
-    r.add("GET", f"{W}/datastores", workspace.list_datastores)
-    r.add("GET", f"{W}/datastores/(?P<name>[^/]+)", workspace.get_datastore)
-    r.add("POST", f"{W}/datastores/(?P<name>[^/]+)/listSecrets", workspace.list_secrets)
-    r.add("GET", f"{W}/computes", workspace.list_computes)
-    r.add("GET", f"{W}/computes/(?P<name>[^/]+)", workspace.get_compute)
-    asset = f"{W}/(?P<kind>data|models)"
-    r.add("GET", asset, assets.list_containers)
-    r.add("GET", f"{asset}/(?P<name>[^/]+)", assets.get_container)
-    r.add("PUT", f"{asset}/(?P<name>[^/]+)", assets.put_container)
-    r.add("DELETE", f"{asset}/(?P<name>[^/]+)", assets.delete_container)
-    r.add("GET", f"{asset}/(?P<name>[^/]+)/versions", assets.list_versions)
-    r.add("GET", f"{asset}/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", assets.get_version)
-    r.add("PUT", f"{asset}/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", assets.put_version)
-    r.add("DELETE", f"{asset}/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", assets.delete_version)
-    r.add("GET", f"{LOCATIONS}/mfeOperationsStatus/(?P<op>[^/]+)", lro.get_status)
-    r.add("GET", f"{LOCATIONS}/mfeOperationResults/(?P<op>[^/]+)", lro.get_result)
+    workspace.register(r)  # workspace, datastores, computes
+    assets.register(r)  # data and model containers and versions
+    lro.register(r)  # operation status and results
     endpoints.register(r)  # online endpoints/deployments + /_emulator/faults
     assets.register_admin(r)  # /_emulator/throttle (429 + Retry-After) and /_emulator/seed (bulk versions)
-    jobs.register(r)  # codes, environments, components, jobs (+ local execution)
+    components.register(r)  # codes, environments, components
+    jobs.register(r)  # jobs (+ local execution) and /_emulator/jobs/{name}/logs
     return r
 
 
-class Emulator:
-    """Process-wide state shared by the handlers."""
-
-    def __init__(self, config: AmlConfig) -> None:
-        self.config = config
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(config.db_path)
-        self.datastores = DatastoreMap(StorageAccount.from_connection_string(config.storage_connection_string))
-        self.token_key = identity.signing_key(config.state_dir)
-        self.started_at = datetime.now(UTC).isoformat()
-        self.router = build_router()
-        with self.store.write() as tx:
-            workspace.seed(tx, config, self.datastores.account.account_name)
-
-    def record_event(self, tx: Tx, event_type: str, subject: str, data: dict[str, Any]) -> None:
-        """Queue an Azure ML system event (Event Grid schema) in the same transaction as the change."""
-        tx.add_event(WORKSPACE_TOPIC, {
-            "id": str(uuid.uuid4()),
-            "topic": self.config.coords.arm_id,
-            "subject": subject,
-            "eventType": f"Microsoft.MachineLearningServices.{event_type}",
-            "eventTime": datetime.now(UTC).isoformat(),
-            "data": data,
-            "dataVersion": "2",
-            "metadataVersion": "1",
-        })
+def open_emulator(config: AmlConfig) -> Emulator:
+    """The emulator's state over `config.state_dir`, with the workspace's fixed resources seeded."""
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    emu = Emulator(
+        config=config,
+        store=Store(config.db_path),
+        datastores=DatastoreMap(StorageAccount.from_connection_string(config.storage_connection_string)),
+        token_key=identity.signing_key(config.state_dir),
+        started_at=datetime.now(UTC).isoformat(),
+    )
+    with emu.store.write() as tx:
+        workspace.seed(tx, config, emu.datastores.account.account_name)
+    return emu
 
 
 class EventPublisher:
@@ -149,7 +123,8 @@ def _reply(reply: Reply) -> Response:
 
 
 def create_app(config: AmlConfig) -> Starlette:
-    emu = Emulator(config)
+    emu = open_emulator(config)
+    router = build_router()
     location = config.coords.location
 
     async def dispatch(request: Request) -> Response:
@@ -171,7 +146,7 @@ def create_app(config: AmlConfig) -> Starlette:
                                      'error="invalid_token", error_description="The authentication failed '
                                      "because of missing 'Authorization' header.\""},
             )
-        matched = emu.router.match(request.method, path)
+        matched = router.match(request.method, path)
         if matched is None:
             log.warning("unserved route: %s %s", request.method, path)
             return _json(404, {"error": {"code": "NoRouteFound",

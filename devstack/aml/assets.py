@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 from devstack.aml.errors import ArmError, bad_request, not_found
 from devstack.aml.storage import parse_azureml_uri
 from devstack.aml.store import Row, Tx
-from devstack.aml.web import Call, Reply, Router, int_param, newest_first, next_link, paged
+from devstack.aml.web import Call, Reply, Router, W, int_param, newest_first, next_link, paged
 
 if TYPE_CHECKING:
-    from devstack.aml.app import Emulator
     from devstack.aml.config import WorkspaceCoords
+    from devstack.aml.emulator import Emulator
 
 log = logging.getLogger(__name__)
 
@@ -454,6 +454,19 @@ def delete_version(emu: Emulator, call: Call) -> Reply:
 # --- emulator-only admin routes: throttling (429 + Retry-After) and bulk seeding -----------------
 
 THROTTLE = "emulatorThrottle"
+
+
+def register(r: Router) -> None:
+    """Data and model containers and their versions."""
+    asset = f"{W}/(?P<kind>data|models)"
+    r.add("GET", asset, list_containers)
+    r.add("GET", f"{asset}/(?P<name>[^/]+)", get_container)
+    r.add("PUT", f"{asset}/(?P<name>[^/]+)", put_container)
+    r.add("DELETE", f"{asset}/(?P<name>[^/]+)", delete_container)
+    r.add("GET", f"{asset}/(?P<name>[^/]+)/versions", list_versions)
+    r.add("GET", f"{asset}/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", get_version)
+    r.add("PUT", f"{asset}/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", put_version)
+    r.add("DELETE", f"{asset}/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", delete_version)
 
 
 def register_admin(r: Router) -> None:

@@ -28,11 +28,10 @@ from urllib.parse import urlsplit
 
 from devstack.aml.errors import bad_request, not_found
 from devstack.aml.store import Row, Tx
-from devstack.aml.web import Call, Reply, newest_first, paged
+from devstack.aml.web import Call, Reply, Router, W, newest_first, paged
 
 if TYPE_CHECKING:
-    from devstack.aml.app import Emulator
-    from devstack.aml.web import Router
+    from devstack.aml.emulator import Emulator
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +68,6 @@ _KINDS = {k.segment: k for k in (CODES, ENVIRONMENTS, COMPONENTS)}
 
 def register(r: Router) -> None:
     """Add the code, environment and component routes to the emulator's router."""
-    from devstack.aml.web import W
-
     base = f"{W}/(?P<kind>codes|environments|components)"
     r.add("GET", f"{base}/(?P<name>[^/]+)/versions", list_versions)
     r.add("GET", f"{base}/(?P<name>[^/]+)/versions/(?P<version>[^/]+)", get_version)

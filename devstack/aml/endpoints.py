@@ -46,7 +46,7 @@ from devstack.aml.store import Row, Tx
 from devstack.aml.web import Call, Reply, Router, W, paged
 
 if TYPE_CHECKING:
-    from devstack.aml.app import Emulator
+    from devstack.aml.emulator import Emulator
 
 log = logging.getLogger(__name__)
 

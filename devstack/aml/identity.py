@@ -19,7 +19,7 @@ import jwt
 from devstack.aml.web import Call, Reply
 
 if TYPE_CHECKING:
-    from devstack.aml.app import Emulator
+    from devstack.aml.emulator import Emulator
 
 
 def signing_key(state_dir: Path) -> bytes:

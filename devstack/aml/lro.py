@@ -18,14 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 from devstack.aml.errors import ArmError
 from devstack.aml.store import Tx
-from devstack.aml.web import Call, Reply
+from devstack.aml.web import LOCATIONS, Call, Reply, Router
 
 if TYPE_CHECKING:
-    from devstack.aml.app import Emulator
+    from devstack.aml.emulator import Emulator
 
 KIND = "operations"
 TERMINAL = frozenset({"Succeeded", "Failed", "Canceled"})
 NEVER = "0001-01-01T00:00:00+00:00"  # the service's endTime while running
+
+
+def register(r: Router) -> None:
+    """The operation status and result polls the SDK follows."""
+    r.add("GET", f"{LOCATIONS}/mfeOperationsStatus/(?P<op>[^/]+)", get_status)
+    r.add("GET", f"{LOCATIONS}/mfeOperationResults/(?P<op>[^/]+)", get_result)
 
 
 def _iso(ts: float) -> str:

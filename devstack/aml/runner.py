@@ -43,13 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devstack.aml import components, jobs, lro
+from devstack.aml import components, job_shapes, lro
 from devstack.aml.storage import parse_azureml_uri
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient, ContainerClient
 
-    from devstack.aml.app import Emulator
+    from devstack.aml.emulator import Emulator
     from devstack.aml.store import Tx
 
 log = logging.getLogger(__name__)
@@ -140,22 +140,22 @@ class Runner:
             event.set()  # the worker kills the running step's process group within 0.1 s
         if event is None:  # not ours (e.g. submitted before a restart): finish it here
             with self.emu.store.write() as tx:
-                row = tx.get(jobs.KIND, name)
-                if row is not None and row.body["properties"]["status"] not in jobs.TERMINAL:
+                row = tx.get(job_shapes.KIND, name)
+                if row is not None and row.body["properties"]["status"] not in job_shapes.TERMINAL:
                     self._finish(tx, name, "Canceled", None)
 
     def set_status(self, tx: Tx, name: str, status: str) -> None:
-        row = tx.get(jobs.KIND, name)
+        row = tx.get(job_shapes.KIND, name)
         if row is None:
             return
         body = {**row.body, "properties": {**row.body["properties"], "status": status}}
-        tx.put(jobs.KIND, name, body, meta=row.meta)
+        tx.put(job_shapes.KIND, name, body, meta=row.meta)
 
     def recover(self) -> None:
         """Fail jobs left non-terminal by an emulator process that is gone."""
         with self.emu.store.write() as tx:
-            for row in tx.rows_of_kind(jobs.KIND):
-                if row.body["properties"]["status"] in jobs.TERMINAL or row.meta.get("owner") == self.owner:
+            for row in tx.rows_of_kind(job_shapes.KIND):
+                if row.body["properties"]["status"] in job_shapes.TERMINAL or row.meta.get("owner") == self.owner:
                     continue
                 owner_pid = int(str(row.meta.get("owner", "0:")).split(":", 1)[0] or 0)
                 if owner_pid != os.getpid() and _alive(owner_pid):
@@ -188,14 +188,14 @@ class Runner:
     def _advance(self, name: str, status: str, event: threading.Event) -> None:
         self._check(event)
         with self.emu.store.write() as tx:
-            row = tx.get(jobs.KIND, name)
-            if row is None or row.body["properties"]["status"] in ("CancelRequested", *jobs.TERMINAL):
+            row = tx.get(job_shapes.KIND, name)
+            if row is None or row.body["properties"]["status"] in ("CancelRequested", *job_shapes.TERMINAL):
                 raise Canceled()
             self.set_status(tx, name, status)
 
     def _execute(self, name: str, event: threading.Event) -> None:
         with self.emu.store.read() as tx:
-            row = tx.get(jobs.KIND, name)
+            row = tx.get(job_shapes.KIND, name)
         if row is None:
             return
         req: dict[str, Any] = row.meta["request"]
@@ -245,9 +245,9 @@ class Runner:
                     depends=depends,
                 ))
         with self.emu.store.write() as tx:
-            parent = tx.get(jobs.KIND, name)
+            parent = tx.get(job_shapes.KIND, name)
             assert parent is not None
-            tx.put(jobs.KIND, name, parent.body, meta={**parent.meta, "children": children})
+            tx.put(job_shapes.KIND, name, parent.body, meta={**parent.meta, "children": children})
             for step in steps:
                 self._create_child(tx, parent.body, parent.meta, step, req["jobs"][step.node])
         return steps
@@ -260,7 +260,7 @@ class Runner:
             "name": step.job_name,
             "type": "Microsoft.MachineLearningServices/workspaces/jobs",
             "properties": {
-                **jobs.command_properties(self.emu, step.job_name, {
+                **job_shapes.command_properties(self.emu, step.job_name, {
                     "jobType": "Command", "command": step.command or "-",
                     "environmentId": str(node.get("environment") or "azureml:local-step"),
                     "computeId": props.get("computeId"), "experimentName": props.get("experimentName"),
@@ -273,7 +273,7 @@ class Runner:
             "systemData": parent["systemData"],
         }
         body["properties"]["properties"]["azureml.nodeid"] = step.node or ""
-        tx.put(jobs.KIND, step.job_name, body, meta={"parent": parent["name"], "node": step.node,
+        tx.put(job_shapes.KIND, step.job_name, body, meta={"parent": parent["name"], "node": step.node,
                                                      "owner": meta.get("owner")})
 
     # --- one step ---
@@ -343,16 +343,17 @@ class Runner:
         except Exception:  # logs are best effort; the step's status is what matters
             log.exception("uploading the log of %s failed", step.job_name)
         with self.emu.store.write() as tx:
-            row = tx.get(jobs.KIND, step.job_name)
+            row = tx.get(job_shapes.KIND, step.job_name)
             if row is None:
                 return
             props = dict(row.body["properties"])
             if outputs:
                 props["outputs"] = {**props.get("outputs", {}), **{
-                    k: jobs._output({"uri": v.uri, "jobOutputType": "uri_folder"}) for k, v in outputs.items()}}
+                    k: job_shapes.output_body({"uri": v.uri, "jobOutputType": "uri_folder"})
+                    for k, v in outputs.items()}}
             if step.node is not None:
                 props["status"] = status
-            tx.put(jobs.KIND, step.job_name, {**row.body, "properties": props},
+            tx.put(job_shapes.KIND, step.job_name, {**row.body, "properties": props},
                    meta={**row.meta, "log": text[-LOG_LIMIT:]})
 
     def _code(self, step: Step, step_dir: Path) -> Path:
@@ -438,7 +439,7 @@ class Runner:
 
     def _bind_pipeline_outputs(self, name: str, steps: list[Step], produced: dict[tuple[str, str], Value]) -> None:
         with self.emu.store.read() as tx:
-            row = tx.get(jobs.KIND, name)
+            row = tx.get(job_shapes.KIND, name)
         assert row is not None
         req = row.meta["request"]
         uris: dict[str, str] = {}
@@ -449,11 +450,11 @@ class Runner:
                 if m and step.node is not None and (step.node, out) in produced:
                     uris[m.group(1)] = str(produced[(step.node, out)].uri)
         with self.emu.store.write() as tx:
-            row = tx.get(jobs.KIND, name)
+            row = tx.get(job_shapes.KIND, name)
             assert row is not None
             props = dict(row.body["properties"])
             props["outputs"] = {k: {**v, "uri": uris.get(k, v.get("uri"))} for k, v in props["outputs"].items()}
-            tx.put(jobs.KIND, name, {**row.body, "properties": props}, meta=row.meta)
+            tx.put(job_shapes.KIND, name, {**row.body, "properties": props}, meta=row.meta)
 
     def _step_env(self, root: str, step: Step, base_url: str, outputs: dict[str, Value]) -> dict[str, str]:
         cfg = self.emu.config
@@ -544,19 +545,19 @@ class Runner:
 
     def _finish(self, tx: Tx, name: str, status: str, error: str | None) -> None:
         """Terminal status for the job and its unfinished children, the cancel LRO, and the event."""
-        row = tx.get(jobs.KIND, name)
+        row = tx.get(job_shapes.KIND, name)
         if row is None:
             return
         for child in (row.meta.get("children") or {}).values():
-            crow = tx.get(jobs.KIND, child)
-            if crow is not None and crow.body["properties"]["status"] not in jobs.TERMINAL:
+            crow = tx.get(job_shapes.KIND, child)
+            if crow is not None and crow.body["properties"]["status"] not in job_shapes.TERMINAL:
                 cstatus = "Failed" if status == "Failed" and error == RESTART_REASON else "Canceled"
                 self.set_status(tx, child, cstatus)
         if row.meta.get("parent") is not None:
             self.set_status(tx, name, status)
             return
         props = {**row.body["properties"], "status": status}
-        tx.put(jobs.KIND, name, {**row.body, "properties": props}, meta={**row.meta, "error": error})
+        tx.put(job_shapes.KIND, name, {**row.body, "properties": props}, meta={**row.meta, "error": error})
         op = f"jc:{self.emu.config.coords.workspace_id}:{name}"
         if tx.get(lro.KIND, op) is not None:
             lro.finish_operation(tx, op)
@@ -564,7 +565,7 @@ class Runner:
 
     def _event(self, tx: Tx, props: dict[str, Any], name: str, status: str) -> None:
         experiment = str(props.get("experimentName") or "Default")
-        exp_id = jobs.experiment_id(self.emu, experiment)
+        exp_id = job_shapes.experiment_id(self.emu, experiment)
         data: dict[str, Any] = {
             "experimentId": exp_id,
             "experimentName": experiment,

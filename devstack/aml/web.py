@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 from devstack.aml.errors import bad_request
 
 if TYPE_CHECKING:
-    from devstack.aml.app import Emulator
+    from devstack.aml.emulator import Emulator
 
 # ARM prefix of the workspace; every MFE route hangs below it.
 W = (

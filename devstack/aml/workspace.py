@@ -12,14 +12,24 @@ from typing import TYPE_CHECKING, Any
 from devstack.aml.errors import bad_request, not_found
 from devstack.aml.storage import DEFAULT_DATASTORE, SEEDED_DATASTORES
 from devstack.aml.store import Tx
-from devstack.aml.web import Call, Reply, paged
+from devstack.aml.web import Call, Reply, Router, W, paged
 
 if TYPE_CHECKING:
-    from devstack.aml.app import Emulator
     from devstack.aml.config import AmlConfig
+    from devstack.aml.emulator import Emulator
 
 SEEDED_COMPUTE = "cpu-cluster"
 _SYSTEM = {"lastModifiedBy": "devstack", "lastModifiedByType": "Application"}
+
+
+def register(r: Router) -> None:
+    """The workspace itself, its datastores (with `listSecrets`) and its computes."""
+    r.add("GET", W, get_workspace)
+    r.add("GET", f"{W}/datastores", list_datastores)
+    r.add("GET", f"{W}/datastores/(?P<name>[^/]+)", get_datastore)
+    r.add("POST", f"{W}/datastores/(?P<name>[^/]+)/listSecrets", list_secrets)
+    r.add("GET", f"{W}/computes", list_computes)
+    r.add("GET", f"{W}/computes/(?P<name>[^/]+)", get_compute)
 
 
 def _now() -> str:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 BLOB_DELETED = "Microsoft.Storage.BlobDeleted"
 BASELINE_KEY = "watcher_baseline_done"
+LIST_PAGE_SIZE = 5000
 
 PublishFn = Callable[[str, list[dict[str, Any]], Callable[[sqlite3.Connection], None]], int]
 
@@ -49,6 +51,42 @@ class SeenBlob:
 class Change:
     blob: SeenBlob
     api: str
+
+
+@dataclass
+class Listing:
+    """One listing pass: the blobs seen, and the containers whose listing failed part-way."""
+
+    blobs: dict[tuple[str, str], SeenBlob] = field(default_factory=dict)
+    incomplete: set[str] = field(default_factory=set)
+
+
+class Problems:
+    """Per-blob and per-container errors, logged once when they start and once when they clear."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, ...], str] = {}
+        self._lock = threading.Lock()
+
+    def report(self, key: tuple[str, ...], what: str, exc: BaseException) -> None:
+        detail = f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+        with self._lock:
+            first = key not in self._open
+            self._open[key] = detail
+        if first:
+            logger.warning("storage watcher: %s", detail)
+
+    def resolve(self, key: tuple[str, ...]) -> None:
+        with self._lock:
+            detail = self._open.pop(key, None)
+        if detail is not None:
+            logger.info("storage watcher: recovered (%s)", detail.split(":", 1)[0])
+
+    def summary(self) -> str | None:
+        with self._lock:
+            if not self._open:
+                return None
+            return f"{len(self._open)} problem(s); first: {next(iter(self._open.values()))}"[:500]
 
 
 def event_time(now: float | None = None) -> str:
@@ -91,6 +129,7 @@ class StorageWatcher:
         self.scans = 0
         self.last_error: str | None = None
         self.last_scan_at: float | None = None
+        self._problems = Problems()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -114,17 +153,25 @@ class StorageWatcher:
             await asyncio.sleep(self._interval)
 
     async def scan_once(self) -> int:
-        """One full pass; returns the number of events published."""
-        seen = await asyncio.to_thread(self._list_all)
+        """One full pass; returns the number of events published.
+
+        Degrades per container and per blob: a container whose listing fails keeps its known state
+        (no false BlobDeleted) while the others are scanned; a blob that cannot be classified is
+        skipped this pass (and logged once). Raises only when the blob service itself is unreachable.
+        """
+        listing = await asyncio.to_thread(self._list_all)
+        seen = listing.blobs
         created = [b for key, b in seen.items() if self._is_change(key, b)]
-        deleted = [key for key in self._state if key not in seen]
+        deleted = [
+            key for key in self._state if key not in seen and key[0] not in listing.incomplete
+        ]
         baseline = not self._emit_existing and self._store.get_meta(BASELINE_KEY) is None
         changes = [] if baseline else await asyncio.to_thread(self._classify, created)
         if baseline:
             changes = [Change(b, "") for b in created]
         published = self._commit(changes, [] if baseline else deleted, deleted, baseline=baseline)
         self.scans += 1
-        self.last_error = None
+        self.last_error = self._problems.summary()
         self.last_scan_at = time.time()
         return published
 
@@ -134,14 +181,28 @@ class StorageWatcher:
         known = self._state.get(key)
         return known is None or known.etag != blob.etag
 
-    def _list_all(self) -> dict[tuple[str, str], SeenBlob]:
-        seen: dict[tuple[str, str], SeenBlob] = {}
+    def _list_all(self) -> Listing:
+        """Every blob of every container; containers that could not be listed completely are named."""
+        listing = Listing()
         for container in self._service.list_containers():
-            client = self._service.get_container_client(container.name)
-            for blob in client.list_blobs(include=["copy"], results_per_page=5000):
+            try:
+                self._list_container(container.name, listing.blobs)
+            except Exception as exc:
+                listing.incomplete.add(container.name)
+                self._problems.report(("container", container.name), f"cannot list container "
+                                      f"{container.name!r}; its other blobs wait until it can be listed", exc)
+            else:
+                self._problems.resolve(("container", container.name))
+        return listing
+
+    def _list_container(self, container: str, seen: dict[tuple[str, str], SeenBlob]) -> None:
+        """Add the container's blobs to `seen`, page by page (blobs of pages before a failing one stay)."""
+        client = self._service.get_container_client(container)
+        for page in client.list_blobs(include=["copy"], results_per_page=LIST_PAGE_SIZE).by_page():
+            for blob in page:
                 copy = getattr(blob, "copy", None)
-                seen[(container.name, blob.name)] = SeenBlob(
-                    container=container.name,
+                seen[(container, blob.name)] = SeenBlob(
+                    container=container,
                     name=blob.name,
                     etag=str(blob.etag).strip('"'),
                     size=int(blob.size or 0),
@@ -150,12 +211,12 @@ class StorageWatcher:
                     copy_id=getattr(copy, "id", None),
                     copy_status=getattr(copy, "status", None),
                 )
-        return seen
 
     def _classify(self, blobs: list[SeenBlob]) -> list[Change]:
         return [c for c in self._pool.map(self._classify_one, blobs) if c is not None]
 
     def _classify_one(self, blob: SeenBlob) -> Change | None:
+        """The change's `api`; None when the blob is gone again or cannot be read (skipped this pass)."""
         from azure.core.exceptions import ResourceNotFoundError
 
         known = self._state.get((blob.container, blob.name))
@@ -163,12 +224,17 @@ class StorageWatcher:
             return Change(blob, "CopyBlob")
         if blob.blob_type != "BlockBlob":
             return Change(blob, "PutBlob")
+        problem = ("blob", blob.container, blob.name, blob.etag)
         try:
             committed, _ = self._service.get_blob_client(blob.container, blob.name).get_block_list(
                 "committed"
             )
         except ResourceNotFoundError:
             return None  # gone again before we looked; the next scan settles it
+        except Exception as exc:
+            self._problems.report(problem, f"cannot read blob {blob.container}/{blob.name!r}; skipped", exc)
+            return None
+        self._problems.resolve(problem)
         return Change(blob, "PutBlockList" if committed else "PutBlob")
 
     def _url(self, container: str, name: str) -> str:

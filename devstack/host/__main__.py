@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     host = Host(
         app_dir=app_dir, config=config, functions=functions, invoker=invoker, clients=clients,
-        drain_timeout=args.drain_timeout, host_id=app_dir.name.lower() or "evergreen-local",
+        drain_timeout=args.drain_timeout,
+        # The Functions setting that pins a host id (it names the blob trigger's queue).
+        host_id=os.environ.get("AzureFunctionsWebHost__hostid") or app_dir.name.lower() or "evergreen-local",
     )
     class Server(uvicorn.Server):
         """Stops the listeners as soon as the signal arrives, not after HTTP connections drain."""

@@ -1,57 +1,40 @@
-"""Storage connections named the way Azure Functions names them.
+"""Storage clients for the host's bindings, over connections named the way Azure Functions names them.
 
-A binding's `connection` is the *name* of a setting: `X` holds a connection string, or (identity
-based) `X__blobServiceUri` / `X__queueServiceUri` / `X__serviceUri` / `X__accountName` hold the
-endpoint and `X__credential` + `X__clientId` pick a user-assigned identity. The host also falls back
-to `AzureWebJobsX`, and an empty connection means `AzureWebJobsStorage`.
+A binding's `connection` is the *name* of a setting; `shared.config.connections` is the one parser
+of that convention (connection string in `X`, or `X__blobServiceUri` / `X__queueServiceUri` /
+`X__serviceUri` / `X__accountName` plus `X__credential` + `X__clientId`, the `AzureWebJobsX`
+fallback, an empty name meaning `AzureWebJobsStorage`). This module turns what it finds into
+service clients, or into the error the host reports when the connection is not defined.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
+
+from shared.config.connections import DEFAULT_CONNECTION, StorageConnection, resolve_storage_connection
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
     from azure.storage.blob import BlobServiceClient
     from azure.storage.queue import QueueServiceClient
 
+__all__ = ["ClientCache", "Service", "StorageConnection", "StorageConnectionError", "resolve"]
+
 Service = Literal["blob", "queue"]
-DEFAULT_CONNECTION = "AzureWebJobsStorage"
 
 
 class StorageConnectionError(LookupError):
-    """No setting defines the named storage connection."""
-
-
-@dataclass(frozen=True)
-class StorageConnection:
-    """How to reach one storage service: a connection string, or an endpoint plus an identity."""
-
-    name: str
-    connection_string: str | None = None
-    endpoint: str | None = None
-    client_id: str | None = None
+    """No setting defines the named storage connection (for the service a binding needs)."""
 
 
 def resolve(name: str | None, service: Service, settings: Mapping[str, str]) -> StorageConnection:
-    """Find the settings behind connection `name` for the blob or queue service."""
+    """The settings behind connection `name`, which must reach the blob or queue service."""
+    conn = resolve_storage_connection(name, settings)
+    if conn is not None and (conn.connection_string or conn.endpoint(service)):
+        return conn
     base = name or DEFAULT_CONNECTION
-    for candidate in (base, f"AzureWebJobs{base}"):
-        value = settings.get(candidate)
-        if value:
-            return StorageConnection(name=base, connection_string=value)
-        endpoint = settings.get(f"{candidate}__{service}ServiceUri") or settings.get(f"{candidate}__serviceUri")
-        account = settings.get(f"{candidate}__accountName")
-        if not endpoint and account:
-            endpoint = f"https://{account}.{service}.core.windows.net"
-        if endpoint:
-            client_id = None
-            if (settings.get(f"{candidate}__credential") or "").lower() == "managedidentity":
-                client_id = settings.get(f"{candidate}__clientId")
-            return StorageConnection(name=base, endpoint=endpoint, client_id=client_id)
     raise StorageConnectionError(
         f"Storage connection '{base}' is not defined: set the app setting '{base}' to a connection "
         f"string, or '{base}__{service}ServiceUri' to use an identity"
@@ -76,7 +59,7 @@ class ClientCache:
                 if conn.connection_string:
                     client = BlobServiceClient.from_connection_string(conn.connection_string)
                 else:
-                    client = BlobServiceClient(str(conn.endpoint), credential=_credential(conn))
+                    client = BlobServiceClient(str(conn.endpoint("blob")), credential=_credential(conn))
                 self._blob[conn.name] = client
             return self._blob[conn.name]
 
@@ -89,7 +72,7 @@ class ClientCache:
                 if conn.connection_string:
                     client = QueueServiceClient.from_connection_string(conn.connection_string)
                 else:
-                    client = QueueServiceClient(str(conn.endpoint), credential=_credential(conn))
+                    client = QueueServiceClient(str(conn.endpoint("queue")), credential=_credential(conn))
                 self._queue[conn.name] = client
             return self._queue[conn.name]
 

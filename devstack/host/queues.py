@@ -67,11 +67,20 @@ class QueueListener:
         self._stopping = stopping
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slot_free = asyncio.Event()
+        self._nudged = asyncio.Event()
         self._idle_cap = min(options.max_polling_interval.total_seconds(), MAX_LOCAL_IDLE_POLL_SECONDS)
 
     @property
     def in_flight(self) -> set[asyncio.Task[None]]:
         return self._in_flight
+
+    @property
+    def queue_name(self) -> str:
+        return str(self._queue.queue_name)
+
+    def nudge(self) -> None:
+        """A message was just added by this host: poll now instead of after the idle backoff."""
+        self._nudged.set()
 
     async def run(self) -> None:
         delay = FIRST_IDLE_POLL_SECONDS
@@ -103,8 +112,9 @@ class QueueListener:
                 delay = FIRST_IDLE_POLL_SECONDS
                 await self._wait(self._stopping.wait(), BUSY_POLL_SECONDS)
             else:
-                await self._wait(self._stopping.wait(), delay)
-                delay = min(delay * 2, self._idle_cap)
+                await self._wait(self._nudged.wait(), delay)
+                delay = FIRST_IDLE_POLL_SECONDS if self._nudged.is_set() else min(delay * 2, self._idle_cap)
+                self._nudged.clear()
 
     async def _wait(self, awaitable: Awaitable[Any], timeout: float | None) -> None:
         stop = asyncio.ensure_future(self._stopping.wait())

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import azure.functions as func
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.functions.meta import Datum
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,7 +30,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from devstack.host import events
-from devstack.host.bindings import BlobReference, TriggerData, json_datum, string_datum
+from devstack.host.bindings import BlobReference, TriggerData, encode_queue_message, json_datum, string_datum
+from devstack.host.blobqueue import (
+    POISON_QUEUE,
+    BadBlobTriggerMessage,
+    BlobTriggerMessage,
+    blob_type_name,
+    work_queue_name,
+)
 from devstack.host.connections import ClientCache, StorageConnectionError
 from devstack.host.indexing import FunctionInfo
 from devstack.host.invoker import InvocationResult, Invoker
@@ -62,6 +69,8 @@ class Host:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     queue_listeners: list[QueueListener] = field(default_factory=list)
+    # The blob trigger's internal queue, one listener per storage connection of Event Grid blob triggers.
+    blob_queues: dict[str, QueueListener] = field(default_factory=dict)
 
     loop: asyncio.AbstractEventLoop | None = None
 
@@ -83,7 +92,12 @@ class Host:
     def blob_trigger_data(
         self, fn: FunctionInfo, blob_path: str, binding_data: Mapping[str, str]
     ) -> TriggerData | None:
-        """Trigger data for a blob; None if the blob no longer exists (the host then skips it)."""
+        """Trigger data for a blob; None if the blob no longer exists (the host then skips it).
+
+        Any other error reading the blob's properties (an odd name the service cannot sign or serve,
+        a throttled account) does not stop the invocation: the function gets the blob without
+        properties and decides itself (an SDK-type binding does no I/O before the function runs).
+        """
         container, _, blob_name = blob_path.partition("/")
         connection = str(fn.trigger.config.get("connection") or "AzureWebJobsStorage")
         client = self.clients.blob(connection).get_blob_client(container, blob_name)
@@ -91,21 +105,16 @@ class Host:
             props = client.get_blob_properties()
         except ResourceNotFoundError:
             return None
-        properties = {
-            "ContentLength": props.size,
-            "Length": props.size,
-            "ContentType": props.content_settings.content_type,
-            "ContentEncoding": props.content_settings.content_encoding,
-            "ETag": props.etag,
-            "LastModified": props.last_modified.isoformat() if props.last_modified else None,
-            "CreatedOn": props.creation_time.isoformat() if props.creation_time else None,
-            "BlobType": str(props.blob_type),
-        }
+        except (AzureError, ValueError) as exc:
+            log.warning("Cannot read the properties of blob '%s' (%s); invoking 'Functions.%s' without them",
+                        blob_path, type(exc).__name__, fn.name)
+            props = None
+        properties = _blob_properties(props) if props is not None else {}
         metadata: dict[str, Datum] = {
             "BlobTrigger": string_datum(blob_path),
             "Uri": string_datum(client.url),
             "Properties": json_datum(properties),
-            "Metadata": json_datum(dict(props.metadata or {})),
+            "Metadata": json_datum(dict(props.metadata or {}) if props is not None else {}),
         }
         metadata.update({key: string_datum(value) for key, value in binding_data.items()})
 
@@ -185,10 +194,69 @@ class Host:
             return None
         return await self.invoker.invoke(fn, trigger, reason or f"New blob detected(EventGrid): {blob_path}")
 
+    def blob_connection(self, fn: FunctionInfo) -> str:
+        return str(fn.trigger.config.get("connection") or "AzureWebJobsStorage")
+
+    def enqueue_blob(self, fn: FunctionInfo, container: str, blob_name: str, event: Mapping[str, Any]) -> None:
+        """Write the BlobTriggerMessage for one blob to the trigger's queue (runs in a thread).
+
+        Raises AzureError when the queue cannot be written: the Event Grid delivery then fails and
+        Event Grid retries it, as in Azure.
+        """
+        listener = self.blob_queues[self.blob_connection(fn).lower()]
+        data = event.get("data") if isinstance(event.get("data"), dict) else {}
+        assert isinstance(data, dict)
+        etag = data.get("eTag")
+        message = BlobTriggerMessage.for_function(
+            fn.name, container, blob_name, blob_type=blob_type_name(data.get("blobType")),
+            etag=etag if isinstance(etag, str) else None,
+        )
+        queue = self.clients.queue(self.blob_connection(fn)).get_queue_client(listener.queue_name)
+        content = encode_queue_message(message.to_json().encode("utf-8"), self.config.queues.message_encoding)
+        try:
+            queue.send_message(content)
+        except ResourceNotFoundError:
+            with contextlib.suppress(ResourceExistsError):
+                queue.create_queue()
+            queue.send_message(content)
+        log.info("Blob '%s/%s' queued for 'Functions.%s' on '%s'", container, blob_name, fn.name,
+                 listener.queue_name)
+
+    async def run_blob_message(self, message: DequeuedMessage) -> bool:
+        """Run the blob-trigger function a queued BlobTriggerMessage names; True completes the message."""
+        try:
+            queued = BlobTriggerMessage.from_json(message.body)
+        except BadBlobTriggerMessage as exc:
+            log.error("Message '%s' on the blob trigger queue is not a BlobTriggerMessage (%s); dropped",
+                      message.id, exc)
+            return True
+        fn = self.find(queued.function_name)
+        if fn is None or fn.trigger_type != "blobTrigger" or not fn.runnable:
+            log.warning("Message '%s' names function '%s', which this host does not run; dropped",
+                        message.id, queued.function_id)
+            return True
+        reason = f"New blob detected(EventGrid): {queued.blob_path} (dequeue count {message.dequeue_count})"
+        result = await self.invoke_blob(fn, queued.blob_path, reason)
+        return result is None or result.succeeded
+
     def in_background(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+
+
+def _blob_properties(props: Any) -> dict[str, Any]:
+    """The trigger metadata `Properties` of a blob, from the SDK's BlobProperties."""
+    return {
+        "ContentLength": props.size,
+        "Length": props.size,
+        "ContentType": props.content_settings.content_type,
+        "ContentEncoding": props.content_settings.content_encoding,
+        "ETag": props.etag,
+        "LastModified": props.last_modified.isoformat() if props.last_modified else None,
+        "CreatedOn": props.creation_time.isoformat() if props.creation_time else None,
+        "BlobType": str(props.blob_type),
+    }
 
 
 # ---------------------------------------------------------------- routes
@@ -369,15 +437,34 @@ async def blobs_webhook(request: Request) -> Response:
         ]
     except events.MalformedEventsError as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
-    failed = False
-    for event, path in zip(delivered, paths, strict=True):
-        if path is None:
-            log.info("Ignored event '%s' of type '%s' (blob triggers act on BlobCreated)", event.get("id"),
-                     events.event_type(event))
-            continue
-        result = await host.invoke_blob(fn, path)
-        failed = failed or (result is not None and not result.succeeded)
-    return Response(status_code=500 if failed else 202)
+    try:
+        for event, path in zip(delivered, paths, strict=True):
+            await _queue_blob_event(host, fn, event, path)
+    except (AzureError, StorageConnectionError) as exc:
+        # Nothing durable was written for this delivery: fail it so that Event Grid retries it.
+        log.error("Cannot queue a blob event for 'Functions.%s': %s", fn.name, exc)
+        return Response(status_code=500)
+    return Response(status_code=202)
+
+
+async def _queue_blob_event(host: Host, fn: FunctionInfo, event: dict[str, Any], path: str | None) -> None:
+    """Hand one BlobCreated event to the trigger's queue (the function runs from there, not here)."""
+    if path is None:
+        log.info("Ignored event '%s' of type '%s' (blob triggers act on BlobCreated)", event.get("id"),
+                 events.event_type(event))
+        return
+    assert fn.blob_pattern is not None
+    if fn.blob_pattern.match(path) is None:
+        log.info(
+            "Blob '%s' does not match the trigger path '%s' of 'Functions.%s'; ignored",
+            path, fn.blob_pattern.template, fn.name,
+        )
+        return
+    container, _, blob_name = path.partition("/")
+    await asyncio.to_thread(host.enqueue_blob, fn, container, blob_name, event)
+    listener = host.blob_queues.get(host.blob_connection(fn).lower())
+    if listener is not None:
+        listener.nudge()
 
 
 def _route_specificity(fn: FunctionInfo) -> int:
@@ -505,12 +592,41 @@ def _listeners(host: Host) -> list[Any]:
             )
             host.queue_listeners.append(listener)
             runners.append(listener)
-        elif fn.trigger_type == "blobTrigger" and str(fn.trigger.config.get("source", "")).lower() != "eventgrid":
+        elif fn.trigger_type == "blobTrigger" and str(fn.trigger.config.get("source", "")).lower() == "eventgrid":
+            blob_listener = _blob_queue_listener(host, fn)
+            if blob_listener is not None:
+                runners.append(blob_listener)
+        elif fn.trigger_type == "blobTrigger":
             log.warning(
                 "Function '%s': polling blob triggers are not supported locally; use source='EventGrid' "
                 "(deliveries to /runtime/webhooks/blobs)", fn.name,
             )
     return runners
+
+
+def _blob_queue_listener(host: Host, fn: FunctionInfo) -> QueueListener | None:
+    """The listener of the blob trigger queue in `fn`'s storage account; None when it already runs
+    (functions on one connection share it) or the connection cannot reach a queue service."""
+    connection = host.blob_connection(fn)
+    if connection.lower() in host.blob_queues:
+        return None
+    try:
+        service = host.clients.queue(connection)
+    except StorageConnectionError as exc:
+        fn.error = f"{exc} (the blob trigger keeps its queue and poison queue in that account)"
+        log.error("Function '%s' is in error and will not run: %s", fn.name, fn.error)
+        return None
+    listener = QueueListener(
+        f"blob triggers on {connection}",
+        service.get_queue_client(work_queue_name(host.host_id)),
+        service.get_queue_client(POISON_QUEUE),
+        host.config.queues,
+        host.run_blob_message,
+        stopping=host.stopping,
+    )
+    host.blob_queues[connection.lower()] = listener
+    host.queue_listeners.append(listener)
+    return listener
 
 
 def build_app(host: Host) -> ASGIApp:

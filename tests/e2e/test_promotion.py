@@ -20,8 +20,10 @@ from azure.data.tables import TableServiceClient
 from devstack.host import start_host
 from devstack.procs import REPO_ROOT
 from devstack.stack import Stack
-from shared.clients import LEDGER_TABLE
-from shared.ledger import Ledger, RolloutRecord
+from shared.adapters.azure.tables import AzureTable
+from shared.domain.records import RolloutRecord
+from shared.domain.vocabulary import Phase, Tag
+from shared.services.ledger import LEDGER_TABLE, Ledger
 from tests.e2e.helpers import wait_for
 from tests.fixtures.models import register, train_model_folder, upload_model_folder
 
@@ -41,7 +43,7 @@ def model_uri(local_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> s
 @pytest.fixture(scope="module")
 def ledger(local_stack: Stack) -> Ledger:
     tables = TableServiceClient.from_connection_string(local_stack.env["AzureWebJobsStorage"])
-    return Ledger(tables.create_table_if_not_exists(LEDGER_TABLE))
+    return Ledger(AzureTable(tables.create_table_if_not_exists(LEDGER_TABLE)))
 
 
 def rolled_out(ledger: Ledger, model: Any) -> RolloutRecord | None:
@@ -53,7 +55,7 @@ def rolled_out(ledger: Ledger, model: Any) -> RolloutRecord | None:
 def serving(ml: Any) -> str:
     endpoint = ml.online_endpoints.get(ENDPOINT)
     live = max((w, n) for n, w in (endpoint.traffic or {}).items())[1]
-    return str(ml.online_deployments.get(name=live, endpoint_name=ENDPOINT).tags["evergreen.model"])
+    return str(ml.online_deployments.get(name=live, endpoint_name=ENDPOINT).tags[Tag.MODEL.value])
 
 
 @pytest.fixture
@@ -91,13 +93,13 @@ def test_registered_models_are_gated_and_rolled_out_through_the_host(
         local_stack: Stack, ml: Any, ledger: Ledger, model_uri: str) -> None:
     first = register(ml, MODEL, model_uri, "0.960")
     record = wait_for(lambda: rolled_out(ledger, first), "the first model's rollout", timeout=180)
-    assert record.state == "succeeded", record.failure
+    assert record.phase is Phase.SUCCEEDED, record.failure
     assert serving(ml) == f"{MODEL}:{first.version}"
     worse = register(ml, MODEL, model_uri, "0.950")
     host_log = next(s for s in local_stack.services if s.name == "functions-host").log_path
 
     def rejected() -> bool:
-        return f"model={MODEL}:{worse.version} -> skipped" in host_log.read_text(errors="replace")
+        return f"subject={MODEL}:{worse.version} outcome=skipped" in host_log.read_text(errors="replace")
 
     wait_for(rejected, "the gate to reject the worse model", timeout=60)
     assert serving(ml) == f"{MODEL}:{first.version}"
@@ -107,7 +109,7 @@ def test_zero_failed_requests_during_a_rollout(local_stack: Stack, ml: Any, ledg
                                                continuous_scoring: dict[str, Any]) -> None:
     better = register(ml, MODEL, model_uri, "0.970")
     record = wait_for(lambda: rolled_out(ledger, better), "the rollout", timeout=180)
-    assert record.state == "succeeded", record.failure
+    assert record.phase is Phase.SUCCEEDED, record.failure
     time.sleep(1)
     assert continuous_scoring["ok"] > 20
     assert continuous_scoring["errors"] == []
@@ -121,8 +123,8 @@ def test_a_host_restart_mid_rollout_does_not_lose_the_rollout(
 
     def mid_rollout() -> RolloutRecord | None:
         record = ledger.get_rollout(ENDPOINT)
-        return record if record and record.candidate == wanted and record.state in (
-            "provisioning", "smoke", "shift", "shifting") else None
+        return record if record and record.candidate == wanted and record.phase in (
+            Phase.PROVISIONING, Phase.SMOKE, Phase.SHIFT, Phase.SHIFTING) else None
 
     seen = wait_for(mid_rollout, "the rollout to be under way", timeout=120)
     index, host = next((i, s) for i, s in enumerate(local_stack.services) if s.name == "functions-host")
@@ -133,7 +135,7 @@ def test_a_host_restart_mid_rollout_does_not_lose_the_rollout(
     local_stack.services[index] = restarted
     restarted.wait_ready(timeout=60)
     record = wait_for(lambda: rolled_out(ledger, candidate), "the rollout after the restart", timeout=240)
-    assert record.state == "succeeded", record.failure
+    assert record.phase is Phase.SUCCEEDED, record.failure
     assert record.seq > seen.seq
     assert serving(ml) == wanted
     assert continuous_scoring["errors"] == []

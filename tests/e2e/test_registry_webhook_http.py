@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from devstack.stack import Stack
-from shared.audit import AUDIT_TABLE
-from shared.clients import LEDGER_TABLE
-from shared.keys import event_id as stable_event_id
-from shared.webhooks import DEFAULT_TOLERANCE_SECONDS, MODEL_REGISTERED, mlflow_signature
+from shared.domain.keys import event_id as stable_event_id
+from shared.domain.webhooks import DEFAULT_TOLERANCE_SECONDS, MODEL_REGISTERED, mlflow_signature
+from shared.services.audit import AUDIT_TABLE
+from shared.services.ledger import LEDGER_TABLE
 from tests.unit.test_webhooks import databricks_headers, mlflow_headers
 
 pytestmark = pytest.mark.e2e

@@ -22,7 +22,8 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from devstack.stack import Stack
-from shared.audit import AUDIT_TABLE, AuditLog
+from shared.adapters.azure.tables import AzureTable
+from shared.services.audit import AUDIT_TABLE, TableAuditLog
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +73,7 @@ def test_dry_run_cli_then_manual_timer_run_through_the_host(local_stack: Stack, 
 
     table = TableServiceClient.from_connection_string(local_stack.env["AzureWebJobsStorage"]).get_table_client(
         AUDIT_TABLE)
-    audit = AuditLog(table)
+    audit = TableAuditLog(AzureTable(table))
     runs_before = {r.event_id for r in audit.query(kind_prefix="retention.run")}
     reply = httpx.post(f"{local_stack.env['EVERGREEN_HOST_URL']}/admin/functions/retention", json={"input": ""},
                        timeout=30)

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from devstack.demo import churn_rows
-from shared.retrain import job_name_for
+from shared.domain.retrain import job_name_for
 from tests.e2e.helpers import wait_for, with_tag
 
 pytestmark = pytest.mark.e2e

@@ -6,7 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from azure.identity import DefaultAzureCredential
 
-from shared.aml import AzureML, DataVersionSpec
+from shared.adapters.azure.azureml import AzureML
+from shared.domain.workspace import DataVersionSpec
 
 pytestmark = pytest.mark.integration
 

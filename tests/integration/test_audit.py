@@ -4,8 +4,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from azure.data.tables import TableServiceClient
 
-from shared.audit import AuditLog, AuditRecord
+from shared.adapters.azure.tables import AzureTable
 from shared.cli import render
+from shared.domain.audit import AuditRecord
+from shared.services.audit import TableAuditLog
 
 pytestmark = pytest.mark.integration
 
@@ -13,7 +15,7 @@ pytestmark = pytest.mark.integration
 def test_records_come_back_newest_first_and_a_retry_does_not_duplicate(azurite):
     table = TableServiceClient.from_connection_string(azurite.connection_string).create_table(
         f"audit{uuid.uuid4().hex[:8]}")
-    log = AuditLog(table)
+    log = TableAuditLog(AzureTable(table))
     t0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
     first = AuditRecord("data.registered", "registered", "churn:1 (3 file(s))", "evt-1", {"data_version": "1"}, t0)
     second = AuditRecord("retrain.skipped", "skip", "run exists", "evt-2", {}, t0 + timedelta(minutes=1))

@@ -15,8 +15,7 @@ from azure.ai.ml import Input, load_job
 from azure.ai.ml.entities import Data
 from azure.storage.blob import BlobServiceClient
 
-from tests.fixtures.aml import AmlInfo
-from tests.integration.test_aml_sdk import bearer
+from devstack.testing.aml import AmlInfo, bearer
 from tests.unit.test_ml_steps import SRC, make_drop, step_module
 
 pytestmark = pytest.mark.integration

@@ -60,3 +60,38 @@ def test_a_bad_policy_fails_at_start_up_with_paths(tmp_path):
     result = run("import function_app", {**ENV, "EVERGREEN_POLICY_PATH": str(policy)})
     assert result.returncode != 0
     assert "datasets[0].prefix: must end with '/'" in result.stderr
+
+
+def test_every_trigger_goes_through_the_edge_and_shows_the_host_its_binding():
+    code = """
+import inspect, json, typing, function_app
+out = {}
+for f in function_app.app.get_functions():
+    user = f.get_user_function()
+    trigger = json.loads(f.get_raw_bindings()[0])
+    hints = typing.get_type_hints(user)
+    out[f.get_function_name()] = {
+        "trigger": trigger["type"], "binds": trigger["name"], "params": list(inspect.signature(user).parameters),
+        "annotation": getattr(hints.get(trigger["name"]), "__name__", None),
+        "edge": user.__module__.startswith("functions.") and hasattr(user, "handler"),
+    }
+print(json.dumps(out))
+"""
+    result = run(code, ENV)
+    assert result.returncode == 0, result.stderr
+    functions = json.loads(result.stdout)
+    expected = {
+        "on_blob_created": ("blobTrigger", "client", "BlobClient"),
+        "seal_batch": ("queueTrigger", "msg", "QueueMessage"),
+        "on_data_version_registered": ("eventGridTrigger", "event", "EventGridEvent"),
+        "on_run_event": ("eventGridTrigger", "event", "EventGridEvent"),
+        "on_model_registered": ("eventGridTrigger", "event", "EventGridEvent"),
+        "registry_webhook": ("httpTrigger", "req", "HttpRequest"),
+        "advance_rollout": ("queueTrigger", "msg", "QueueMessage"),
+        "retention": ("timerTrigger", "timer", "TimerRequest"),
+    }
+    assert set(functions) == set(expected)
+    for name, (trigger, binds, annotation) in expected.items():
+        seen = functions[name]
+        assert (seen["trigger"], seen["binds"], seen["params"], seen["annotation"], seen["edge"]) == (
+            trigger, binds, [binds], annotation, True), name

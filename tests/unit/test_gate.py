@@ -11,19 +11,19 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shared.gate import (
-    Direction,
+from shared.config.promotion import PromotionPolicy
+from shared.domain.gate import (
     ModelSnapshot,
     Promote,
     PromoteCode,
-    PromotionPolicy,
     PromotionRule,
     Skip,
     SkipCode,
     parse_metric,
     plan_promotion,
 )
-from shared.webhooks import parse_model_registered
+from shared.domain.vocabulary import Direction
+from shared.domain.webhooks import parse_model_registered
 
 PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 HIGHER = PromotionRule(metric="auc", direction=Direction.HIGHER_IS_BETTER, endpoint="churn-online",

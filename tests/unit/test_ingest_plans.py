@@ -2,12 +2,28 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.blobnames import problem_with_name
+from shared.config.policy import parse_policy
+from shared.domain.blobnames import problem_with_name
+from shared.domain.events import BlobCreated, SealRequest
+from shared.domain.ingest import (
+    MAX_EVENT_FILES,
+    AddToBatch,
+    FileFacts,
+    Ignore,
+    RegisterFileVersion,
+    SealStep,
+    announcement,
+    file_version_spec,
+    folder_version_spec,
+    manifest_sha256,
+    plan_blob,
+    plan_seal,
+    seal_request_from_json,
+    seal_request_to_json,
+)
+from shared.domain.records import BatchRecord, Row
+from shared.domain.vocabulary import Tag
 from shared.errors import InvalidEventError
-from shared.events import BlobCreated, SealRequest
-from shared.ingest import AddToBatch, Ignore, RegisterFileVersion, plan_blob, plan_seal, seal_request_from_json
-from shared.ledger import BatchRecord, Row
-from shared.policy import parse_policy
 
 POLICY = parse_policy({"datasets": [
     {"name": "churn", "container": "landing", "prefix": "churn/", "type": "uri_folder", "datastore": "landing",
@@ -62,33 +78,33 @@ def test_long_unicode_names_with_spaces_are_fine():
 
 
 def batch(state="open", generation=1, opened=NOW - timedelta(minutes=5), version=None):
-    return BatchRecord("churn", "churn/d/", generation, state, opened, None, version, Row({}, "e"))
+    return BatchRecord("churn", "churn/d/", generation, state, opened, None, version, row=Row({}, "e"))
 
 
 def test_seal_waits_for_the_quiet_period_then_seals():
     req = SealRequest("churn", "churn/d/", 1, "quiet-period")
     ds = POLICY.dataset("churn")
     wait = plan_seal(req, batch(), ds, NOW - timedelta(seconds=10), False, NOW)
-    assert wait.action == "wait" and wait.delay_seconds == pytest.approx(20)
-    assert plan_seal(req, batch(), ds, NOW - timedelta(seconds=31), False, NOW).action == "seal"
-    assert plan_seal(req, batch(), ds, None, False, NOW).action == "seal"  # opened 5 min ago, nothing since
+    assert wait.action is SealStep.WAIT and wait.delay_seconds == pytest.approx(20)
+    assert plan_seal(req, batch(), ds, NOW - timedelta(seconds=31), False, NOW).action is SealStep.SEAL
+    assert plan_seal(req, batch(), ds, None, False, NOW).action is SealStep.SEAL  # opened 5 min ago, nothing since
 
 
 def test_marker_seals_at_once_and_stale_or_sealed_requests_are_skipped():
     ds = POLICY.dataset("churn")
     req = SealRequest("churn", "churn/d/", 1, "marker")
-    assert plan_seal(req, batch(), ds, NOW, True, NOW).action == "seal"
+    assert plan_seal(req, batch(), ds, NOW, True, NOW).action is SealStep.SEAL
     assert plan_seal(req, batch(generation=2), ds, NOW, True, NOW).reason.startswith("stale request")
     sealed = plan_seal(req, batch(state="sealed", version="3"), ds, NOW, True, NOW)
-    assert sealed.action == "skip" and "version 3" in sealed.reason
-    assert plan_seal(req, None, ds, NOW, True, NOW).action == "skip"
+    assert sealed.action is SealStep.SKIP and "version 3" in sealed.reason
+    assert plan_seal(req, None, ds, NOW, True, NOW).action is SealStep.SKIP
 
 
 def test_marker_only_dataset_waits_for_its_marker():
     policy = parse_policy({"datasets": [{"name": "m", "container": "landing", "prefix": "m/", "type": "uri_folder",
                                          "datastore": "landing", "batch": {"marker": "_DONE"}}]})
     check = plan_seal(SealRequest("m", "m/d/", 1, "x"), batch(), policy.dataset("m"), NOW, False, NOW)
-    assert check.action == "skip" and "_DONE" in check.reason
+    assert check.action is SealStep.SKIP and "_DONE" in check.reason
 
 
 @pytest.mark.parametrize(
@@ -99,3 +115,37 @@ def test_marker_only_dataset_waits_for_its_marker():
 def test_bad_seal_messages_say_what_is_wrong(body, message):
     with pytest.raises(InvalidEventError, match=message):
         seal_request_from_json(body)
+
+
+def test_seal_messages_round_trip():
+    request = SealRequest("churn", "churn/drop é/", 3, "marker")
+    assert seal_request_from_json(seal_request_to_json(request)) == request
+
+
+def facts(sha, size=3):
+    return FileFacts(etag="0x1", size=size, sha256=sha, last_modified=NOW)
+
+
+def test_a_file_version_is_tagged_with_its_source_and_hash():
+    spec = file_version_spec(POLICY.dataset("ref"), blob("reference/a b.csv"), facts("aa"))
+    assert spec.uri == "azureml://datastores/landing/paths/reference/a%20b.csv"
+    assert spec.tags[Tag.SHA256.value] == "aa" and spec.tags[Tag.ETAG.value] == "0x1"
+    assert spec.tags[Tag.UPLOADED_AT.value] == NOW.isoformat()
+
+
+def test_a_folder_version_hashes_its_manifest_independently_of_order():
+    one = {"churn/d/a.csv": facts("aa"), "churn/d/b.csv": facts("bb", 5)}
+    other = dict(reversed(list(one.items())))
+    assert manifest_sha256(one) == manifest_sha256(other)
+    assert manifest_sha256(one) != manifest_sha256({**one, "churn/d/b.csv": facts("cc", 5)})
+    spec = folder_version_spec(POLICY.dataset("churn"), batch(generation=2), one, "marker _SUCCESS is present")
+    assert spec.tags[Tag.FILES.value] == "2" and spec.tags[Tag.SIZE.value] == "8"
+    assert spec.tags[Tag.BATCH_GENERATION.value] == "2" and spec.tags[Tag.SHA256.value] == manifest_sha256(one)
+
+
+def test_an_announcement_lists_at_most_max_event_files():
+    spec = folder_version_spec(POLICY.dataset("churn"), batch(), {"churn/d/a.csv": facts("aa")}, "x")
+    files = tuple(f"f{i}" for i in range(MAX_EVENT_FILES + 5))
+    event = announcement(spec, "churn", "4", "ab", files)
+    assert event.file_count == MAX_EVENT_FILES + 5 and len(event.files) == MAX_EVENT_FILES
+    assert event.files_truncated

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.config.policy import AssetType, load_policy, parse_policy
 from shared.errors import ConfigurationError
-from shared.policy import AssetType, load_policy, parse_policy
 
 REPO = Path(__file__).resolve().parents[2]
 

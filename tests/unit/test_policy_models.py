@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shared.config.policy import load_policy, parse_policy
+from shared.config.promotion import PromotionPolicy
+from shared.domain.vocabulary import Direction
 from shared.errors import ConfigurationError
-from shared.policy import load_policy, parse_policy
 
 REPO = Path(__file__).resolve().parents[2]
 DATASETS = [{"name": "d", "container": "landing", "prefix": "d/", "type": "uri_file", "datastore": "landing"}]
@@ -70,3 +73,24 @@ def test_one_entry_per_model_and_one_model_per_endpoint() -> None:
     with pytest.raises(ConfigurationError) as caught:
         parse({"name": "a", "promotion": promotion()}, {"name": "b", "promotion": promotion()})
     assert any("churn-endpoint named by more than one model" in p for p in caught.value.problems)
+
+
+@pytest.mark.parametrize(("spelling", "expected"), [
+    ("higher_is_better", Direction.HIGHER_IS_BETTER), ("lower_is_better", Direction.LOWER_IS_BETTER),
+    ("max", Direction.HIGHER_IS_BETTER), ("min", Direction.LOWER_IS_BETTER), (" MAX ", Direction.HIGHER_IS_BETTER),
+])
+def test_direction_has_one_spelling_and_the_legacy_one_still_parses_with_a_warning(
+        spelling: str, expected: Direction, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="shared.domain.vocabulary"):
+        rule = parse({"name": "m", "promotion": promotion(direction=spelling)}).models[0].promotion
+    assert rule.direction is expected
+    assert rule.rule().direction is expected
+    legacy = spelling.strip().lower() in ("max", "min")
+    assert legacy == any("deprecated" in r.getMessage() for r in caplog.records), caplog.records
+
+
+def test_the_policy_models_live_in_config_and_the_gate_rule_in_the_domain() -> None:
+    import shared.domain.gate as gate
+
+    assert not hasattr(gate, "PromotionPolicy")
+    assert isinstance(PromotionPolicy.model_validate(promotion()).rule(), gate.PromotionRule)

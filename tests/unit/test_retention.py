@@ -7,8 +7,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from shared.errors import ConfigurationError
-from shared.retention import (
+from shared.domain.retention import (
     EXAMPLE_YAML,
     Action,
     ActionKind,
@@ -34,6 +33,8 @@ from shared.retention import (
     protected_assets,
     render_plan_table,
 )
+from shared.domain.vocabulary import Direction
+from shared.errors import ConfigurationError
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 KEEP = {"evergreen.keep": "true"}
@@ -166,7 +167,8 @@ def test_every_problem_is_reported_with_its_path():
         ("dataVersions", {"keepLatest": 3}, {}, "no action: a dataVersions rule needs archive or delete"),
         ("modelVersions", {"keepTopK": {"k": 0, "metric": "auc"}}, {}, "greater than or equal to 1"),
         ("modelVersions", {"keepTopK": {"k": 2, "metric": "auc", "direction": "up"}, "archive":
-                           {"daysAfterCreationGreaterThan": 1}}, {}, "Input should be 'max' or 'min'"),
+                           {"daysAfterCreationGreaterThan": 1}}, {},
+         "direction must be 'higher_is_better' or 'lower_is_better'"),
         ("dataVersions", {"delete": {"daysAfterModificationGreaterThan": 3}}, {},
          "delete in a dataVersions rule takes daysAfterCreationGreaterThan, not daysAfterModificationGreaterThan"),
         ("blobs", {"delete": {"daysAfterModificationGreaterThan": 3, "daysAfterCreationGreaterThan": 3}}, {},
@@ -264,16 +266,35 @@ def test_models_keep_latest_and_top_k_by_metric():
     p = plan([r], model_versions=models)
     # kept: latest 2 (7, 6) and top 2 by auc (3, 1); archived: the rest
     assert kinds(p) == {(ActionKind.ARCHIVE_MODEL, ModelKey("m", v)) for v in ("2", "4", "5")}
-    assert spared(p)[ModelKey("m", "3")] == "in the top 2 of m by auc (max) (rule r)"
+    assert spared(p)[ModelKey("m", "3")] == "in the top 2 of m by auc (higher_is_better) (rule r)"
     assert "not in the top 2 by auc" in p.actions[0].reason
 
 
-def test_top_k_can_minimise_and_ignores_versions_without_the_metric():
+@pytest.mark.parametrize("direction", ["lower_is_better", "min"])
+def test_top_k_can_minimise_and_ignores_versions_without_the_metric(direction: str):
     models = (model("m", 1, 50, metrics={"rmse": 0.2}), model("m", 2, 50, metrics={"rmse": 0.9}), model("m", 3, 50))
-    r = rule("modelVersions", {"keepTopK": {"k": 1, "metric": "rmse", "direction": "min"},
+    r = rule("modelVersions", {"keepTopK": {"k": 1, "metric": "rmse", "direction": direction},
                                "delete": {"daysAfterCreationGreaterThan": 30}})
     p = plan([r], model_versions=models)
     assert kinds(p) == {(ActionKind.DELETE_MODEL, ModelKey("m", "2")), (ActionKind.DELETE_MODEL, ModelKey("m", "3"))}
+
+
+def test_the_legacy_max_min_spelling_parses_with_a_warning_and_the_policy_spelling_without(
+        caplog: pytest.LogCaptureFixture):
+    top = {"k": 1, "metric": "auc"}
+    with caplog.at_level("WARNING"):
+        legacy = rule("modelVersions", {"keepTopK": {**top, "direction": "max"},
+                                        "archive": {"daysAfterCreationGreaterThan": 1}})
+    assert legacy.actions.keep_top_k is not None
+    assert legacy.actions.keep_top_k.direction is Direction.HIGHER_IS_BETTER
+    assert "'max' is deprecated; write 'higher_is_better'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        canonical = rule("modelVersions", {"keepTopK": {**top, "direction": "lower_is_better"},
+                                           "archive": {"daysAfterCreationGreaterThan": 1}})
+    assert canonical.actions.keep_top_k is not None
+    assert canonical.actions.keep_top_k.direction is Direction.LOWER_IS_BETTER
+    assert "deprecated" not in caplog.text
 
 
 # -- blobs ------------------------------------------------------------------------------------------------
@@ -412,7 +433,11 @@ def test_inputs_and_outputs_of_running_or_queued_jobs_are_protected():
 def test_unknown_job_statuses_and_rollout_states_protect():
     assert not Job("j", "Finalizing").finished and Job("j", "Canceled").finished
     assert Rollout("e", ModelKey("m", "1"), "SomethingNew").in_flight
-    assert not Rollout("e", ModelKey("m", "1"), "completed").in_flight
+    assert Rollout("e", ModelKey("m", "1"), "completed").in_flight  # not a phase: in flight, as for the ledger
+    assert Rollout("e", ModelKey("m", "1"), "").in_flight  # unreadable: protects
+    assert Rollout("e", ModelKey("m", "1"), "shifting").in_flight
+    assert not Rollout("e", ModelKey("m", "1"), "succeeded").in_flight
+    assert not Rollout("e", ModelKey("m", "1"), "rolled_back").in_flight
 
 
 def test_models_data_and_deployments_of_an_in_flight_rollout_are_protected():

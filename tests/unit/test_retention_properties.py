@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.retention import (
+from shared.domain.retention import (
     Action,
     ActionKind,
     Blob,
@@ -38,13 +38,14 @@ from tests.unit.test_retention import apply_in_memory
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 TAG = "evergreen.keep"
+DIRECTIONS = ["higher_is_better", "lower_is_better", "max", "min"]  # the legacy spelling still parses
 CONTAINERS = ("landing", "runs")
 SEGMENTS = ("a", "b", "ab")
 DATA_NAMES = ("churn", "churn-ref", "sales")
 MODEL_NAMES = ("clf", "clf-big")
 ENDPOINTS = ("e1", "e2")
 JOB_STATUSES = ("Running", "Queued", "Completed", "Failed", "Canceled", "Finalizing")
-ROLLOUT_STATES = ("canary", "shadow", "completed", "rolled_back")
+ROLLOUT_STATES = ("shifting", "grace", "canary", "succeeded", "rolled_back")  # canary: unknown, so in flight
 
 ages = st.integers(min_value=0, max_value=400).map(lambda d: NOW - timedelta(days=d))
 tags = st.sampled_from([{}, {}, {TAG: "true"}, {TAG: "false"}, {"stage": "raw"}])
@@ -138,7 +139,7 @@ def rules(draw):
                 actions["keepLatest"] = draw(st.integers(1, 3))
             if draw(st.booleans()):
                 actions["keepTopK"] = {"k": draw(st.integers(1, 2)), "metric": "auc",
-                                       "direction": draw(st.sampled_from(["max", "min"]))}
+                                       "direction": draw(st.sampled_from(DIRECTIONS))}
         elif kind == "blobs":
             cool, cold, delete = sorted(draw(st.lists(days, min_size=3, max_size=3, unique=True)))
             actions = draw(st.sampled_from([
@@ -181,62 +182,84 @@ def tagged(tags: Mapping[str, str]) -> bool:
     return TAG in tags and tags[TAG].lower() not in ("false", "0", "no")
 
 
-def oracle(inv: Inventory) -> tuple[set[Any], list[BlobPath], list[BlobPath]]:
-    """Protected keys, protected blob paths, and paths referenced by versions in use."""
-    keys: set[Any] = set()
-    protected_paths: list[BlobPath] = []
-    data = {v.key: v for v in inv.data_versions}
-    models = {m.key: m for m in inv.model_versions}
+class _Oracle:
+    """Plain loops over everything, no index: an independent statement of what protection means."""
 
-    def protect_data(k: DataKey) -> None:
-        keys.add(k)
-        if k in data:
-            protected_paths.extend(data[k].blob_paths)
+    def __init__(self, inv: Inventory) -> None:
+        self.inv = inv
+        self.keys: set[Any] = set()
+        self.paths: list[BlobPath] = []
+        self.data = {v.key: v for v in inv.data_versions}
+        self.models = {m.key: m for m in inv.model_versions}
 
-    def protect_model(k: ModelKey, with_data: bool) -> None:
-        keys.add(k)
-        trained = models[k].trained_on if k in models else None
-        if k in models:
-            protected_paths.extend(models[k].blob_paths)
+    def protect_data(self, k: DataKey) -> None:
+        self.keys.add(k)
+        if k in self.data:
+            self.paths.extend(self.data[k].blob_paths)
+
+    def protect_model(self, k: ModelKey, with_data: bool) -> None:
+        self.keys.add(k)
+        trained = self.models[k].trained_on if k in self.models else None
+        if k in self.models:
+            self.paths.extend(self.models[k].blob_paths)
         if with_data and trained is not None:
-            protect_data(trained)
+            self.protect_data(trained)
 
-    for d in inv.deployments:
-        if d.model:
-            protect_model(d.model, False)
-        if d.traffic_percent > 0 or d.mirror_traffic_percent > 0 or tagged(d.tags):
-            keys.add(d.key)
-        same = [o.traffic_percent for o in inv.deployments if o.endpoint == d.endpoint]
-        if d.traffic_percent > 0 and d.traffic_percent == max(same):
-            keys.add(d.key)
+    def deployments(self) -> None:
+        inv = self.inv
+        for d in inv.deployments:
             if d.model:
-                protect_model(d.model, True)
-                keys.update(o.key for o in inv.deployments if o.endpoint == d.endpoint and o.model == d.model)
-    for j in inv.jobs:
-        if j.status.lower() not in ("completed", "failed", "canceled"):
+                self.protect_model(d.model, False)
+            if d.traffic_percent > 0 or d.mirror_traffic_percent > 0 or tagged(d.tags):
+                self.keys.add(d.key)
+            same = [o.traffic_percent for o in inv.deployments if o.endpoint == d.endpoint]
+            if d.traffic_percent > 0 and d.traffic_percent == max(same):
+                self.keys.add(d.key)
+                if d.model:
+                    self.protect_model(d.model, True)
+                    self.keys.update(o.key for o in inv.deployments if o.endpoint == d.endpoint and o.model == d.model)
+
+    def jobs(self) -> None:
+        for j in self.inv.jobs:
+            if j.status.lower() in ("completed", "failed", "canceled"):
+                continue
             for i in j.inputs:
                 if isinstance(i, DataKey):
-                    protect_data(i)
+                    self.protect_data(i)
                 elif isinstance(i, ModelKey):
-                    protect_model(i, False)
+                    self.protect_model(i, False)
                 else:
-                    protected_paths.append(i)
-            protected_paths.extend(j.outputs.values())
-    for r in inv.rollouts:
-        if r.state in ("canary", "shadow"):
-            protect_model(r.candidate, True)
-            for d in inv.deployments:
+                    self.paths.append(i)
+            self.paths.extend(j.outputs.values())
+
+    def rollouts(self) -> None:
+        for r in self.inv.rollouts:
+            if r.state in ("succeeded", "rolled_back"):  # the only final phases; anything else is in flight
+                continue
+            self.protect_model(r.candidate, True)
+            for d in self.inv.deployments:
                 if d.endpoint == r.endpoint and (d.name == r.deployment or d.model == r.candidate):
-                    keys.add(d.key)
-    for v in inv.data_versions:
-        if tagged(v.tags):
-            protect_data(v.key)
-    for m in inv.model_versions:
-        if tagged(m.tags):
-            protect_model(m.key, False)
+                    self.keys.add(d.key)
+
+    def tagged(self) -> None:
+        for v in self.inv.data_versions:
+            if tagged(v.tags):
+                self.protect_data(v.key)
+        for m in self.inv.model_versions:
+            if tagged(m.tags):
+                self.protect_model(m.key, False)
+
+
+def oracle(inv: Inventory) -> tuple[set[Any], list[BlobPath], list[BlobPath]]:
+    """Protected keys, protected blob paths, and paths referenced by versions in use."""
+    o = _Oracle(inv)
+    o.deployments()
+    o.jobs()
+    o.rollouts()
+    o.tagged()
     in_use = [p for v in inv.data_versions if not v.archived for p in v.blob_paths]
     in_use += [p for m in inv.model_versions if not m.archived for p in m.blob_paths]
-    return keys, protected_paths, in_use
+    return o.keys, o.paths, in_use
 
 
 def check_safe(inv: Inventory, plan: RetentionPlan) -> None:

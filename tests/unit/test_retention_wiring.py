@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from shared.aml_retention import _job_input, blob_path
-from shared.ledger import ROLLOUT_FINAL_STATES
-from shared.policy import load_policy
-from shared.retention import (
+from shared.adapters.azure.aml_retention import _job_input, blob_path
+from shared.config.policy import load_policy
+from shared.domain.retention import (
     Action,
     ActionKind,
     BlobKey,
@@ -25,7 +24,8 @@ from shared.retention import (
     RetentionPlan,
     RuleType,
 )
-from shared.retention_runner import Outcome, RetentionSummary, rollouts_from
+from shared.domain.vocabulary import rollout_finished
+from shared.services.retention import Outcome, RetentionSummary, rollouts_from
 from tests.unit.test_function_app import ENV, run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,7 +109,7 @@ def test_job_inputs_are_recognised_as_data_models_or_paths(value: Any, expected:
 
 @dataclass(frozen=True)
 class _Rollout:
-    """The fields of shared.ledger.RolloutRecord that retention reads (the ledger row has many more)."""
+    """The fields of shared.services.ledger.RolloutRecord that retention reads (the ledger row has many more)."""
 
     state: str
     endpoint: str = "ep"
@@ -119,7 +119,7 @@ class _Rollout:
 
     @property
     def active(self) -> bool:
-        return self.state not in ROLLOUT_FINAL_STATES
+        return not rollout_finished(self.state)
 
 
 def _rollout(state: str) -> _Rollout:
@@ -127,10 +127,11 @@ def _rollout(state: str) -> _Rollout:
 
 
 def test_only_active_rollouts_protect_and_the_ledger_decides_what_is_active() -> None:
-    rollouts = rollouts_from([_rollout("canary"), _rollout("succeeded"), _rollout(""), _rollout("failed")])
+    records = [_rollout("shifting"), _rollout("succeeded"), _rollout(""), _rollout("rolled_back"), _rollout("failed")]
+    rollouts = rollouts_from(records)  # type: ignore[arg-type]  # a stub of RolloutRecord's fields
     assert [(r.state, r.candidate, r.deployment) for r in rollouts] == [
-        ("canary", ModelKey("churn-model", "5"), "green"),
-        ("failed (active in the ledger)", ModelKey("churn-model", "5"), "green")]
+        ("shifting", ModelKey("churn-model", "5"), "green"),
+        ("failed", ModelKey("churn-model", "5"), "green")]  # not a phase: active for the ledger, in flight here
     assert all(r.in_flight for r in rollouts)
 
 

@@ -2,11 +2,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.errors import InvalidEventError
-from shared.events import DataVersionRegistered
-from shared.ledger import RetrainState, Row
-from shared.policy import parse_policy
-from shared.retrain import (
+from shared.config.policy import parse_policy
+from shared.domain.events import DataVersionRegistered
+from shared.domain.records import RetrainState, Row
+from shared.domain.retrain import (
     Coalesce,
     RunFinished,
     Skip,
@@ -17,6 +16,8 @@ from shared.retrain import (
     plan_follow_up,
     plan_retrain,
 )
+from shared.domain.vocabulary import RunStatus, Tag
+from shared.errors import InvalidEventError
 
 POLICY = parse_policy({
     "datasets": [
@@ -53,7 +54,7 @@ def test_first_version_submits():
 
 def test_skips_with_reasons():
     assert "no retraining pipeline" in plan_retrain(event(dataset="ref"), POLICY, None, None, NOW).reason
-    exists = plan_retrain(event(), POLICY, None, "submitted", NOW)
+    exists = plan_retrain(event(), POLICY, None, RunStatus.SUBMITTED, NOW)
     assert isinstance(exists, Skip) and "already exists" in exists.reason
     recent = plan_retrain(event(), POLICY, state(last=NOW - timedelta(minutes=5)), None, NOW)
     assert isinstance(recent, Skip) and "minimum interval of 30 min" in recent.reason
@@ -62,7 +63,8 @@ def test_skips_with_reasons():
 
 
 def test_interrupted_submission_is_resumed():
-    d = plan_retrain(event(), POLICY, state(active=job_name_for("churn", "3"), active_version="3"), "submitting", NOW)
+    d = plan_retrain(event(), POLICY, state(active=job_name_for("churn", "3"), active_version="3"),
+                     RunStatus.SUBMITTING, NOW)
     assert isinstance(d, SubmitRetrain) and "resuming" in d.reason
 
 
@@ -73,6 +75,25 @@ def test_versions_during_an_active_run_coalesce_newest_wins():
     assert "already queued" in plan_retrain(event("4"), POLICY, with_pending, None, NOW).reason
     assert isinstance(plan_retrain(event("10"), POLICY, with_pending, None, NOW), Coalesce)  # 10 > 5 numerically
     assert "not newer" in plan_retrain(event("1"), POLICY, active, None, NOW).reason
+
+
+def test_non_numeric_versions_sort_after_numeric_ones():
+    """One version order (vocabulary.version_order): a label such as 'latest' is newer than any number."""
+    assert isinstance(plan_retrain(event("latest"), POLICY, state(active="job-2", active_version="2"), None, NOW),
+                      Coalesce)
+    assert "not newer" in plan_retrain(event("99"), POLICY, state(active="job-x", active_version="x"), None,
+                                       NOW).reason
+    assert "not newer" in plan_retrain(event("²"), POLICY, state(active="job-³", active_version="³"), None,
+                                       NOW).reason  # superscripts are labels, not numbers, and do not crash
+
+
+def test_run_finished_maps_to_the_ledger_status():
+    assert RunFinished("j", "Completed", "e").run_status is RunStatus.COMPLETED
+    assert RunFinished("j", "Canceled", "e").run_status is RunStatus.CANCELED
+    assert RunFinished("j", "Failed", "e").run_status is RunStatus.FAILED
+    assert RunFinished("j", "NotResponding", "e").run_status is RunStatus.FAILED
+    assert RunFinished("j", "Completed", "e", {Tag.DATASET.value: "churn"}).dataset == "churn"
+    assert RunFinished("j", "Completed", "e", {}).dataset is None
 
 
 def test_follow_up_runs_once_on_the_newest_pending_version():
@@ -114,3 +135,11 @@ def test_bad_data_version_events():
     ok = parse_data_version_registered({"dataset": "d", "asset_name": "d", "version": 2, "uri": "u",
                                         "asset_type": "uri_file", "sha256": "s", "files": ["a"]})
     assert ok.version == "2" and ok.files == ("a",)
+
+
+@pytest.mark.parametrize("count", ["many", "²", -1, 1.5, True, None, [1]])
+def test_a_bad_file_count_is_an_invalid_event_not_a_crash(count):
+    data = {"dataset": "d", "asset_name": "d", "version": "1", "uri": "azureml://x", "asset_type": "uri_folder",
+            "sha256": "0" * 64, "file_count": count}
+    with pytest.raises(InvalidEventError, match="file_count"):
+        parse_data_version_registered(data)

@@ -1,4 +1,4 @@
-"""The blue/green rollout state machine (`shared.rollout.decide`), phase by phase: pure, no I/O.
+"""The blue/green rollout state machine (`shared.domain.rollout.decide`), phase by phase: pure, no I/O.
 
 Each test builds a `RolloutRecord` as the ledger would hold it and an `EndpointView` as Azure ML
 would show it, and checks the one `Transition` that `decide` returns. A small in-memory executor
@@ -17,17 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.aml import DeploymentView, EndpointView
-from shared.errors import InvalidEventError
-from shared.gate import PromotionPolicy
-from shared.ledger import RolloutRecord, Row
-from shared.rollout import (
-    FINAL_PHASES,
-    ROLLBACK_PHASES,
+from shared.config.promotion import PromotionPolicy
+from shared.domain.records import RolloutRecord
+from shared.domain.rollout import (
     CreateDeployment,
     CreateEndpoint,
     DeleteDeployment,
-    Phase,
     RolloutAction,
     RolloutTick,
     SetTraffic,
@@ -38,6 +33,9 @@ from shared.rollout import (
     tick_from_json,
     traffic_steps,
 )
+from shared.domain.vocabulary import FINAL_PHASES, ROLLBACK_PHASES, Phase
+from shared.domain.workspace import DeploymentView, EndpointView
+from shared.errors import InvalidEventError
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 ENDPOINT = "churn-endpoint"
@@ -70,7 +68,7 @@ def make_record(state: Phase | str, *, step: int = -1, champion: str = CHAMP, de
         candidate_version="7", deployment=deployment, champion_deployment=champion,
         champion_model=f"{MODEL}:6" if champion else "", step=step, due_at=due_at, started_at=NOW - timedelta(hours=1),
         reason="", queued_name="", queued_version="", queued_event="", event_id="evt-1", phase_since=phase_since,
-        attempts=0, failure="", row=Row({}, "etag"),
+        attempts=0, failure="",
     )
 
 

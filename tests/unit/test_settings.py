@@ -1,7 +1,7 @@
 import pytest
 
+from shared.config.settings import load_settings
 from shared.errors import ConfigurationError
-from shared.settings import load_settings
 
 GOOD = {
     "AZURE_SUBSCRIPTION_ID": "sub",

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import InvalidEventError
-from shared.webhooks import (
+from shared.domain.webhooks import (
     AbuseProtectionHandshake,
     Ignored,
     ModelVersionEvent,
@@ -27,6 +26,7 @@ from shared.webhooks import (
     parse_registry_webhook,
     to_http,
 )
+from shared.errors import InvalidEventError
 
 PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

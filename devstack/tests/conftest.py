@@ -1,0 +1,3 @@
+"""The devstack's own tests use the local stack's fixtures (devstack.testing)."""
+
+pytest_plugins = ["devstack.testing"]

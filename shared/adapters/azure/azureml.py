@@ -1,0 +1,268 @@
+"""Azure ML adapter: the only module that talks to azure-ai-ml.
+
+`azure.ai.ml` costs about 1.3 s to import, so it is imported on first use, never at start-up:
+functions that never touch Azure ML (webhook handshakes, ignored blobs) stay fast on a cold start.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from azure.core.credentials import TokenCredential
+
+if TYPE_CHECKING:
+    from azure.ai.ml import MLClient
+
+    from shared.domain.retrain import PipelineSubmission
+
+from shared.domain.workspace import (
+    DataVersionSpec,
+    DeploymentSpec,
+    DeploymentView,
+    EndpointView,
+    ModelInfo,
+    RegisteredDataVersion,
+    model_ref,
+)
+from shared.errors import OperationFailedError
+
+log = logging.getLogger(__name__)
+
+PATH_CONFLICT = "Asset paths cannot be updated."
+AUTOINCREMENT_ATTEMPTS = 8
+
+
+class AzureML:
+    """Creates the MLClient once, on first use, and exposes the few operations Evergreen needs."""
+
+    def __init__(self, credential: TokenCredential, subscription_id: str, resource_group: str, workspace: str):
+        self._credential = credential
+        self._coordinates = (subscription_id, resource_group, workspace)
+        self._client: MLClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> MLClient:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    from azure.ai.ml import MLClient
+
+                    sub, rg, ws = self._coordinates
+                    self._client = MLClient(self._credential, sub, rg, ws)
+        return self._client
+
+    def register_data_version(self, spec: DataVersionSpec) -> RegisteredDataVersion:
+        """Register the next version of a data asset (the service assigns the number)."""
+        from azure.ai.ml.entities import Data
+
+        data = Data(
+            name=spec.name,
+            path=spec.uri,
+            type=spec.asset_type,
+            description=spec.description,
+            tags=spec.tags,
+        )
+        from azure.core.exceptions import HttpResponseError
+
+        # The SDK reads the container's nextVersion, then PUTs that number. Another instance may take
+        # the same number first; the service then refuses our PUT ("Asset paths cannot be updated."),
+        # with no side effect, and reading nextVersion again gives a free number.
+        for attempt in range(1, AUTOINCREMENT_ATTEMPTS + 1):
+            try:
+                created = self.client.data.create_or_update(data)
+                break
+            except HttpResponseError as exc:
+                if PATH_CONFLICT not in str(exc) or attempt == AUTOINCREMENT_ATTEMPTS:
+                    raise
+                log.info("data asset %s: version number taken concurrently (attempt %d); retrying", spec.name,
+                         attempt)
+                data.version = None
+                time.sleep(random.uniform(0, 0.05 * attempt))  # jitter: racing instances fall out of step
+        return RegisteredDataVersion(name=created.name, version=str(created.version), uri=str(created.path))
+
+    def find_data_version(self, name: str, tag: str, value: str) -> RegisteredDataVersion | None:
+        """Find a version carrying tag=value: reconciles a registration whose ledger write was lost."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            versions: Any = self.client.data.list(name=name)
+            for item in versions:
+                if (item.tags or {}).get(tag) == value:
+                    return RegisteredDataVersion(name=item.name, version=str(item.version), uri=str(item.path))
+        except ResourceNotFoundError:
+            return None
+        return None
+
+    def submit_pipeline(self, submission: PipelineSubmission) -> str:
+        """Submit the pipeline job under its deterministic name; an existing job is returned, never re-run."""
+        from azure.ai.ml import Input, load_job
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            existing = self.client.jobs.get(submission.job_name)
+            log.info("job %s already exists (%s): not submitting again", submission.job_name, existing.status)
+            return _state(existing.status)
+        except ResourceNotFoundError:
+            pass
+        job: Any = load_job(source=submission.yaml_path)
+        job.name = submission.job_name
+        job.experiment_name = submission.experiment
+        job.tags = {**(job.tags or {}), **submission.tags}
+        job.inputs.training_data = Input(type=submission.data_type, path=submission.data_input)
+        for key, value in submission.inputs.items():
+            setattr(job.inputs, key, value)
+        created = self.client.jobs.create_or_update(job)
+        return _state(created.status)
+
+    def job_status(self, name: str) -> str | None:
+        """The job's status as the service spells it (NotStarted, Running, Completed, …); None if there is none."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return _state(self.client.jobs.get(name).status)
+        except ResourceNotFoundError:
+            return None
+
+
+def _state(value: object) -> str:
+    """Provisioning states arrive as plain strings or as the SDK's str-enums; both become 'Succeeded' etc."""
+    if value is None:
+        return ""
+    return str(getattr(value, "value", value))
+
+
+# -- online endpoints (the rollout's side effects) ------------------------------------------------
+# Every call below starts or reads one operation and returns at once: provisioning takes minutes in
+# Azure, so the rollout polls on later queue messages instead of blocking a function on `.result()`.
+@contextmanager
+def _operation(what: str) -> Iterator[None]:
+    """Translate azure-core's errors at the adapter boundary: services see `OperationFailedError` only."""
+    from azure.core.exceptions import AzureError
+
+    try:
+        yield
+    except AzureError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OperationFailedError(f"{what}: {first}") from exc
+
+
+class OnlineEndpoints:
+    """The managed online endpoint operations the rollout needs, on the shared MLClient (`shared.ports.Endpoints`).
+
+    A resource that does not exist reads as None; every other failure of a call raises
+    `shared.errors.OperationFailedError` (chained to the SDK's error).
+    """
+
+    def __init__(self, azureml: AzureML) -> None:
+        self._aml = azureml
+
+    def get_model(self, name: str, version: str) -> ModelInfo | None:
+        """The registered model version, or None if the registry has no such version."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with _operation(f"reading model {name}:{version}"):
+            try:
+                model = self._aml.client.models.get(name=name, version=version)
+            except ResourceNotFoundError:
+                return None
+        return ModelInfo(name=str(model.name), version=str(model.version), tags=dict(model.tags or {}),
+                         properties={str(k): str(v) for k, v in (model.properties or {}).items()})
+
+    def endpoint(self, name: str) -> EndpointView | None:
+        """The endpoint, its traffic and its deployments (one list call), or None if it does not exist."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        client = self._aml.client
+        with _operation(f"reading endpoint {name}"):
+            try:
+                endpoint = client.online_endpoints.get(name=name)
+            except ResourceNotFoundError:
+                return None
+            deployments = tuple(
+                DeploymentView(name=str(d.name), state=_state(d.provisioning_state), model=model_ref(d.model),
+                               tags=dict(d.tags or {}))
+                for d in client.online_deployments.list(endpoint_name=name)
+            )
+        traffic = {str(k): int(v) for k, v in (endpoint.traffic or {}).items()}
+        return EndpointView(name=name, state=_state(endpoint.provisioning_state), traffic=traffic,
+                            deployments=deployments)
+
+    def begin_create_endpoint(self, name: str, tags: dict[str, str]) -> None:
+        from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+        with _operation(f"creating endpoint {name}"):
+            self._aml.client.online_endpoints.begin_create_or_update(
+                ManagedOnlineEndpoint(name=name, auth_mode="key", tags=tags))
+
+    def begin_create_deployment(self, spec: DeploymentSpec) -> None:
+        from azure.ai.ml.entities import CodeConfiguration, ManagedOnlineDeployment
+
+        code = (CodeConfiguration(code=spec.code_path, scoring_script=spec.scoring_script)
+                if spec.code_path and spec.scoring_script else None)
+        deployment = ManagedOnlineDeployment(
+            name=spec.name, endpoint_name=spec.endpoint, model=f"azureml:{spec.model_name}:{spec.model_version}",
+            instance_type=spec.instance_type, instance_count=spec.instance_count, environment=spec.environment,
+            code_configuration=code, tags=spec.tags,
+        )
+        with _operation(f"creating deployment {spec.name} on {spec.endpoint}"):
+            self._aml.client.online_deployments.begin_create_or_update(deployment)
+
+    def begin_set_traffic(self, endpoint: str, traffic: dict[str, int]) -> None:
+        """Replace the endpoint's traffic split (deployments not named get 0)."""
+        client = self._aml.client
+        with _operation(f"setting the traffic of {endpoint} to {traffic}"):
+            current = client.online_endpoints.get(name=endpoint)
+            current.traffic = dict(traffic)
+            client.online_endpoints.begin_create_or_update(current)
+
+    def begin_delete_deployment(self, endpoint: str, name: str) -> None:
+        """Start deleting a deployment; a deployment that is already gone counts as deleted."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with _operation(f"deleting deployment {name} of {endpoint}"):
+            try:
+                self._aml.client.online_deployments.begin_delete(name=name, endpoint_name=endpoint)
+            except ResourceNotFoundError:
+                log.info("deployment %s/%s is already gone", endpoint, name)
+
+    def deployment_logs(self, endpoint: str, name: str, lines: int = 20) -> str:
+        with _operation(f"reading the logs of deployment {name} of {endpoint}"):
+            return str(self._aml.client.online_deployments.get_logs(name=name, endpoint_name=endpoint, lines=lines))
+
+    def score(self, endpoint: str, deployment: str, request: dict[str, Any]) -> Any:
+        """Send `request` to one deployment (header `azureml-model-deployment`); returns the decoded reply.
+
+        Raises OperationFailedError if the call fails or the reply is not JSON. azure-ai-ml 1.35.2
+        stores that header in a class-level dict, so every later invoke in the process would stick to
+        this deployment; it is removed again before and after the call.
+        """
+        import json
+        import tempfile
+
+        from azure.ai.ml.constants._endpoint import EndpointInvokeFields
+
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as handle:
+            json.dump(request, handle)
+        try:
+            EndpointInvokeFields.DEFAULT_HEADER.pop(EndpointInvokeFields.MODEL_DEPLOYMENT, None)
+            with _operation(f"scoring deployment {deployment} of {endpoint}"):
+                raw = self._aml.client.online_endpoints.invoke(
+                    endpoint_name=endpoint, deployment_name=deployment, request_file=handle.name)
+        finally:
+            EndpointInvokeFields.DEFAULT_HEADER.pop(EndpointInvokeFields.MODEL_DEPLOYMENT, None)
+            Path(handle.name).unlink(missing_ok=True)
+        if not isinstance(raw, str | bytes):
+            return raw
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise OperationFailedError(f"deployment {deployment} of {endpoint} replied with no JSON: "
+                                       f"{str(raw)[:200]}") from exc

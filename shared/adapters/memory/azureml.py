@@ -1,0 +1,88 @@
+"""Azure ML's data registry and job runner in memory (`DataRegistry`, `JobRunner`), with the service's semantics.
+
+Data versions are numbered by the registry (1, 2, 3, … per asset) and keep their tags; a pipeline
+job is keyed by its name, so submitting the same name twice returns the existing job's status and
+runs nothing new. Tests move jobs to a terminal status with `set_job_status`. Thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+
+from shared.domain.retrain import PipelineSubmission
+from shared.domain.vocabulary import version_order
+from shared.domain.workspace import DataVersionSpec, RegisteredDataVersion
+
+NEW_JOB_STATUS = "NotStarted"  # what Azure ML answers for a pipeline job just created
+
+
+@dataclass(frozen=True)
+class MemoryDataVersion:
+    name: str
+    version: str
+    spec: DataVersionSpec
+
+
+@dataclass(frozen=True)
+class MemoryJob:
+    name: str
+    submission: PipelineSubmission
+    status: str
+
+
+class MemoryWorkspace:
+    def __init__(self) -> None:
+        self._data: dict[str, list[MemoryDataVersion]] = {}
+        self._jobs: dict[str, MemoryJob] = {}
+        self._lock = threading.Lock()
+
+    # -- DataRegistry ----------------------------------------------------------------------------
+    def register_data_version(self, spec: DataVersionSpec) -> RegisteredDataVersion:
+        """Register the next version of the asset: one more than the highest number so far."""
+        with self._lock:
+            versions = self._data.setdefault(spec.name, [])
+            numbers = [int(v.version) for v in versions if v.version.isascii() and v.version.isdigit()]
+            version = str(max(numbers, default=0) + 1)
+            versions.append(MemoryDataVersion(spec.name, version, spec))
+        return RegisteredDataVersion(name=spec.name, version=version, uri=spec.uri)
+
+    def find_data_version(self, name: str, tag: str, value: str) -> RegisteredDataVersion | None:
+        """The lowest version of `name` carrying tag=value; None if none (or no such asset)."""
+        with self._lock:
+            matching = [v for v in self._data.get(name, []) if v.spec.tags.get(tag) == value]
+        if not matching:
+            return None
+        first = min(matching, key=lambda v: version_order(v.version))
+        return RegisteredDataVersion(name=name, version=first.version, uri=first.spec.uri)
+
+    def data_versions(self, name: str) -> list[MemoryDataVersion]:
+        """Every registered version of `name`, in registration order."""
+        with self._lock:
+            return list(self._data.get(name, []))
+
+    # -- JobRunner -------------------------------------------------------------------------------
+    def submit_pipeline(self, submission: PipelineSubmission) -> str:
+        """Create the job under its deterministic name; an existing job's status is returned, never re-run."""
+        with self._lock:
+            existing = self._jobs.get(submission.job_name)
+            if existing is not None:
+                return existing.status
+            self._jobs[submission.job_name] = MemoryJob(submission.job_name, submission, NEW_JOB_STATUS)
+            return NEW_JOB_STATUS
+
+    def job_status(self, name: str) -> str | None:
+        with self._lock:
+            job = self._jobs.get(name)
+            return job.status if job else None
+
+    def jobs(self) -> list[MemoryJob]:
+        """Every job, in submission order."""
+        with self._lock:
+            return list(self._jobs.values())
+
+    def set_job_status(self, name: str, status: str) -> MemoryJob:
+        """Move a job on (Running, Completed, Failed, …), as the service would. KeyError if there is no such job."""
+        with self._lock:
+            job = self._jobs[name] = replace(self._jobs[name], status=status)
+            return job

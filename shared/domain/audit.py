@@ -1,0 +1,17 @@
+"""An audit record: one automated decision — what, why, which event, which assets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    kind: str  # `<flow>.<outcome>`, e.g. data.registered, retrain.submitted, rollout.grace, event.rejected
+    decision: str  # what was decided
+    reason: str  # why
+    event_id: str  # the triggering event / correlation id
+    assets: Mapping[str, str] = field(default_factory=dict)  # e.g. {"data": "churn:3", "job": "..."}
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))

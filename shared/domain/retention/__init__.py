@@ -1,0 +1,93 @@
+"""Retention: which old data versions, models, blobs, idle deployments and job outputs to retire.
+
+Pure (no I/O), in four small modules:
+
+- `inventory`: typed keys of every asset kind and the `Inventory` snapshot adapters list;
+- `protection`: what is never touched and why (deployed, champions and their lineage, unfinished
+  jobs, in-flight rollouts, the protection tag) and which blobs versions still reference;
+- `planner`: the plan types and `plan_retention`, inventory + rules -> `RetentionPlan`;
+- `render`: the dry run's table.
+
+The `retention:` policy schema lives in `shared.config.retention`; the service that lists, plans
+and applies is `shared.services.retention`. This package re-exports the public names of all of them
+(schema included), so `from shared.domain.retention import ...` keeps working.
+"""
+
+from shared.config.retention import (
+    DEFAULT_PROTECT_TAG,
+    EXAMPLE_YAML,
+    AfterCreation,
+    AfterModification,
+    DeleteCondition,
+    DeleteIdle,
+    KeepTopK,
+    RetentionPolicy,
+    RetentionRule,
+    RuleActions,
+    RuleFilters,
+    RuleType,
+    parse_retention,
+)
+from shared.domain.retention.inventory import (
+    TIER_RANK,
+    AssetKey,
+    Blob,
+    BlobKey,
+    BlobPath,
+    BlobTier,
+    DataKey,
+    DataVersion,
+    Deployment,
+    DeploymentKey,
+    Inventory,
+    Job,
+    JobInput,
+    JobOutputKey,
+    ModelKey,
+    ModelVersion,
+    Rollout,
+)
+from shared.domain.retention.planner import Action, ActionKind, Protected, RetentionPlan, plan_retention
+from shared.domain.retention.protection import champions, protected_assets
+from shared.domain.retention.render import render_plan_table
+
+__all__ = [
+    "DEFAULT_PROTECT_TAG",
+    "EXAMPLE_YAML",
+    "TIER_RANK",
+    "Action",
+    "ActionKind",
+    "AfterCreation",
+    "AfterModification",
+    "AssetKey",
+    "Blob",
+    "BlobKey",
+    "BlobPath",
+    "BlobTier",
+    "DataKey",
+    "DataVersion",
+    "DeleteCondition",
+    "DeleteIdle",
+    "Deployment",
+    "DeploymentKey",
+    "Inventory",
+    "Job",
+    "JobInput",
+    "JobOutputKey",
+    "KeepTopK",
+    "ModelKey",
+    "ModelVersion",
+    "Protected",
+    "RetentionPlan",
+    "RetentionPolicy",
+    "RetentionRule",
+    "Rollout",
+    "RuleActions",
+    "RuleFilters",
+    "RuleType",
+    "champions",
+    "parse_retention",
+    "plan_retention",
+    "protected_assets",
+    "render_plan_table",
+]

@@ -1,0 +1,252 @@
+"""What retention looks at: typed keys of every asset kind, and one `Inventory` snapshot of them.
+
+Adapters list the workspace and the data account into these values; the planner reads nothing else.
+Unknown job statuses and rollout states count as running (fail closed): what retention cannot read
+must protect, not expose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from shared.domain.vocabulary import FINISHED_JOB_STATUSES, rollout_finished, version_order
+
+
+# == typed keys ======================================================================================
+@dataclass(frozen=True)
+class DataKey:
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"data:{self.name}:{self.version}"
+
+    def sort_key(self) -> tuple[Any, ...]:
+        return ("data", self.name, version_order(self.version))
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"model:{self.name}:{self.version}"
+
+    def sort_key(self) -> tuple[Any, ...]:
+        return ("model", self.name, version_order(self.version))
+
+
+@dataclass(frozen=True)
+class BlobKey:
+    container: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"blob:{self.container}/{self.name}"
+
+    def sort_key(self) -> tuple[Any, ...]:
+        return ("blob", self.container, self.name)
+
+
+@dataclass(frozen=True)
+class DeploymentKey:
+    endpoint: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"deployment:{self.endpoint}/{self.name}"
+
+    def sort_key(self) -> tuple[Any, ...]:
+        return ("deployment", self.endpoint, self.name)
+
+
+@dataclass(frozen=True)
+class BlobPath:
+    """A path in a container that an asset references: a folder if it ends with '/', else a file.
+
+    A path without a trailing '/' is treated as both the file and the folder of that name, so an
+    adapter that drops the '/' of a uri_folder protects too much, never too little. '' is the whole
+    container.
+    """
+
+    container: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.container}/{self.path}"
+
+
+@dataclass(frozen=True)
+class JobOutputKey:
+    job: str
+    output: str
+    path: BlobPath
+
+    def __str__(self) -> str:
+        return f"job-output:{self.job}/{self.output}"
+
+    def sort_key(self) -> tuple[Any, ...]:
+        return ("job-output", self.job, self.output)
+
+
+AssetKey = DataKey | ModelKey | BlobKey | DeploymentKey | JobOutputKey
+JobInput = DataKey | ModelKey | BlobPath
+
+
+# == the inventory: one snapshot, listed by adapters =================================================
+def _require_aware(owner: object, name: str, value: datetime | None) -> None:
+    """Raises ValueError for a naive datetime: ages are measured in UTC, and a naive time would shift them."""
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"{type(owner).__name__}.{name} must be timezone-aware (UTC), got {value!r}")
+
+
+class BlobTier(str, Enum):
+    HOT = "Hot"
+    COOL = "Cool"
+    COLD = "Cold"
+    ARCHIVE = "Archive"
+
+
+TIER_RANK = {BlobTier.HOT: 0, BlobTier.COOL: 1, BlobTier.COLD: 2, BlobTier.ARCHIVE: 3}
+"""How cold a tier is: a blob is only ever moved to a colder tier (a hotter one would rehydrate it)."""
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    name: str
+    version: str
+    created_at: datetime
+    archived: bool = False
+    tags: Mapping[str, str] = field(default_factory=dict)
+    blob_paths: tuple[BlobPath, ...] = ()
+
+    def __post_init__(self) -> None:
+        _require_aware(self, "created_at", self.created_at)
+
+    @property
+    def key(self) -> DataKey:
+        return DataKey(self.name, self.version)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: str
+    created_at: datetime
+    archived: bool = False
+    tags: Mapping[str, str] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    data_asset: str | None = None  # lineage: the data version it was trained from
+    data_version: str | None = None
+    blob_paths: tuple[BlobPath, ...] = ()  # its artifacts, when they live in a watched container
+    job: str | None = None  # the job whose outputs it was registered from
+
+    def __post_init__(self) -> None:
+        _require_aware(self, "created_at", self.created_at)
+
+    @property
+    def key(self) -> ModelKey:
+        return ModelKey(self.name, self.version)
+
+    @property
+    def trained_on(self) -> DataKey | None:
+        if self.data_asset and self.data_version:
+            return DataKey(self.data_asset, self.data_version)
+        return None
+
+
+@dataclass(frozen=True)
+class Blob:
+    container: str
+    name: str
+    last_modified: datetime
+    tier: BlobTier | None = BlobTier.HOT  # None: the account default (Hot)
+    tags: Mapping[str, str] = field(default_factory=dict)  # blob index tags
+
+    def __post_init__(self) -> None:
+        _require_aware(self, "last_modified", self.last_modified)
+
+    @property
+    def key(self) -> BlobKey:
+        return BlobKey(self.container, self.name)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    endpoint: str
+    name: str
+    traffic_percent: int
+    zero_traffic_since: datetime | None = None  # None with 0% traffic: unknown, so never idle
+    model_name: str | None = None
+    model_version: str | None = None
+    mirror_traffic_percent: int = 0  # shadow traffic counts as taking traffic
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require_aware(self, "zero_traffic_since", self.zero_traffic_since)
+
+    @property
+    def key(self) -> DeploymentKey:
+        return DeploymentKey(self.endpoint, self.name)
+
+    @property
+    def model(self) -> ModelKey | None:
+        if self.model_name and self.model_version:
+            return ModelKey(self.model_name, self.model_version)
+        return None
+
+    @property
+    def takes_traffic(self) -> bool:
+        return self.traffic_percent > 0 or self.mirror_traffic_percent > 0
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    status: str  # Azure ML job status: Queued, Running, Completed, Failed, Canceled, ...
+    inputs: tuple[JobInput, ...] = ()
+    outputs: Mapping[str, BlobPath] = field(default_factory=dict)
+    finished_at: datetime | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require_aware(self, "finished_at", self.finished_at)
+
+    @property
+    def finished(self) -> bool:
+        """Only a known final status is finished; any other (including an unknown one) is still running."""
+        return self.status.strip().lower() in FINISHED_JOB_STATUSES
+
+
+@dataclass(frozen=True)
+class Rollout:
+    endpoint: str
+    candidate: ModelKey
+    state: str  # the ledger's stored phase (shared.domain.vocabulary.Phase value)
+    deployment: str | None = None  # the candidate's deployment, when already created
+
+    @property
+    def in_flight(self) -> bool:
+        """In flight unless the state is a known final phase: an unknown or empty state protects (fail closed)."""
+        return not (self.state and rollout_finished(self.state))
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Everything retention may look at, listed at one instant `now` (timezone-aware)."""
+
+    now: datetime
+    data_versions: tuple[DataVersion, ...] = ()
+    model_versions: tuple[ModelVersion, ...] = ()
+    blobs: tuple[Blob, ...] = ()
+    deployments: tuple[Deployment, ...] = ()
+    jobs: tuple[Job, ...] = ()
+    rollouts: tuple[Rollout, ...] = ()
+
+    def __post_init__(self) -> None:
+        _require_aware(self, "now", self.now)

@@ -1,0 +1,215 @@
+"""Evergreen's one vocabulary: phases, states, outcome kinds, tag names, directions, version order.
+
+Every module that stores, compares or prints one of these names imports it from here, so a word
+means one thing everywhere: in the ledger (stored by value), in the audit log, in registry tags and
+in the policy file. Enums are `str` enums, so `Phase.GRACE == "grace"` and a stored row needs no
+translation.
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from enum import StrEnum
+
+log = logging.getLogger(__name__)
+
+
+class Phase(StrEnum):
+    """A rollout's phase (the persisted state of `shared.domain.rollout`)."""
+
+    ENDPOINT = "endpoint"  # make sure the endpoint exists and is not busy
+    DEPLOY = "deploy"  # create the candidate's deployment (it takes no traffic yet)
+    PROVISIONING = "provisioning"  # wait for it
+    SMOKE = "smoke"  # score the policy's sample request on the candidate alone
+    SHIFT = "shift"  # apply the next canary step
+    SHIFTING = "shifting"  # wait for the traffic update, check, go to the next step
+    GRACE = "grace"  # all traffic on the candidate; after the grace period delete the old deployment, wait
+    ROLLBACK = "rollback"  # traffic back to the champion
+    CLEANUP = "cleanup"  # delete the failed candidate, wait until it is gone
+    SUCCEEDED = "succeeded"
+    ROLLED_BACK = "rolled_back"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINAL_PHASES
+
+
+FINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK})
+ROLLBACK_PHASES = frozenset({Phase.ROLLBACK, Phase.CLEANUP})
+
+
+def rollout_finished(state: str) -> bool:
+    """Whether a stored rollout state is over. The one definition: the ledger, the rollout and retention use it.
+
+    An empty state (a row that never started) is over; any state that is not a known phase is NOT:
+    retention must treat what it cannot read as in flight (fail closed).
+    """
+    if not state:
+        return True
+    try:
+        return Phase(state).finished
+    except ValueError:
+        return False
+
+
+class BatchState(StrEnum):
+    """A folder batch generation: files arrive while open; one instance seals it into one data version."""
+
+    OPEN = "open"
+    SEALING = "sealing"
+    SEALED = "sealed"
+
+
+class ContentState(StrEnum):
+    """One distinct content of a dataset: claimed, registered in Azure ML, then announced on Event Grid."""
+
+    PENDING = "pending"
+    REGISTERED = "registered"
+    PUBLISHED = "published"
+
+
+class RunStatus(StrEnum):
+    """What the ledger remembers of a retraining run of one (dataset, data version)."""
+
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+# Azure ML job statuses after which a job reads and writes nothing more. Any other status, including
+# one we do not know, counts as running: an unknown state must protect, not expose.
+FINISHED_JOB_STATUSES = frozenset({"completed", "failed", "canceled", "cancelled"})
+# Provisioning states of endpoints and deployments that mean "an operation is under way".
+IN_PROGRESS_STATES = frozenset({"creating", "updating", "scaling", "deleting", "provisioning", "notstarted"})
+FAILED_STATES = frozenset({"failed", "canceled", "cancelled"})
+
+
+class IngestAction(StrEnum):
+    """What handling a blob event or a seal request did (audit kind `data.<value>`)."""
+
+    REGISTERED = "registered"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+    BATCHED = "batched"
+    SEALED = "sealed"
+    WAITING = "waiting"
+    SKIPPED = "skipped"
+
+
+class RetrainAction(StrEnum):
+    """What a data-version or run event did to retraining (audit kind `retrain.<value>`)."""
+
+    SUBMITTED = "submitted"
+    COALESCED = "coalesced"
+    SKIPPED = "skipped"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+class PromotionAction(StrEnum):
+    """What a registered model version did (audit kind `promotion.<value>`)."""
+
+    SKIPPED = "skipped"
+    DUPLICATE = "duplicate"
+    STARTED = "started"
+    QUEUED = "queued"
+
+
+class TickAction(StrEnum):
+    """What one rollout queue message did."""
+
+    STALE = "stale"
+    RESENT = "resent"
+    RESUMED = "resumed"
+    WAITING = "waiting"
+    ADVANCED = "advanced"
+    LOST_RACE = "lost_race"
+    FINISHED = "finished"
+
+
+class EdgeAction(StrEnum):
+    """What the edge did with an event that never reached a service."""
+
+    REJECTED = "rejected"
+
+
+class Tag(StrEnum):
+    """Every `evergreen.*` tag or property Evergreen writes or reads on Azure ML assets and blobs."""
+
+    # data versions
+    SOURCE_URL = "evergreen.source_url"
+    SOURCE_FOLDER = "evergreen.source_folder"
+    ETAG = "evergreen.etag"
+    SHA256 = "evergreen.sha256"
+    SIZE = "evergreen.size"
+    FILES = "evergreen.files"
+    UPLOADED_AT = "evergreen.uploaded_at"
+    BATCH_GENERATION = "evergreen.batch_generation"
+    SEALED_BY = "evergreen.sealed_by"
+    # retraining jobs and the models they register (lineage)
+    DATASET = "evergreen.dataset"
+    DATA_ASSET = "evergreen.data_asset"
+    DATA_VERSION = "evergreen.data_version"
+    JOB_NAME = "evergreen.job_name"
+    TRIGGER_EVENT = "evergreen.trigger_event"
+    CODE_SHA = "evergreen.code_sha"
+    # promotion
+    ENDPOINT = "evergreen.endpoint"
+    MODEL = "evergreen.model"
+    ROLLOUT = "evergreen.rollout"
+    EVENT = "evergreen.event"
+    MANAGED = "evergreen.managed"
+    # retention
+    KEEP = "evergreen.keep"
+
+
+METRIC_TAG_PREFIX = "evergreen.metric."
+LINEAGE_TAGS = (Tag.DATA_ASSET.value, Tag.DATA_VERSION.value, Tag.JOB_NAME.value)
+
+
+def metric_tag(metric: str) -> str:
+    """The tag (or property) that carries a model's metric: `evergreen.metric.<name>`."""
+    return f"{METRIC_TAG_PREFIX}{metric}"
+
+
+class Direction(StrEnum):
+    """Which way a metric improves. One spelling in the policy; `max`/`min` still parse, with a warning."""
+
+    HIGHER_IS_BETTER = "higher_is_better"
+    LOWER_IS_BETTER = "lower_is_better"
+
+    @classmethod
+    def parse(cls, value: object) -> Direction:
+        """Accept the canonical spelling, or the old `max`/`min` with a deprecation warning.
+
+        Raises ValueError naming the accepted spellings.
+        """
+        if isinstance(value, Direction):
+            return value
+        text = str(value).strip().lower()
+        legacy = _LEGACY_DIRECTIONS.get(text)
+        if legacy is not None:
+            log.warning("policy: direction %r is deprecated; write %r", text, legacy.value)
+            return legacy
+        try:
+            return cls(text)
+        except ValueError:
+            raise ValueError(f"direction must be {cls.HIGHER_IS_BETTER.value!r} or {cls.LOWER_IS_BETTER.value!r} "
+                             f"(got {value!r})") from None
+
+
+_LEGACY_DIRECTIONS = {"max": Direction.HIGHER_IS_BETTER, "min": Direction.LOWER_IS_BETTER}
+
+
+def version_order(version: str) -> tuple[int, int, str]:
+    """The one sort key for asset versions: numbers as numbers ('9' < '10'), other labels after them, as text.
+
+    Only ASCII digits count as a number: `str.isdigit` also accepts '²', which `int` cannot read.
+    """
+    text = unicodedata.normalize("NFC", version)
+    if text.isascii() and text.isdigit():
+        return (0, int(text), "")
+    return (1, 0, text)

@@ -1,0 +1,233 @@
+"""Ports: the one Protocol for every dependency of the services.
+
+Services (`shared.services`) take only these. Each has an Azure adapter (`shared.adapters.azure`)
+and an in-memory adapter (`shared.adapters.memory`) with the same semantics; one contract suite
+(`tests/contract`) runs against both, so an in-memory adapter that drifts from Azure fails it.
+
+Errors: adapters raise `shared.errors.TransientError` subclasses, or let azure-core's
+`AzureError` through, for anything worth retrying; a port never swallows an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from shared.domain.audit import AuditRecord
+from shared.domain.events import DataVersionRegistered
+from shared.domain.records import Row
+from shared.domain.retention.inventory import Blob, DataVersion, Deployment, Job, ModelVersion
+from shared.domain.retention.planner import Action
+from shared.domain.retrain import PipelineSubmission
+from shared.domain.workspace import (
+    DataVersionSpec,
+    DeploymentSpec,
+    EndpointView,
+    ModelInfo,
+    RegisteredDataVersion,
+)
+
+T_contra = TypeVar("T_contra", contravariant=True)
+
+Clock = Callable[[], datetime]
+"""Now, timezone-aware (UTC). Services read time only through this, so tests and the harness move it."""
+
+
+# -- the ledger's store: Table Storage semantics --------------------------------------------------------
+class TableStore(Protocol):
+    """One table of entities keyed by (PartitionKey, RowKey), with optimistic concurrency.
+
+    Every entity read carries the ETag it was read at. `insert` is insert-or-conflict and
+    `replace_if` is conditional on that ETag: the two writes that decide ownership between instances.
+    """
+
+    def get(self, partition: str, row: str) -> Row | None:
+        """The entity, or None if there is none."""
+        ...
+
+    def insert(self, entity: Mapping[str, Any]) -> Row | None:
+        """Create the entity; None if one with its keys exists already (another instance won)."""
+        ...
+
+    def replace_if(self, row: Row, entity: Mapping[str, Any]) -> Row | None:
+        """Replace `row` by `entity` only if it is unchanged since read; None if it changed or is gone."""
+        ...
+
+    def upsert(self, entity: Mapping[str, Any], *, merge: bool = False) -> Row:
+        """Write unconditionally: replace (or, with `merge`, update the given properties) or create."""
+        ...
+
+    def upsert_many(self, entities: Iterable[Mapping[str, Any]]) -> None:
+        """Upsert entities of ONE partition, atomically in groups of at most 100 (a table transaction)."""
+        ...
+
+    def query(self, partition: str) -> Iterator[Row]:
+        """Every entity of one partition, in RowKey order (paged underneath)."""
+        ...
+
+    def delete(self, partition: str, row: str) -> None:
+        """Delete the entity; nothing happens if it is gone."""
+        ...
+
+
+# -- blobs ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BlobFacts:
+    """What a blob is right now: the listing or a properties read gives all of it."""
+
+    container: str
+    name: str
+    etag: str  # without quotes
+    size: int
+    last_modified: datetime
+    tier: str | None = None  # Hot | Cool | Cold | Archive, as the service spells it
+
+
+class BlobStore(Protocol):
+    """The data account's blobs, as ingest reads them."""
+
+    def properties(self, container: str, name: str) -> BlobFacts | None:
+        """The blob's facts; None if it does not exist."""
+        ...
+
+    def read(self, container: str, name: str, etag: str) -> Iterator[bytes]:
+        """Stream the content in chunks, only if the blob still has `etag`.
+
+        Raises `shared.errors.BlobChangedError` if it changed or vanished meanwhile.
+        """
+        ...
+
+    def list(self, container: str, prefix: str) -> Iterator[BlobFacts]:
+        """Every blob under `prefix`, in name order (paged underneath)."""
+        ...
+
+
+# -- queues and events --------------------------------------------------------------------------------
+MAX_DELAY_SECONDS = 7 * 24 * 3600  # Azure Queue Storage's maximum visibility timeout
+
+
+def clamp_delay(delay_seconds: float) -> int:
+    """Whole seconds between 0 and 7 days, as every `DelayedQueue` applies them (a longer wait re-schedules)."""
+    return min(MAX_DELAY_SECONDS, max(0, round(delay_seconds)))
+
+
+class DelayedQueue(Protocol[T_contra]):
+    """Schedules work as a queue message that becomes visible after `delay_seconds` (clamped to 0..7 days)."""
+
+    def send(self, item: T_contra, delay_seconds: float) -> None: ...
+
+
+class EventPublisher(Protocol):
+    """Evergreen's own Event Grid topic."""
+
+    def data_version_registered(self, event: DataVersionRegistered) -> str:
+        """Publish; returns the (deterministic) event id, so a re-publish is deduplicated downstream."""
+        ...
+
+
+class AuditLog(Protocol):
+    """Where every automated decision is recorded."""
+
+    def record(self, rec: AuditRecord) -> None:
+        """Write one record; writing the same record again (same key) rewrites it, never duplicates."""
+        ...
+
+    def query(self, *, days: int = 1, kind_prefix: str = "", now: datetime | None = None) -> Iterator[AuditRecord]:
+        """Records of the last `days` UTC days, newest first."""
+        ...
+
+
+# -- Azure ML ---------------------------------------------------------------------------------------------
+class DataRegistry(Protocol):
+    """Data asset versions."""
+
+    def register_data_version(self, spec: DataVersionSpec) -> RegisteredDataVersion:
+        """Register the next version (the service numbers it)."""
+        ...
+
+    def find_data_version(self, name: str, tag: str, value: str) -> RegisteredDataVersion | None:
+        """A version of `name` carrying tag=value (reconciles a registration whose ledger write was lost)."""
+        ...
+
+
+class JobRunner(Protocol):
+    """Pipeline jobs."""
+
+    def submit_pipeline(self, submission: PipelineSubmission) -> str:
+        """Submit under the submission's deterministic name; an existing job is returned, never re-run."""
+        ...
+
+    def job_status(self, name: str) -> str | None:
+        """The job's status as the service spells it (NotStarted, Running, Completed, …); None if there is none."""
+        ...
+
+
+class Endpoints(Protocol):
+    """Managed online endpoints and the model registry, as the rollout needs them.
+
+    Every `begin_*` starts one operation and returns at once; the rollout polls on later steps.
+    What does not exist reads as None (deleting it is a no-op); every other failure raises
+    `shared.errors.OperationFailedError` (the Azure adapter chains the SDK's error to it).
+    """
+
+    def get_model(self, name: str, version: str) -> ModelInfo | None: ...
+    def endpoint(self, name: str) -> EndpointView | None: ...
+    def begin_create_endpoint(self, name: str, tags: dict[str, str]) -> None: ...
+    def begin_create_deployment(self, spec: DeploymentSpec) -> None: ...
+    def begin_set_traffic(self, endpoint: str, traffic: dict[str, int]) -> None: ...
+    def begin_delete_deployment(self, endpoint: str, name: str) -> None: ...
+    def deployment_logs(self, endpoint: str, name: str, lines: int = 20) -> str: ...
+    def score(self, endpoint: str, deployment: str, request: dict[str, Any]) -> Any: ...
+
+
+# -- retention's two sides ------------------------------------------------------------------------------------
+class RetentionWorkspace(Protocol):
+    """Azure ML as retention lists and changes it.
+
+    Listings page through everything (archived versions included) and raise on any failure: a
+    partial listing would leave assets unprotected, so nothing is planned from it.
+    """
+
+    def datastore_containers(self) -> dict[str, str]:
+        """Datastore name (lower case) -> blob container, read once per run to map asset URIs to blobs."""
+        ...
+
+    def data_versions(self, containers: Mapping[str, str]) -> list[DataVersion]:
+        """Every data version, archived or not, with the blob paths it references."""
+        ...
+
+    def model_versions(self, containers: Mapping[str, str]) -> list[ModelVersion]:
+        """Every model version, archived or not, with metrics, lineage and artifact paths."""
+        ...
+
+    def deployments(self) -> list[Deployment]:
+        """Every online deployment with its traffic, its model, and since when it has been at 0%."""
+        ...
+
+    def jobs(self, containers: Mapping[str, str]) -> list[Job]:
+        """Every job with its status, the assets it reads and the paths it writes."""
+        ...
+
+    def execute(self, action: Action) -> str:
+        """Carry out one archive/delete of a version or deployment: 'done', or 'already' when there was
+        nothing left to do (gone, or already archived). Raises for any other failure; ValueError for an
+        action that is not Azure ML's."""
+        ...
+
+
+class RetentionBlobs(Protocol):
+    """The data account as retention lists and changes it."""
+
+    def list(self, containers: Iterable[str]) -> list[Blob]:
+        """Every blob of the given containers, with tier and index tags; a missing container holds none."""
+        ...
+
+    def execute(self, action: Action) -> str:
+        """Delete or tier one blob: 'done', or 'already' when it is gone or already in that tier."""
+        ...
+
+    def delete_job_output(self, action: Action) -> str:
+        """Delete every blob under a finished job's output folder: 'done', or 'already' when it was empty."""
+        ...

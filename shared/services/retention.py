@@ -1,0 +1,237 @@
+"""One retention run: list the inventory, plan (pure, shared.domain.retention), then apply or only show the plan.
+
+The runner takes only ports (`shared.ports`): the workspace and the data account as retention sees
+them (`RetentionWorkspace`, `RetentionBlobs`), the ledger's rollouts, the audit log and a clock. The
+composition root gives it the Azure adapters; tests give it the in-memory ones
+(`shared.adapters.memory.retention`).
+
+Apply runs the actions on a small thread pool (bounded concurrency: Azure ML and Storage throttle
+bursts). Throttling (429 with Retry-After) is retried by the SDKs' own azure-core retry policies,
+which honour Retry-After; an action that still fails is reported and recorded, and the others go on.
+
+Idempotence, so a run cut short by a crash can simply run again:
+- the plan is made from a fresh listing, so what was done no longer shows up (an archived version
+  is not archived again, a deleted blob is not listed);
+- executing an action whose asset is already gone, or already in the wanted state, counts as done
+  ('already');
+- each decision is written to the audit log *before* it is executed, and a re-run on the same UTC
+  day does not write a decision whose action key (`Action.key`) is already in the log. So a crash
+  between the record and the action re-executes the action without a second record, and a crash
+  after the action leaves its record behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from shared.config.retention import RetentionPolicy, RuleType
+from shared.domain.audit import AuditRecord
+from shared.domain.records import RolloutRecord, utcnow
+from shared.domain.retention.inventory import Inventory, ModelKey, Rollout
+from shared.domain.retention.planner import Action, ActionKind, RetentionPlan, plan_retention
+from shared.domain.retention.render import render_plan_table
+from shared.errors import EvergreenError
+from shared.ports import AuditLog, Clock, RetentionBlobs, RetentionWorkspace
+
+log = logging.getLogger(__name__)
+
+MAX_WORKERS = 8
+AUDIT_PREFIX = "retention."
+_WORKSPACE_KINDS = frozenset({ActionKind.ARCHIVE_DATA, ActionKind.ARCHIVE_MODEL, ActionKind.DELETE_DATA,
+                              ActionKind.DELETE_MODEL, ActionKind.DELETE_DEPLOYMENT})
+_BLOB_KINDS = frozenset({ActionKind.DELETE_BLOB, ActionKind.TIER_BLOB})
+
+RolloutSource = Callable[[], Sequence[RolloutRecord]]
+"""The ledger's rollout rows (`Ledger.rollouts`): retention protects what an active one references."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: Action
+    status: str  # done | already | failed
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class RetentionSummary:
+    """What one run saw, decided and did; `timings` are seconds per phase."""
+
+    run_id: str
+    dry_run: bool
+    plan: RetentionPlan
+    outcomes: tuple[Outcome, ...] = ()
+    listed: Mapping[str, int] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(o.status for o in self.outcomes))
+
+    @property
+    def failed(self) -> tuple[Outcome, ...]:
+        return tuple(o for o in self.outcomes if o.status == "failed")
+
+    def render(self) -> str:
+        """The plan table, then (after an apply) what happened to each action."""
+        lines = [render_plan_table(self.plan).rstrip("\n")]
+        if not self.dry_run:
+            counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items())) or "nothing to do"
+            lines += ["", f"Applied (run {self.run_id}): {counts}"]
+            lines += [f"  {o.status:<7} {o.action.kind.value:<18} {o.action.target}"
+                      + (f"  ({o.error})" if o.error else "") for o in self.outcomes]
+        else:
+            lines += ["", "Dry run: nothing was changed."]
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "run_id": self.run_id, "dry_run": self.dry_run, "now": self.plan.now.isoformat(),
+            "listed": dict(self.listed), "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "actions": [{"kind": a.kind.value, "target": str(a.target), "reason": a.reason, "rule": a.rule,
+                         "tier": a.tier.value if a.tier else None, "key": a.key} for a in self.plan.actions],
+            "protected": [{"target": str(p.target), "reason": p.reason} for p in self.plan.protected],
+            "outcomes": [{"target": str(o.action.target), "status": o.status, "error": o.error}
+                         for o in self.outcomes],
+        }, indent=2)
+
+
+class RetentionIncomplete(EvergreenError):
+    """Some actions failed (each is in the audit log); the rest were applied. The next run retries them."""
+
+    def __init__(self, summary: RetentionSummary) -> None:
+        failed = summary.failed
+        super().__init__(f"retention run {summary.run_id}: {len(failed)} of {len(summary.outcomes)} action(s) "
+                         f"failed; first: {failed[0].action.target}: {failed[0].error}")
+        self.summary = summary
+
+
+def rollouts_from(records: Sequence[RolloutRecord]) -> tuple[Rollout, ...]:
+    """The ledger's active rollouts (the ledger and retention share `rollout_finished`), as the planner sees them."""
+    return tuple(
+        Rollout(r.endpoint, ModelKey(r.candidate_name, r.candidate_version), r.state, r.deployment or None)
+        for r in records
+        if r.active and r.candidate_name
+    )
+
+
+class RetentionRunner:
+    """Builds the inventory, plans with the policy's rules, and applies (or dry-runs) the plan."""
+
+    def __init__(self, *, policy: RetentionPolicy, workspace: RetentionWorkspace, blobs: RetentionBlobs,
+                 rollouts: RolloutSource, audit: AuditLog, clock: Clock = utcnow,
+                 max_workers: int = MAX_WORKERS) -> None:
+        self.policy = policy
+        self._workspace, self._blobs, self._rollouts, self._audit = workspace, blobs, rollouts, audit
+        self._clock = clock
+        self._max_workers = max_workers
+
+    def watched_containers(self) -> list[str]:
+        """Containers named by enabled blob rules: the only ones listed (rules without prefixes watch none)."""
+        return sorted({p.split("/", 1)[0] for r in self.policy.rules
+                       if r.enabled and r.type is RuleType.BLOBS for p in r.filters.prefixes})
+
+    def inventory(self, now: datetime, run_id: str, timings: dict[str, float]) -> Inventory:
+        """List everything, blobs first and what is in use last.
+
+        Order matters because the listings are not one atomic snapshot: a data version registered
+        while blobs are listed is still seen (and protects its blobs), and a job or rollout started
+        meanwhile is seen by the last listings. Anything created after its own listing is simply not
+        in the plan, so it is not touched. A listing that fails raises (nothing is planned from half
+        an inventory).
+        """
+        mark = time.perf_counter()
+        blobs = self._blobs.list(self.watched_containers())
+        timings["list_blobs"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        containers = self._workspace.datastore_containers()
+        data = self._workspace.data_versions(containers)
+        timings["list_data"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        models = self._workspace.model_versions(containers)
+        timings["list_models"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        deployments = self._workspace.deployments()
+        jobs = self._workspace.jobs(containers)
+        rollouts = rollouts_from(self._rollouts())
+        timings["list_deployments_jobs_rollouts"] = time.perf_counter() - mark
+        log.info("retention run=%s listed %d data version(s), %d model version(s), %d deployment(s), %d job(s), "
+                 "%d rollout(s), %d blob(s)", run_id, len(data), len(models), len(deployments), len(jobs),
+                 len(rollouts), len(blobs))
+        return Inventory(now=now, data_versions=tuple(data), model_versions=tuple(models), blobs=tuple(blobs),
+                         deployments=tuple(deployments), jobs=tuple(jobs), rollouts=rollouts)
+
+    def run(self, *, run_id: str, dry_run: bool, now: datetime | None = None) -> RetentionSummary:
+        """One run; `now` is the clock the rules' ages are measured against (default: the runner's clock).
+
+        Raises RetentionIncomplete after applying everything if any action failed.
+        """
+        timings: dict[str, float] = {}
+        inventory = self.inventory(now or self._clock(), run_id, timings)
+        mark = time.perf_counter()
+        plan = plan_retention(inventory, self.policy.rules, protect_tag=self.policy.protect_tag)
+        timings["plan"] = time.perf_counter() - mark
+        listed = {"data_versions": len(inventory.data_versions), "model_versions": len(inventory.model_versions),
+                  "deployments": len(inventory.deployments), "jobs": len(inventory.jobs),
+                  "rollouts": len(inventory.rollouts), "blobs": len(inventory.blobs)}
+        log.info("retention run=%s planned %d action(s), %d protected, dry_run=%s", run_id, len(plan.actions),
+                 len(plan.protected), dry_run)
+        if dry_run:
+            return RetentionSummary(run_id, True, plan, (), listed, timings)
+        mark = time.perf_counter()
+        outcomes = self.apply(plan, run_id)
+        timings["apply"] = time.perf_counter() - mark
+        summary = RetentionSummary(run_id, False, plan, outcomes, listed, timings)
+        self._audit.record(AuditRecord(
+            kind=f"{AUDIT_PREFIX}run", decision=f"applied {len(outcomes)} action(s)",
+            reason=", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing to retire",
+            event_id=run_id, assets={"protected": str(len(plan.protected)), **{k: str(v) for k, v in listed.items()}},
+        ))
+        if summary.failed:
+            raise RetentionIncomplete(summary)
+        return summary
+
+    def apply(self, plan: RetentionPlan, run_id: str) -> tuple[Outcome, ...]:
+        """Execute every action (bounded concurrency), recording each decision once in the audit log."""
+        recorded = self._recorded_keys()
+        with ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="retention-apply") as pool:
+            outcomes = tuple(pool.map(lambda a: self._apply_one(a, run_id, recorded), plan.actions))
+        for o in outcomes:
+            if o.status == "failed":
+                log.error("retention run=%s %s %s failed: %s", run_id, o.action.kind.value, o.action.target, o.error)
+        return outcomes
+
+    def _recorded_keys(self) -> frozenset[str]:
+        """Action keys already recorded today (UTC), read in one partition query before applying."""
+        return frozenset(r.assets.get("action", "") for r in self._audit.query(days=1, kind_prefix=AUDIT_PREFIX))
+
+    def _execute(self, action: Action) -> str:
+        """Route one action to the port that owns its asset."""
+        if action.kind in _WORKSPACE_KINDS:
+            return self._workspace.execute(action)
+        if action.kind in _BLOB_KINDS:
+            return self._blobs.execute(action)
+        return self._blobs.delete_job_output(action)
+
+    def _apply_one(self, action: Action, run_id: str, recorded: frozenset[str]) -> Outcome:
+        assets = {"target": str(action.target), "action": action.key, "rule": action.rule}
+        if action.key not in recorded:
+            decision = action.kind.value + (f" to {action.tier.value}" if action.tier else "")
+            self._audit.record(AuditRecord(kind=f"{AUDIT_PREFIX}{action.kind.value}",
+                                           decision=f"{decision} {action.target}", reason=action.reason,
+                                           event_id=run_id, assets=assets))
+        try:
+            status = self._execute(action)
+        except Exception as exc:  # reported, recorded, raised at the end: one failure must not stop the others
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self._audit.record(AuditRecord(kind=f"{AUDIT_PREFIX}failed", decision=f"failed {action.kind.value} "
+                                           f"{action.target}", reason=error, event_id=run_id, assets=assets))
+            return Outcome(action, "failed", error)
+        log.info("retention run=%s %s %s: %s", run_id, action.kind.value, action.target, status)
+        return Outcome(action, status)

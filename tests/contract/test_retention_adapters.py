@@ -1,0 +1,219 @@
+"""The retention ports' contract: the in-memory adapters and the Azure ones (emulator + Azurite) behave alike.
+
+Each test seeds the same assets on both kinds of side (the memory one from values, the Azure one
+through the emulator's seed route and blob uploads), lists them, executes actions, and lists again:
+what was archived is listed archived, what was deleted is gone, a tiered blob is in its new tier,
+and executing the same action again answers 'already'. The service tests rely on the memory
+adapters; this suite keeps them honest.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shared.adapters.memory.retention import MemoryRetentionBlobs, MemoryRetentionWorkspace
+from shared.domain.retention.inventory import (
+    BlobKey,
+    BlobPath,
+    BlobTier,
+    DataKey,
+    DataVersion,
+    DeploymentKey,
+    JobOutputKey,
+    ModelKey,
+    ModelVersion,
+)
+from shared.domain.retention.planner import Action, ActionKind
+from shared.ports import RetentionBlobs, RetentionWorkspace
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+LANDING = "landing"
+
+
+@dataclass
+class Side:
+    """One kind of adapter pair, and how to seed it like people and pipelines would."""
+
+    uid: str
+    workspace: RetentionWorkspace
+    blobs: RetentionBlobs
+    memory: bool
+    info: Any = None  # the emulator (AmlInfo) for the Azure side
+    blob_service: Any = None
+
+    def seed_data(self, name: str, version: str, days: float, folder: str, *, archived: bool = False,
+                  tags: dict[str, str] | None = None) -> None:
+        if isinstance(self.workspace, MemoryRetentionWorkspace):
+            self.workspace.put(DataVersion(name, version, NOW - timedelta(days=days), archived=archived,
+                                           tags=tags or {}, blob_paths=(BlobPath(LANDING, folder),)))
+            return
+        self._emulator_seed("data", name, {"version": version, "uri": f"azureml://datastores/landing/paths/{folder}",
+                                           "dataType": "uri_folder", "createdAt": (NOW - timedelta(days=days))
+                                           .isoformat(), "isArchived": archived, "tags": tags or {}})
+
+    def seed_model(self, name: str, version: str, days: float, *, auc: float, trained_on: str) -> None:
+        folder = f"{self.uid}/model{version}/"
+        if isinstance(self.workspace, MemoryRetentionWorkspace):
+            self.workspace.put(ModelVersion(name, version, NOW - timedelta(days=days), metrics={"auc": auc},
+                                            data_asset=f"{self.uid}-data", data_version=trained_on,
+                                            blob_paths=(BlobPath("azureml-blobstore", folder),)))
+            return
+        tags = {"evergreen.metric.auc": repr(auc), "evergreen.data_asset": f"{self.uid}-data",
+                "evergreen.data_version": trained_on}
+        self._emulator_seed("models", name, {"version": version, "createdAt": (NOW - timedelta(days=days)).isoformat(),
+                                             "uri": f"azureml://datastores/workspaceblobstore/paths/{folder}",
+                                             "tags": tags})
+
+    def _emulator_seed(self, kind: str, name: str, version: dict[str, Any]) -> None:
+        import httpx
+
+        with httpx.Client(verify=self.info.env["REQUESTS_CA_BUNDLE"], timeout=30) as client:
+            client.post(f"{self.info.base_url}/_emulator/seed/{kind}/{name}", json={"versions": [version]},
+                        headers={"Authorization": "Bearer local"}).raise_for_status()
+
+    def upload(self, container: str, name: str, *, tags: dict[str, str] | None = None) -> None:
+        if isinstance(self.blobs, MemoryRetentionBlobs):
+            self.blobs.put(container, name, tags=tags)
+            return
+        client = self.blob_service.get_container_client(container)
+        if not client.exists():
+            client.create_container()
+        client.upload_blob(name, b"a,b\n1,2\n", overwrite=True, tags=tags)
+
+    def data(self, name: str) -> dict[str, DataVersion]:
+        containers = self.workspace.datastore_containers()
+        return {v.version: v for v in self.workspace.data_versions(containers) if v.name == name}
+
+    def models(self, name: str) -> dict[str, ModelVersion]:
+        containers = self.workspace.datastore_containers()
+        return {m.version: m for m in self.workspace.model_versions(containers) if m.name == name}
+
+    def blob_names(self, container: str = LANDING) -> dict[str, BlobTier | None]:
+        return {b.name: b.tier for b in self.blobs.list([container]) if b.name.startswith(f"{self.uid}/")}
+
+
+@pytest.fixture(params=["memory", pytest.param("azure", marks=pytest.mark.integration)])
+def side(request: pytest.FixtureRequest) -> Iterator[Side]:
+    uid = f"ct{uuid.uuid4().hex[:8]}"
+    if request.param == "memory":
+        yield Side(uid, MemoryRetentionWorkspace(), MemoryRetentionBlobs(clock=lambda: NOW), memory=True)
+        return
+    from azure.identity import DefaultAzureCredential
+    from azure.storage.blob import BlobServiceClient
+
+    from shared.adapters.azure.aml_retention import AmlRetention
+    from shared.adapters.azure.azureml import AzureML
+    from shared.adapters.azure.blob_retention import BlobRetention
+
+    aml = request.getfixturevalue("aml")
+    azurite = request.getfixturevalue("azurite")
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    azureml = AzureML(DefaultAzureCredential(), aml.subscription_id, aml.resource_group, aml.workspace)
+    yield Side(uid, AmlRetention(azureml), BlobRetention(service), memory=False, info=aml, blob_service=service)
+
+
+def act(kind: ActionKind, target: Any, tier: BlobTier | None = None) -> Action:
+    return Action(kind, target, "contract", "contract", tier=tier)
+
+
+def test_the_datastores_map_to_their_containers(side: Side) -> None:
+    containers = side.workspace.datastore_containers()
+    assert containers["landing"] == "landing"
+    assert containers["workspaceblobstore"] == "azureml-blobstore"
+
+
+def test_listing_returns_what_was_seeded_archived_versions_included(side: Side) -> None:
+    name = f"{side.uid}-data"
+    side.seed_data(name, "1", 200, f"{side.uid}/d1/")
+    side.seed_data(name, "2", 100, f"{side.uid}/d2/", archived=True, tags={"evergreen.keep": "true"})
+    side.seed_model(f"{side.uid}-model", "1", 50, auc=0.91, trained_on="1")
+    data = side.data(name)
+    assert set(data) == {"1", "2"}
+    assert not data["1"].archived and data["2"].archived
+    assert data["1"].blob_paths == (BlobPath(LANDING, f"{side.uid}/d1/"),)
+    assert dict(data["2"].tags) == {"evergreen.keep": "true"}
+    assert abs((data["1"].created_at - (NOW - timedelta(days=200))).total_seconds()) < 1
+    [model] = side.models(f"{side.uid}-model").values()
+    assert dict(model.metrics) == {"auc": 0.91} and model.trained_on == DataKey(name, "1")
+    assert model.blob_paths == (BlobPath("azureml-blobstore", f"{side.uid}/model1/"),)
+
+
+def test_blobs_are_listed_with_tier_and_index_tags_and_a_missing_container_holds_none(side: Side) -> None:
+    side.upload(LANDING, f"{side.uid}/a.csv")
+    side.upload(LANDING, f"{side.uid}/b/c.csv", tags={"evergreen.keep": "true"})
+    listed = {b.name: b for b in side.blobs.list([LANDING, f"missing{side.uid}"]) if b.name.startswith(side.uid)}
+    assert sorted(listed) == [f"{side.uid}/a.csv", f"{side.uid}/b/c.csv"]
+    assert all(b.tier in (BlobTier.HOT, None) and b.container == LANDING for b in listed.values())
+    assert dict(listed[f"{side.uid}/b/c.csv"].tags) == {"evergreen.keep": "true"}
+    assert all(b.last_modified.tzinfo is not None for b in listed.values())
+
+
+@pytest.mark.parametrize("kind", [ActionKind.ARCHIVE_DATA, ActionKind.DELETE_DATA])
+def test_data_versions_are_archived_or_deleted_once(side: Side, kind: ActionKind) -> None:
+    name = f"{side.uid}-data"
+    side.seed_data(name, "1", 200, f"{side.uid}/d1/")
+    side.seed_data(name, "2", 10, f"{side.uid}/d2/")
+    action = act(kind, DataKey(name, "1"))
+    assert side.workspace.execute(action) == "done"
+    data = side.data(name)
+    if kind is ActionKind.ARCHIVE_DATA:
+        assert data["1"].archived and not data["2"].archived
+    else:
+        assert set(data) == {"2"}
+    assert side.workspace.execute(action) == "already"
+
+
+@pytest.mark.parametrize("kind", [ActionKind.ARCHIVE_MODEL, ActionKind.DELETE_MODEL])
+def test_model_versions_are_archived_or_deleted_once(side: Side, kind: ActionKind) -> None:
+    name = f"{side.uid}-model"
+    side.seed_model(name, "1", 50, auc=0.5, trained_on="1")
+    side.seed_model(name, "2", 5, auc=0.6, trained_on="2")
+    action = act(kind, ModelKey(name, "1"))
+    assert side.workspace.execute(action) == "done"
+    models = side.models(name)
+    if kind is ActionKind.ARCHIVE_MODEL:
+        assert models["1"].archived and not models["2"].archived
+    else:
+        assert set(models) == {"2"}
+    assert side.workspace.execute(action) == "already"
+
+
+def test_a_version_that_never_existed_is_already_gone(side: Side) -> None:
+    assert side.workspace.execute(act(ActionKind.DELETE_DATA, DataKey(f"{side.uid}-none", "1"))) == "already"
+    assert side.workspace.execute(act(ActionKind.ARCHIVE_MODEL, ModelKey(f"{side.uid}-none", "1"))) == "already"
+    gone = act(ActionKind.DELETE_DEPLOYMENT, DeploymentKey(f"{side.uid}-ep", "blue"))
+    assert side.workspace.execute(gone) == "already"
+
+
+def test_blobs_are_deleted_and_tiered_once(side: Side) -> None:
+    side.upload(LANDING, f"{side.uid}/old.csv")
+    side.upload(LANDING, f"{side.uid}/cold.csv")
+    delete = act(ActionKind.DELETE_BLOB, BlobKey(LANDING, f"{side.uid}/old.csv"))
+    tier = act(ActionKind.TIER_BLOB, BlobKey(LANDING, f"{side.uid}/cold.csv"), BlobTier.COOL)
+    assert side.blobs.execute(delete) == "done"
+    assert side.blobs.execute(tier) == "done"
+    assert side.blob_names() == {f"{side.uid}/cold.csv": BlobTier.COOL}
+    assert side.blobs.execute(delete) == "already"
+    assert side.blobs.execute(tier) == "already"
+
+
+def test_a_job_output_is_deleted_by_prefix_once(side: Side) -> None:
+    for name in ("out/model/a.bin", "out/model/sub/b.bin", "out/modelx/keep.bin", "other.bin"):
+        side.upload(LANDING, f"{side.uid}/{name}")
+    action = act(ActionKind.DELETE_JOB_OUTPUT, JobOutputKey("job", "model", BlobPath(LANDING, f"{side.uid}/out/model")))
+    assert side.blobs.delete_job_output(action) == "done"
+    assert sorted(side.blob_names()) == [f"{side.uid}/other.bin", f"{side.uid}/out/modelx/keep.bin"]
+    assert side.blobs.delete_job_output(action) == "already"
+
+
+def test_an_action_sent_to_the_wrong_side_is_refused(side: Side) -> None:
+    with pytest.raises(ValueError, match="not an Azure ML action"):
+        side.workspace.execute(act(ActionKind.DELETE_BLOB, BlobKey(LANDING, "x")))
+    with pytest.raises(ValueError, match="not a blob action"):
+        side.blobs.execute(act(ActionKind.DELETE_DATA, DataKey("x", "1")))

@@ -1,0 +1,316 @@
+"""The retention service on the in-memory adapters: plan, apply, audit, crash-resume, failures, dry run.
+
+The same behaviour is proven once more on the real SDKs against the local stack in
+tests/integration/test_retention_apply.py; here every case runs in milliseconds, so each one
+failure at one call gets its own test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import yaml
+
+from shared.adapters.memory.retention import MemoryRetentionBlobs, MemoryRetentionWorkspace, ThrottledError
+from shared.adapters.memory.tables import MemoryTable
+from shared.config.retention import parse_retention
+from shared.domain.audit import AuditRecord
+from shared.domain.retention.inventory import (
+    BlobKey,
+    BlobPath,
+    BlobTier,
+    DataKey,
+    DataVersion,
+    Deployment,
+    DeploymentKey,
+    Job,
+    ModelKey,
+    ModelVersion,
+)
+from shared.domain.retention.planner import Action, ActionKind, RetentionPlan
+from shared.errors import EvergreenError
+from shared.services.audit import TableAuditLog
+from shared.services.ledger import Ledger
+from shared.services.retention import RetentionIncomplete, RetentionRunner
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+LATER = NOW + timedelta(days=10)
+
+RULES = """
+rules:
+  - name: data
+    type: dataVersions
+    filters: {names: [churn]}
+    actions: {keepLatest: 1, archive: {daysAfterCreationGreaterThan: 30}}
+  - name: models
+    type: modelVersions
+    filters: {names: [churn-model]}
+    actions: {keepLatest: 1, keepTopK: {k: 1, metric: auc}, archive: {daysAfterCreationGreaterThan: 30}}
+  - name: raw
+    type: blobs
+    filters: {prefixes: [landing/churn/d]}
+    actions: {delete: {daysAfterModificationGreaterThan: 5}}
+  - name: stray
+    type: blobs
+    filters: {prefixes: [landing/churn/stray/]}
+    actions: {tierToCool: {daysAfterModificationGreaterThan: 1}}
+"""
+
+
+def ago(days: float) -> datetime:
+    return NOW - timedelta(days=days)
+
+
+def data(version: str, days: float, *, archived: bool = False, keep: bool = False) -> DataVersion:
+    return DataVersion("churn", version, ago(days), archived=archived, tags={"evergreen.keep": "true"} if keep else {},
+                       blob_paths=(BlobPath("landing", f"churn/d{version}/"),))
+
+
+def model(version: str, days: float, auc: float) -> ModelVersion:
+    return ModelVersion("churn-model", version, ago(days), metrics={"auc": auc},
+                        blob_paths=(BlobPath("azureml-blobstore", f"models/{version}/"),))
+
+
+@dataclass
+class World:
+    workspace: MemoryRetentionWorkspace = field(default_factory=MemoryRetentionWorkspace)
+    blobs: MemoryRetentionBlobs = field(default_factory=lambda: MemoryRetentionBlobs(clock=lambda: NOW))
+    audit: TableAuditLog = field(default_factory=lambda: TableAuditLog(MemoryTable()))
+    ledger: Ledger = field(default_factory=lambda: Ledger(MemoryTable()))
+
+    def runner(self, rules: str = RULES, **kwargs: object) -> RetentionRunner:
+        return RetentionRunner(policy=parse_retention(yaml.safe_load(rules)), workspace=self.workspace,
+                               blobs=self.blobs, rollouts=self.ledger.rollouts, audit=self.audit,
+                               clock=lambda: LATER, **kwargs)  # type: ignore[arg-type]
+
+    def archived(self, *keys: DataKey | ModelKey) -> set[str]:
+        out = set()
+        for key in keys:
+            asset = (self.workspace.data_version(key) if isinstance(key, DataKey)
+                     else self.workspace.model_version(key))
+            if asset is not None and asset.archived:
+                out.add(str(key))
+        return out
+
+    def records(self, kind: str = "") -> list[AuditRecord]:
+        return [r for r in self.audit.query(kind_prefix=f"retention.{kind}", now=datetime.now(UTC))]
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    """Data: 1, 3 old; 2 old but tagged keep; 4 new (latest); 5 archived long ago. Models: 1 best, 2-3 old, 4 new."""
+    w = World()
+    w.workspace.put(data("5", 300, archived=True), data("1", 200), data("2", 150, keep=True), data("3", 100),
+                    data("4", 5))
+    w.workspace.put(model("1", 100, 0.91), model("2", 90, 0.70), model("3", 80, 0.60), model("4", 1, 0.50))
+    for name in ("churn/d1/part-0.csv", "churn/d5/part-0.csv", "churn/d5/part-1.csv", "churn/stray/notes.csv"):
+        w.blobs.put("landing", name)
+    yield w
+
+
+ALL_DATA = tuple(DataKey("churn", v) for v in "12345")
+ALL_MODELS = tuple(ModelKey("churn-model", v) for v in "1234")
+
+
+def test_dry_run_plans_with_reasons_and_changes_nothing(world: World) -> None:
+    summary = world.runner().run(run_id="dry", dry_run=True)
+    targets = {a.target for a in summary.plan.actions}
+    assert targets == {DataKey("churn", "1"), DataKey("churn", "3"), ModelKey("churn-model", "2"),
+                       ModelKey("churn-model", "3"), BlobKey("landing", "churn/d5/part-0.csv"),
+                       BlobKey("landing", "churn/d5/part-1.csv"), BlobKey("landing", "churn/stray/notes.csv")}
+    spared = {p.target: p.reason for p in summary.plan.protected}
+    assert "tagged evergreen.keep" in spared[DataKey("churn", "2")]
+    assert "top 1" in spared[ModelKey("churn-model", "1")]
+    assert "referenced by non-archived" in spared[BlobKey("landing", "churn/d1/part-0.csv")]
+    assert "Dry run: nothing was changed." in summary.render()
+    assert world.archived(*ALL_DATA, *ALL_MODELS) == {"data:churn:5"}
+    assert len(world.blobs.names("landing")) == 4
+    assert world.workspace.faults.calls["execute"] == 0 and world.blobs.faults.calls["execute"] == 0
+    assert world.records() == []
+
+
+def test_apply_archives_deletes_tiers_and_records_each_action(world: World) -> None:
+    summary = world.runner().run(run_id="run-1", dry_run=False)
+    assert summary.outcomes and {o.status for o in summary.outcomes} == {"done"}
+    assert world.archived(*ALL_DATA, *ALL_MODELS) == {"data:churn:1", "data:churn:3", "data:churn:5",
+                                                      "model:churn-model:2", "model:churn-model:3"}
+    assert world.blobs.names("landing") == ["churn/d1/part-0.csv", "churn/stray/notes.csv"]
+    stray = world.blobs.blob("landing", "churn/stray/notes.csv")
+    assert stray is not None and stray.tier is BlobTier.COOL
+    recorded = {r.assets["target"]: r for r in world.records() if r.kind != "retention.run"}
+    assert set(recorded) == {str(o.action.target) for o in summary.outcomes}
+    archive = recorded["data:churn:1"]
+    assert archive.kind == "retention.archive_data" and "created 210 days ago" in archive.reason
+    assert archive.event_id == "run-1" and archive.assets["rule"] == "data"
+    [run] = world.records("run")
+    assert run.reason == "7 done" and run.assets["protected"] == str(len(summary.plan.protected))
+    # the next run: the version archived now frees its blobs; the run before never counted on its own actions
+    again = world.runner().run(run_id="run-2", dry_run=False)
+    assert [str(a.target) for a in again.plan.actions] == ["blob:landing/churn/d1/part-0.csv"]
+    assert world.blobs.names("landing") == ["churn/stray/notes.csv"]
+
+
+class _Recording:
+    """An audit log that notes, at each execute of the wrapped adapter, whether the decision was recorded first."""
+
+    def __init__(self, audit: TableAuditLog) -> None:
+        self.audit = audit
+        self.keys: set[str] = set()
+        self.lock = threading.Lock()
+
+    def record(self, rec: AuditRecord) -> None:
+        with self.lock:
+            self.keys.add(rec.assets.get("action", ""))
+        self.audit.record(rec)
+
+    def query(self, **kwargs: object) -> Iterator[AuditRecord]:
+        return self.audit.query(**kwargs)  # type: ignore[arg-type]
+
+
+def test_each_decision_is_recorded_before_it_is_executed(world: World) -> None:
+    recording = _Recording(world.audit)
+    seen: list[bool] = []
+
+    class Checking(MemoryRetentionBlobs):
+        def execute(self, action: Action) -> str:
+            seen.append(action.key in recording.keys)
+            return super().execute(action)
+
+    blobs = Checking(clock=lambda: NOW)
+    for name in world.blobs.names("landing"):
+        blobs.put("landing", name)
+    runner = RetentionRunner(policy=parse_retention(yaml.safe_load(RULES)), workspace=world.workspace, blobs=blobs,
+                             rollouts=world.ledger.rollouts, audit=recording, clock=lambda: LATER)
+    runner.run(run_id="ordered", dry_run=False)
+    assert seen == [True, True, True]  # two deletes and a tier, each recorded before it ran
+
+
+def test_a_crash_half_way_resumes_without_failing_or_recording_twice(world: World) -> None:
+    runner = world.runner()
+    first = runner.run(run_id="plan", dry_run=True).plan
+    assert len(first.actions) == 7  # 2 data + 2 model archives, 2 blob deletes, 1 tier
+    runner.apply(RetentionPlan(first.now, first.actions[:3], ()), "crashed")  # the run "crashes" after three
+
+    resumed = runner.run(run_id="resumed", dry_run=False)
+    freed = BlobKey("landing", "churn/d1/part-0.csv")  # v1 was archived before the crash: its blob is free
+    assert resumed.plan.targets() == {a.target for a in first.actions[3:]} | {freed}
+    assert {o.status for o in resumed.outcomes} == {"done"}
+    # re-running the *original* plan too (a crashed run restarted from its own plan) is harmless
+    replay = runner.apply(first, "replay")
+    assert {o.status for o in replay} == {"already"}
+    keys = [r.assets["action"] for r in world.records() if r.kind != "retention.run"]
+    cascade = [a.key for a in resumed.plan.actions if a.target == freed]
+    assert sorted(keys) == sorted([a.key for a in first.actions] + cascade)  # each decision recorded exactly once
+
+
+def test_a_failing_action_does_not_stop_the_others_is_recorded_and_fails_the_run(world: World) -> None:
+    world.workspace.faults.throttle(100, operation="execute", target="data:churn:1")
+    runner = world.runner()
+    with pytest.raises(RetentionIncomplete) as failure:
+        runner.run(run_id="failing", dry_run=False)
+    assert isinstance(failure.value, EvergreenError)
+    summary = failure.value.summary
+    assert [str(o.action.target) for o in summary.failed] == ["data:churn:1"]
+    assert "429" in summary.failed[0].error and ThrottledError.__name__ in summary.failed[0].error
+    assert world.archived(*ALL_DATA) == {"data:churn:3", "data:churn:5"}
+    assert world.blobs.names("landing") == ["churn/d1/part-0.csv", "churn/stray/notes.csv"]
+    assert [r.decision for r in world.records("failed")] == ["failed archive_data data:churn:1"]
+    assert world.records("run")[0].reason == "6 done, 1 failed"
+    world.workspace.faults.clear()
+    retried = runner.run(run_id="retry", dry_run=False)  # the next run finishes the job
+    assert [(str(o.action.target), o.status) for o in retried.outcomes] == [("data:churn:1", "done")]
+
+
+def test_a_throttled_action_fails_only_while_throttled(world: World) -> None:
+    world.blobs.faults.throttle(1, operation="execute")
+    with pytest.raises(RetentionIncomplete) as failure:
+        world.runner().run(run_id="t1", dry_run=False)
+    assert len(failure.value.summary.failed) == 1
+    assert {o.status for o in world.runner().run(run_id="t2", dry_run=False).outcomes} == {"done"}
+
+
+@pytest.mark.parametrize("operation", ["datastore_containers", "data_versions", "model_versions", "deployments",
+                                       "jobs"])
+def test_a_failed_listing_plans_and_changes_nothing(world: World, operation: str) -> None:
+    world.workspace.faults.throttle(1, operation=operation)
+    with pytest.raises(ThrottledError):
+        world.runner().run(run_id="half", dry_run=False)
+    assert world.workspace.faults.calls["execute"] == 0 and world.blobs.faults.calls["execute"] == 0
+    assert world.records() == []
+
+
+def test_a_failed_blob_listing_plans_and_changes_nothing(world: World) -> None:
+    world.blobs.faults.throttle(1, operation="list")
+    with pytest.raises(ThrottledError):
+        world.runner().run(run_id="half", dry_run=False)
+    assert world.workspace.faults.calls == {}  # blobs are listed first: nothing else was even read
+
+
+def test_apply_runs_at_most_max_workers_actions_at_once(world: World) -> None:
+    class Counting(MemoryRetentionBlobs):
+        def __init__(self) -> None:
+            super().__init__(clock=lambda: NOW)
+            self.lock, self.running, self.peak = threading.Lock(), 0, 0
+
+        def execute(self, action: Action) -> str:
+            with self.lock:
+                self.running += 1
+                self.peak = max(self.peak, self.running)
+            try:
+                time.sleep(0.01)
+                return super().execute(action)
+            finally:
+                with self.lock:
+                    self.running -= 1
+
+    counting = Counting()
+    for i in range(24):
+        counting.put("landing", f"churn/stray/{i}.csv")
+    runner = RetentionRunner(policy=parse_retention(yaml.safe_load(RULES)), workspace=world.workspace,
+                             blobs=counting, rollouts=world.ledger.rollouts, audit=world.audit,
+                             clock=lambda: LATER, max_workers=3)
+    summary = runner.run(run_id="bounded", dry_run=False)
+    assert len([o for o in summary.outcomes if o.action.kind is ActionKind.TIER_BLOB]) == 24
+    assert counting.peak == 3
+
+
+def test_an_active_rollout_in_the_ledger_protects_its_candidate_and_its_data(world: World) -> None:
+    world.workspace.put(dataclasses.replace(model("3", 80, 0.60), data_asset="churn", data_version="1"))
+    table = MemoryTable()
+    table.insert({"PartitionKey": "rollout", "RowKey": "churn-ep", "Endpoint": "churn-ep", "State": "shifting",
+                  "CandidateName": "churn-model", "CandidateVersion": "3", "Deployment": "green"})
+    table.insert({"PartitionKey": "rollout", "RowKey": "old-ep", "Endpoint": "old-ep", "State": "succeeded",
+                  "CandidateName": "churn-model", "CandidateVersion": "2", "Deployment": "blue"})
+    world.ledger = Ledger(table)
+    summary = world.runner().run(run_id="rollout", dry_run=False)
+    spared = {p.target: p.reason for p in summary.plan.protected}
+    assert spared[ModelKey("churn-model", "3")] == "candidate of the shifting rollout on churn-ep"
+    assert "trained model:churn-model:3" in spared[DataKey("churn", "1")]
+    assert world.archived(ModelKey("churn-model", "2"), ModelKey("churn-model", "3")) == {"model:churn-model:2"}
+
+
+def test_idle_deployments_and_finished_job_outputs_are_deleted_and_what_serves_is_kept() -> None:
+    w = World()
+    w.workspace.put(Deployment("ep", "blue", 100, None, "churn-model", "1"),
+                    Deployment("ep", "green", 0, ago(3), "churn-model", "2"),
+                    Job("old-job", "Completed", outputs={"out": BlobPath("azureml-blobstore", "azureml/old-job/out/")},
+                        finished_at=ago(90)),
+                    Job("running", "Running", outputs={"out": BlobPath("azureml-blobstore", "azureml/running/out/")}))
+    for name in ("azureml/old-job/out/a.bin", "azureml/old-job/out/b.bin", "azureml/running/out/a.bin"):
+        w.blobs.put("azureml-blobstore", name)
+    rules = """
+rules:
+  - {name: idle, type: deployments, actions: {deleteIdle: {hoursAtZeroTrafficGreaterThan: 24}}}
+  - {name: outputs, type: jobOutputs, actions: {delete: {daysAfterCompletionGreaterThan: 60}}}
+"""
+    summary = w.runner(rules).run(run_id="serving", dry_run=False)
+    assert sorted(str(o.action.target) for o in summary.outcomes) == ["deployment:ep/green", "job-output:old-job/out"]
+    assert w.workspace.deployment(DeploymentKey("ep", "green")) is None
+    assert w.workspace.deployment(DeploymentKey("ep", "blue")) is not None
+    assert w.blobs.names("azureml-blobstore") == ["azureml/running/out/a.bin"]
