@@ -1,7 +1,7 @@
 # Thin aliases of `python -m devstack <command>` (which also works without make).
 PYTHON ?= python3
 
-.PHONY: demo test up down status bench lint
+.PHONY: demo test up down status bench lint chaos
 
 demo:  ## the end-to-end demo on the local stack (installs what is missing, starts and stops it)
 	$(PYTHON) -m devstack demo
@@ -20,3 +20,6 @@ status:
 
 bench: ## benchmarks (print numbers)
 	$(PYTHON) -m devstack bench
+
+chaos: ## a fault at every port call of every flow, plus a larger random multi-fault budget; prints the summary
+	$(PYTHON) -m devstack chaos

@@ -4,6 +4,7 @@ import azure.functions as func
 
 from functions.ingest import bp as ingest
 from functions.promote import bp as promote
+from functions.reconcile import bp as reconcile
 from functions.retention import bp as retention
 from functions.retrain import bp as retrain
 from shared.composition import load_configuration
@@ -17,3 +18,4 @@ app.register_functions(ingest)
 app.register_functions(retrain)
 app.register_functions(promote)
 app.register_functions(retention)
+app.register_functions(reconcile)

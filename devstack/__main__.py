@@ -1,4 +1,4 @@
-"""`python -m devstack up|down|status|demo|test|env` — the one entry point of the local stack.
+"""`python -m devstack up|down|status|demo|test|env|bench|chaos` — the one entry point of the local stack.
 
 The Make targets are thin aliases of these commands, so a user without make (on Windows) runs the
 same thing. Run with any Python 3.11: the first step creates `.venv` (or refreshes it when the
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="the end-to-end demo on the local stack (starts and stops it)")
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     sub.add_parser("bench", help="run the benchmarks in bench/ (they print numbers)")
+    chaos = sub.add_parser("chaos", help="the fault-injection harness (tests/chaos) with a larger random budget")
+    chaos.add_argument("--examples", type=int, default=200, help="random multi-fault schedules per flow")
     test = sub.add_parser("test", help="run every test (pytest); extra arguments go to pytest")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import subprocess
 import sys
@@ -48,6 +49,12 @@ def test(pytest_args: list[str]) -> int:
     return subprocess.call([sys.executable, "-m", "pytest", *args], cwd=REPO_ROOT)
 
 
+def chaos(examples: int) -> int:
+    """tests/chaos with `examples` random schedules per flow; pytest prints the summary (`chaos: … converged`)."""
+    env = {**os.environ, "CHAOS_EXAMPLES": str(examples)}
+    return subprocess.call([sys.executable, "-m", "pytest", "tests/chaos", "-q"], cwd=REPO_ROOT, env=env)
+
+
 def run(args: argparse.Namespace, state_dir: Path) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "up":
@@ -64,6 +71,8 @@ def run(args: argparse.Namespace, state_dir: Path) -> int:
         planning = subprocess.call([sys.executable, "-m", "bench.bench_planning"], cwd=REPO_ROOT)
         stack = subprocess.call([sys.executable, "-m", "bench.bench_retention_stack"], cwd=REPO_ROOT)
         return planning or stack
+    if args.command == "chaos":
+        return chaos(args.examples)
     if args.command == "demo":
         from devstack.demo import run_demo
 

@@ -92,8 +92,44 @@ def _run(env: dict[str, str]) -> None:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     ml = MLClient(DefaultAzureCredential(), env["AZURE_SUBSCRIPTION_ID"], env["AZURE_RESOURCE_GROUP"],
                   env["AZUREML_WORKSPACE_NAME"])
+    demo = _Demo(env, ml, landing, ledger, audit, stamp, started_at)
     _reset_endpoint(ml, ledger)
+    drop = _step_upload_and_register(demo)
+    _step_identical_copy(demo)
+    _step_first_model(demo, drop)
+    _step_gate_outcomes(demo)
+    _step_show_events(demo)
+    _step_retention()
+    _say("\ndemo complete: upload → data version → retraining → model → gate → blue/green rollout → scoring "
+         "→ retention, on the local stack")
 
+
+@dataclass(frozen=True)
+class _Demo:
+    """What the demo's steps share: the settings, the clients and this run's stamp."""
+
+    env: dict[str, str]
+    ml: Any
+    landing: Any
+    ledger: Any
+    audit: Any
+    stamp: str
+    started_at: str
+
+    @property
+    def eventgrid(self) -> str:
+        return self.env["EVERGREEN_EVENTGRID_URL"]
+
+    def version_for(self, name: str, tag: str, value: str) -> Any:
+        try:
+            return next((d for d in self.ml.data.list(name=name) if (d.tags or {}).get(tag) == value), None)
+        except Exception:
+            return None
+
+
+def _step_upload_and_register(demo: _Demo) -> Any:
+    """Steps 1-2: a drop and a reference file land; both become data versions. Returns the drop's."""
+    landing, stamp = demo.landing, demo.stamp
     folder = f"churn/drop-{stamp}/"
     _say(f"\n1. uploading a data drop to landing/{folder} (5 parts, then the _SUCCESS marker)")
     _upload_drop(landing, folder, stamp, label_noise=0.4, verbose=True)
@@ -101,70 +137,79 @@ def _run(env: dict[str, str]) -> None:
     landing.upload_blob(reference, f"region,code,drop\nnorth,N,{stamp}\nsouth,S,{stamp}\n", overwrite=True)
     _say(f"   uploaded landing/{reference}")
 
-    def version_for(name: str, tag: str, value: str) -> Any:
-        try:
-            return next((d for d in ml.data.list(name=name) if (d.tags or {}).get(tag) == value), None)
-        except Exception:
-            return None
-
     _say("\n2. waiting for Evergreen to register the data versions...")
     drop = wait_for("the drop's data version",
-                     lambda: version_for("churn-training", "evergreen.source_folder", f"landing/{folder}"))
+                     lambda: demo.version_for("churn-training", "evergreen.source_folder", f"landing/{folder}"))
     reference_url = landing.get_blob_client(reference).url
     ref = wait_for("the reference file's data version",
-                    lambda: version_for("churn-reference", "evergreen.source_url", reference_url))
+                    lambda: demo.version_for("churn-reference", "evergreen.source_url", reference_url))
     _say("\n   registered data versions:")
     for d in (drop, ref):
         tags = d.tags or {}
         _say(f"   - {d.name}:{d.version}  type={d.type}  path={d.path}")
         _say(f"       sha256={tags.get('evergreen.sha256', '')[:16]}…  files={tags.get('evergreen.files', '1')}"
              f"  size={tags.get('evergreen.size')}B")
+    return drop
 
-    eventgrid = env["EVERGREEN_EVENTGRID_URL"]
+
+def _step_identical_copy(demo: _Demo) -> None:
+    """The same content under another name registers nothing new (deduplicated by content hash)."""
+    stamp, eventgrid = demo.stamp, demo.eventgrid
     copy_body = f"region,code,drop\nnorth,N,{stamp}\nsouth,S,{stamp}\n"
-    landing.upload_blob(f"reference/regions-{stamp}-copy.csv", copy_body, overwrite=True)
+    demo.landing.upload_blob(f"reference/regions-{stamp}-copy.csv", copy_body, overwrite=True)
     _say(f"\n   uploaded landing/reference/regions-{stamp}-copy.csv: the same content again")
     wait_for("the copy's duplicate verdict",
               lambda: len([d for d in _get_json(f"{eventgrid}/deliveries")
                            if "-copy.csv" in json.dumps(d) and d.get("status") == "delivered"]) > 0, timeout=60)
-    all_reference = list(ml.data.list(name="churn-reference"))
+    all_reference = list(demo.ml.data.list(name="churn-reference"))
     copies = [d for d in all_reference
               if (d.tags or {}).get("evergreen.source_url", "").endswith(f"regions-{stamp}-copy.csv")]
     _say(f"\n   the identical copy registered {len(copies)} new version(s) (deduplicated by content hash)")
 
-    champion = _show_retraining(ml, env, str(drop.version), step="3")
+
+def _step_first_model(demo: _Demo, drop: Any) -> None:
+    """Steps 3-5: retraining on the drop, its model, and the gate's first rollout."""
+    champion = _show_retraining(demo.ml, demo.env, str(drop.version), step="3")
     _say(f"\n5. ModelRegistered → on_model_registered: the champion/challenger gate on {ENDPOINT}")
-    first = _await_decision(ml, ledger, audit, champion)
+    first = _await_decision(demo.ml, demo.ledger, demo.audit, champion)
     if first.state != "succeeded":
         raise RuntimeError(f"the first model was not rolled out: {first.state} {first.failure}")
-    _show_endpoint(ml, env, "   a scoring request to the endpoint is answered by")
+    _show_endpoint(demo.ml, demo.env, "   a scoring request to the endpoint is answered by")
 
-    def drop_and_decide(step: str, suffix: str, label_noise: float, expected: str, lead: str) -> None:
-        """Another drop → its data version → retraining → the gate (and rollout); checks the outcome."""
-        folder = f"churn/drop-{stamp}-{suffix}/"
-        _upload_drop(landing, folder, stamp + suffix, label_noise=label_noise)
-        data = wait_for(f"the {suffix} drop's data version",
-                        lambda: version_for("churn-training", "evergreen.source_folder", f"landing/{folder}"))
-        model = _show_retraining(ml, env, str(data.version), step=step, verbose=False)
-        decision = _await_decision(ml, ledger, audit, model)
-        if decision.state != expected:
-            raise RuntimeError(f"{model.name}:{model.version} should have ended {expected}, not {decision}")
-        _show_endpoint(ml, env, lead)
 
+def _step_gate_outcomes(demo: _Demo) -> None:
+    """Steps 6-8: a model that loses the gate, one whose rollout is rolled back, one that wins."""
     _say("\n6. a second drop whose labels are mostly noise: its model must lose the gate")
-    drop_and_decide("6", "noisy", 0.95, "skipped", "   the endpoint still answers with")
+    _drop_and_decide(demo, "6", "noisy", 0.95, "skipped", "   the endpoint still answers with")
 
     _say("\n7. a third, clean drop gives a better model, but its deployment is faulty (injected: smoke test fails)")
-    _inject_fault(env, "smoke")
-    drop_and_decide("7", "clean", 0.0, "rolled_back", "   after the rollback the champion still answers:")
+    _inject_fault(demo.env, "smoke")
+    _drop_and_decide(demo, "7", "clean", 0.0, "rolled_back", "   after the rollback the champion still answers:")
 
     _say("\n8. the fault is gone; another clean drop: a better model, rolled out blue/green in canary steps")
-    drop_and_decide("8", "clean2", 0.0, "succeeded", "   the new champion answers:")
+    _drop_and_decide(demo, "8", "clean2", 0.0, "succeeded", "   the new champion answers:")
 
+
+def _drop_and_decide(demo: _Demo, step: str, suffix: str, label_noise: float, expected: str, lead: str) -> None:
+    """Another drop → its data version → retraining → the gate (and rollout); checks the outcome."""
+    folder = f"churn/drop-{demo.stamp}-{suffix}/"
+    _upload_drop(demo.landing, folder, demo.stamp + suffix, label_noise=label_noise)
+    data = wait_for(f"the {suffix} drop's data version",
+                    lambda: demo.version_for("churn-training", "evergreen.source_folder", f"landing/{folder}"))
+    model = _show_retraining(demo.ml, demo.env, str(data.version), step=step, verbose=False)
+    decision = _await_decision(demo.ml, demo.ledger, demo.audit, model)
+    if decision.state != expected:
+        raise RuntimeError(f"{model.name}:{model.version} should have ended {expected}, not {decision}")
+    _show_endpoint(demo.ml, demo.env, lead)
+
+
+def _step_show_events(demo: _Demo) -> None:
+    """Step 9: this run's events as the local Event Grid saw and routed them, and the dead letters."""
+    eventgrid, stamp = demo.eventgrid, demo.stamp
     _say("\n9. the events that flowed (local Event Grid):")
     deliveries = {d["eventId"]: d for d in _get_json(f"{eventgrid}/deliveries?limit=1000")}
     for item in reversed(_get_json(f"{eventgrid}/events?limit=400")):
-        if item["receivedAt"] < started_at:
+        if item["receivedAt"] < demo.started_at:
             continue  # an earlier demo's events (the stack keeps its state)
         event = item["event"]
         subject = event.get("subject", "")
@@ -177,12 +222,14 @@ def _run(env: dict[str, str]) -> None:
     _say(f"\n   dead letters: {len(dead)}")
     for letter in dead:
         _say(f"   - {letter['function']}: {letter['deadLetterReason']} {letter.get('detail', '')}")
+
+
+def _step_retention() -> None:
+    """Step 10: the retention policy, first as a dry run, then applied."""
     from devstack.demo_retention import run_retention_step
 
     _say("\n10. retention (evergreen.yaml `retention:`), first as a dry run, then for real")
     run_retention_step(_say)
-    _say("\ndemo complete: upload → data version → retraining → model → gate → blue/green rollout → scoring "
-         "→ retention, on the local stack")
 
 
 def _upload_drop(landing: Any, folder: str, stamp: str, *, label_noise: float, verbose: bool = False) -> None:

@@ -72,6 +72,7 @@ def stack_env(state_dir: Path, ports: Ports) -> dict[str, str]:
             "EVERGREEN_EVENTGRID_URL": f"http://127.0.0.1:{ports.eventgrid}",
             "EVERGREEN_HOST_URL": f"http://127.0.0.1:{ports.host}",
             "EVERGREEN_RETENTION_SCHEDULE": "0 0 3 * * *",  # the retention timer (03:00 UTC daily)
+            "EVERGREEN_RECONCILE_SCHEDULE": "0 */5 * * * *",  # the reconciler timer (every 5 minutes)
             "EVERGREEN_WEBHOOK_SECRET": WEBHOOK_SECRET,  # registry webhooks (MLflow/Databricks) sign with it
             "FUNCTIONS_WORKER_RUNTIME": "python",
         }

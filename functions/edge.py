@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -40,6 +39,7 @@ from azurefunctions.extensions.bindings import blob
 
 from shared.domain.audit import AuditRecord
 from shared.domain.events import BlobCreated
+from shared.domain.urls import strip_query  # the one helper; re-exported for the edge's callers
 from shared.domain.vocabulary import EdgeAction
 from shared.domain.webhooks import HttpReply, to_http
 from shared.errors import InvalidEventError, SignatureError, TransientError
@@ -55,7 +55,6 @@ R = TypeVar("R")  # what the function returns to the host (None, or func.HttpRes
 
 REJECTED_KIND = f"event.{EdgeAction.REJECTED.value}"
 Rejection = InvalidEventError | SignatureError
-_URL_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#]*)[?#][^\s]*", re.IGNORECASE)
 
 
 class Settled(Protocol):
@@ -287,8 +286,3 @@ def _line(level: int, delivery: Delivery, about: str, outcome: str, detail: str,
 def action_value(action: object) -> str:
     """An outcome's action as logged and audited: a str enum's value, or the string itself."""
     return str(action.value) if isinstance(action, Enum) else str(action)
-
-
-def strip_query(text: str) -> str:
-    """`text` with every URL's query string and fragment removed (SAS tokens are secrets)."""
-    return _URL_QUERY.sub(r"\1", text)

@@ -1,13 +1,14 @@
-"""Upload → data version: the Event Grid–sourced blob trigger and the batch-seal queue trigger."""
+"""Upload → data version: the Event Grid–sourced blob trigger, the batch-seal queue trigger, and the queue
+trigger of blob events re-scheduled while another instance held their work."""
 
 from __future__ import annotations
 
 import azure.functions as func
 
 from functions.edge import Delivery, Settled, blob_client, edge, queue_message
-from shared.composition import SEAL_QUEUE, get_services
+from shared.composition import BLOB_RETRY_QUEUE, SEAL_QUEUE, get_services
 from shared.domain.events import BlobCreated, SealRequest
-from shared.domain.ingest import seal_request_from_json
+from shared.domain.ingest import blob_created_from_json, seal_request_from_json
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
@@ -27,3 +28,11 @@ def on_blob_created(blob: BlobCreated, delivery: Delivery) -> Settled:
 def seal_batch(request: SealRequest, delivery: Delivery) -> Settled:
     """Check whether a folder batch is complete (marker or quiet period) and seal it into one version."""
     return get_services().ingestor.on_seal_request(request)
+
+
+@bp.function_name("retry_blob")
+@bp.queue_trigger(arg_name="msg", queue_name=BLOB_RETRY_QUEUE, connection="AzureWebJobsStorage")
+@edge(queue_message(blob_created_from_json), subject=lambda blob: blob.path)
+def retry_blob(blob: BlobCreated, delivery: Delivery) -> Settled:
+    """A blob event whose content another instance was registering: handle it again (its lease has ended)."""
+    return get_services().ingestor.on_blob_created(blob)

@@ -9,7 +9,7 @@ import azure.functions as func
 from functions.edge import Delivery, Handled, Settled, action_value, edge, event_grid, http_request, queue_message
 from shared.composition import get_services
 from shared.domain.events import ModelVersionEvent
-from shared.domain.rollout import RolloutTick, tick_from_json
+from shared.domain.rollout import CandidateRetry, RolloutTick, candidate_retry_from_json, tick_from_json
 from shared.domain.webhooks import (
     Ignored,
     Received,
@@ -18,7 +18,7 @@ from shared.domain.webhooks import (
     parse_webhook_request,
     to_http,
 )
-from shared.services.promotion import ROLLOUT_QUEUE
+from shared.services.promotion import PROMOTION_RETRY_QUEUE, ROLLOUT_QUEUE
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
@@ -62,3 +62,11 @@ def registry_webhook(result: WebhookResult, delivery: Delivery) -> Settled:
 def advance_rollout(tick: RolloutTick, delivery: Delivery) -> Settled:
     """Take the next step of an endpoint's rollout (a persisted state machine; see shared/domain/rollout.py)."""
     return get_services().promoter.on_tick(tick, delivery.attempt)
+
+
+@bp.function_name("retry_candidate")
+@bp.queue_trigger(arg_name="msg", queue_name=PROMOTION_RETRY_QUEUE, connection="AzureWebJobsStorage")
+@edge(queue_message(candidate_retry_from_json), subject=lambda retry: f"{retry.model_name}:{retry.version}")
+def retry_candidate(retry: CandidateRetry, delivery: Delivery) -> Settled:
+    """A candidate whose decision kept racing other writes to the endpoint's rollout row: decide it again."""
+    return get_services().promoter.on_candidate_retry(retry)

@@ -1,13 +1,20 @@
-"""Data version → retraining: Event Grid triggers for Evergreen.DataVersionRegistered and Azure ML run events."""
+"""Data version → retraining: Event Grid triggers for Evergreen.DataVersionRegistered and Azure ML run events,
+and the queue trigger of scheduled re-checks (the end of a minimum interval, a submission's lease)."""
 
 from __future__ import annotations
 
 import azure.functions as func
 
-from functions.edge import Delivery, Settled, edge, event_grid
-from shared.composition import get_services
+from functions.edge import Delivery, Settled, edge, event_grid, queue_message
+from shared.composition import RETRAIN_QUEUE, get_services
 from shared.domain.events import DataVersionRegistered
-from shared.domain.retrain import RunFinished, parse_data_version_registered, parse_run_event
+from shared.domain.retrain import (
+    RetrainCheck,
+    RunFinished,
+    parse_data_version_registered,
+    parse_run_event,
+    retrain_check_from_json,
+)
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
@@ -28,3 +35,12 @@ def on_data_version_registered(registered: DataVersionRegistered, delivery: Deli
 def on_run_event(finished: RunFinished, delivery: Delivery) -> Settled:
     """A run ended: record it, and start the coalesced follow-up run if newer data arrived meanwhile."""
     return get_services().retrainer.on_run_finished(finished, delivery.id)
+
+
+@bp.function_name("retrain_due")
+@bp.queue_trigger(arg_name="msg", queue_name=RETRAIN_QUEUE, connection="AzureWebJobsStorage")
+@edge(queue_message(retrain_check_from_json), subject=lambda check: check.dataset)
+def retrain_due(check: RetrainCheck, delivery: Delivery) -> Settled:
+    """A re-check came due: run the newest version that waited for the minimum interval, or resume a
+    submission whose lease ran out."""
+    return get_services().retrainer.on_recheck(check, delivery.id)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from azure.core.credentials import AzureKeyCredential, TokenCredential
 from azure.data.tables import TableServiceClient
@@ -24,12 +27,15 @@ from shared.adapters.azure.tables import AzureTable
 from shared.config.connections import StorageConnection
 from shared.config.policy import Policy, load_policy
 from shared.config.settings import Settings, load_settings
-from shared.domain.ingest import seal_request_to_json
-from shared.domain.rollout import RolloutTick
+from shared.domain.ingest import blob_created_to_json, seal_request_to_json
+from shared.domain.retrain import retrain_check_to_json
+from shared.domain.rollout import CandidateRetry, RolloutTick
 from shared.services.audit import AUDIT_TABLE, TableAuditLog
 from shared.services.ingest import Ingestor
 from shared.services.ledger import Ledger
-from shared.services.promotion import ROLLOUT_QUEUE, Promoter
+from shared.services.promotion import PROMOTION_RETRY_QUEUE, ROLLOUT_QUEUE, Promoter
+from shared.services.reconcile import Reconciler
+from shared.services.redrive import Redriver
 from shared.services.retention import RetentionRunner
 from shared.services.retrain import Retrainer
 
@@ -37,6 +43,8 @@ log = logging.getLogger(__name__)
 
 LEDGER_TABLE = "evergreenledger"
 SEAL_QUEUE = "evergreen-batch-seal"
+BLOB_RETRY_QUEUE = "evergreen-blob-retry"  # blob events re-scheduled while another instance held their work
+RETRAIN_QUEUE = "evergreen-retrain-check"  # re-checks of a dataset's retraining (minimum interval, leases)
 
 
 def credential_for(client_id: str | None) -> TokenCredential:
@@ -92,14 +100,20 @@ def build_services(settings: Settings, policy: Policy) -> Services:
         publisher=EventGridPublisher(settings.events_topic_endpoint, topic_credential),
         seal_queue=AzureDelayedQueue(queue_client(settings.app_storage, credential, SEAL_QUEUE),
                                      seal_request_to_json),
+        blob_retry=AzureDelayedQueue(queue_client(settings.app_storage, credential, BLOB_RETRY_QUEUE),
+                                     blob_created_to_json),
         audit=audit,
+        sleep=time.sleep,
     )
     retrainer = Retrainer(policy=policy, app_root=settings.policy_path.parent, ledger=ledger, jobs=azureml,
-                          audit=audit)
+                          audit=audit, rechecks=AzureDelayedQueue(
+                              queue_client(settings.app_storage, credential, RETRAIN_QUEUE), retrain_check_to_json))
     promoter = Promoter(policy=policy, endpoints=OnlineEndpoints(azureml), ledger=ledger,
                         ticks=AzureDelayedQueue(queue_client(settings.app_storage, credential, ROLLOUT_QUEUE),
                                                 RolloutTick.to_json),
-                        audit=audit, app_root=settings.policy_path.parent)
+                        audit=audit, app_root=settings.policy_path.parent,
+                        retries=AzureDelayedQueue(queue_client(settings.app_storage, credential, PROMOTION_RETRY_QUEUE),
+                                                  CandidateRetry.to_json))
     retention = RetentionRunner(policy=policy.retention, workspace=AmlRetention(azureml),
                                 blobs=BlobRetention(data_blobs), rollouts=ledger.rollouts, audit=audit)
     return Services(settings=settings, policy=policy, ingestor=ingestor, retrainer=retrainer, promoter=promoter,
@@ -118,3 +132,58 @@ def load_configuration() -> tuple[Settings, Policy]:
 @functools.cache
 def get_services() -> Services:
     return build_services(*load_configuration())
+
+
+# -- recovery (issue 11): the reconciler and the redrive command --------------------------------------------
+def get_reconciler() -> Reconciler:
+    """The reconciler over every flow's service (the `reconcile` timer and `python -m shared.cli reconcile`)."""
+    services = get_services()
+    return Reconciler(flows={"ingest": services.ingestor, "retrain": services.retrainer,
+                             "promotion": services.promoter})
+
+
+def build_redriver(services: Services) -> Redriver:
+    """The redrive command's service: dead letters and poison queues of both accounts, and where replays go."""
+    from shared.adapters.azure.redrive import (
+        DEAD_LETTER_CONTAINER,
+        AzurePoisonQueue,
+        BlobDeadLetters,
+        blob_trigger_queue_name,
+        poison_queue_names,
+        queue_service,
+    )
+    from shared.domain.redrive import BLOB_TRIGGER_POISON, BLOB_TRIGGER_QUEUE, POISON_SUFFIX
+    from shared.domain.retrain import RUN_COMPLETED, RUN_STATUS_CHANGED, parse_run_event
+    from shared.domain.webhooks import MODEL_REGISTERED, parse_model_registered
+
+    settings = services.settings
+    credential = credential_for(settings.client_id)
+    app_queues, data_queues = queue_service(settings.app_storage, credential), queue_service(settings.data_storage,
+                                                                                             credential)
+    poison = [AzurePoisonQueue(app_queues.get_queue_client(name))
+              for name in poison_queue_names(app_queues.list_queues(name_starts_with="evergreen-"))]
+    poison.append(AzurePoisonQueue(data_queues.get_queue_client(BLOB_TRIGGER_POISON)))
+    originals = [q.name.removesuffix(POISON_SUFFIX) for q in poison if q.name != BLOB_TRIGGER_POISON]
+    queues = {name: AzureDelayedQueue(app_queues.get_queue_client(name), str) for name in originals}
+    blob_trigger = blob_trigger_queue_name(data_queues.list_queues(name_starts_with="azure-webjobs-blobtrigger-"))
+    if blob_trigger:
+        queues[BLOB_TRIGGER_QUEUE] = AzureDelayedQueue(data_queues.get_queue_client(blob_trigger), str)
+
+    def run_event(document: Mapping[str, Any]) -> object:
+        """A dead-lettered Azure ML run event, through `functions/retrain.py:on_run_event`'s parser and service."""
+        return services.retrainer.on_run_finished(parse_run_event(str(document["eventType"]), document["data"]),
+                                                  str(document["id"]))
+
+    return Redriver(
+        dead_letters=BlobDeadLetters(blob_service(settings.app_storage, credential)
+                                     .get_container_client(DEAD_LETTER_CONTAINER)),
+        poison_queues=poison, queues=queues, publisher=_publisher(settings, credential),
+        handlers={MODEL_REGISTERED: lambda doc: services.promoter.on_model_version(parse_model_registered(doc)),
+                  RUN_COMPLETED: run_event, RUN_STATUS_CHANGED: run_event},
+        audit=services.audit,
+    )
+
+
+def _publisher(settings: Settings, credential: TokenCredential) -> EventGridPublisher:
+    key = settings.events_topic_key
+    return EventGridPublisher(settings.events_topic_endpoint, AzureKeyCredential(key) if key else credential)

@@ -83,5 +83,13 @@ class OperationFailedError(TransientError):
     """
 
 
+class JobRejectedError(InvalidEventError):
+    """Azure ML refused a job for good (HTTP 400, a pipeline YAML that does not load): retrying cannot help.
+
+    The retrainer marks the run failed and lets the next data version run; should it reach the edge,
+    it is acknowledged and audited as rejected, never retried.
+    """
+
+
 class SmokeTestFailedError(EvergreenError):
     """A candidate deployment did not answer the sample request as expected (the rollout rolls back)."""

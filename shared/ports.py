@@ -10,7 +10,7 @@ Errors: adapters raise `shared.errors.TransientError` subclasses, or let azure-c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 from shared.domain.audit import AuditRecord
 from shared.domain.events import DataVersionRegistered
 from shared.domain.records import Row
+from shared.domain.retention.addresses import AddressBook, Datastore
 from shared.domain.retention.inventory import Blob, DataVersion, Deployment, Job, ModelVersion
 from shared.domain.retention.planner import Action
 from shared.domain.retrain import PipelineSubmission
@@ -33,6 +34,9 @@ T_contra = TypeVar("T_contra", contravariant=True)
 
 Clock = Callable[[], datetime]
 """Now, timezone-aware (UTC). Services read time only through this, so tests and the harness move it."""
+
+Sleeper = Callable[[float], None]
+"""Waits the given seconds (`time.sleep` in production). Services wait only through this, so tests do not."""
 
 
 # -- the ledger's store: Table Storage semantics --------------------------------------------------------
@@ -103,6 +107,14 @@ class BlobStore(Protocol):
         """Every blob under `prefix`, in name order (paged underneath)."""
         ...
 
+    def copy(self, container: str, name: str, etag: str, to_name: str) -> None:
+        """Copy the blob's content at `etag` to `to_name` in the same container (server-side), overwriting it.
+
+        Done when this returns. Raises `shared.errors.BlobChangedError` if the source changed or
+        vanished (nothing is copied); a `TransientError` if the copy did not finish (a retry copies again).
+        """
+        ...
+
 
 # -- queues and events --------------------------------------------------------------------------------
 MAX_DELAY_SECONDS = 7 * 24 * 3600  # Azure Queue Storage's maximum visibility timeout
@@ -156,7 +168,11 @@ class JobRunner(Protocol):
     """Pipeline jobs."""
 
     def submit_pipeline(self, submission: PipelineSubmission) -> str:
-        """Submit under the submission's deterministic name; an existing job is returned, never re-run."""
+        """Submit under the submission's deterministic name; an existing job is returned, never re-run.
+
+        Raises `shared.errors.JobRejectedError` if Azure ML refuses the job for good (HTTP 400, a YAML
+        that does not load); every other failure is worth retrying.
+        """
         ...
 
     def job_status(self, name: str) -> str | None:
@@ -190,15 +206,15 @@ class RetentionWorkspace(Protocol):
     partial listing would leave assets unprotected, so nothing is planned from it.
     """
 
-    def datastore_containers(self) -> dict[str, str]:
-        """Datastore name (lower case) -> blob container, read once per run to map asset URIs to blobs."""
+    def datastores(self) -> list[Datastore]:
+        """Every datastore with its kind, account and container (or filesystem), read once per run."""
         ...
 
-    def data_versions(self, containers: Mapping[str, str]) -> list[DataVersion]:
-        """Every data version, archived or not, with the blob paths it references."""
+    def data_versions(self, book: AddressBook) -> list[DataVersion]:
+        """Every data version, archived or not, with its address read through `book` (fail closed)."""
         ...
 
-    def model_versions(self, containers: Mapping[str, str]) -> list[ModelVersion]:
+    def model_versions(self, book: AddressBook) -> list[ModelVersion]:
         """Every model version, archived or not, with metrics, lineage and artifact paths."""
         ...
 
@@ -206,7 +222,7 @@ class RetentionWorkspace(Protocol):
         """Every online deployment with its traffic, its model, and since when it has been at 0%."""
         ...
 
-    def jobs(self, containers: Mapping[str, str]) -> list[Job]:
+    def jobs(self, book: AddressBook) -> list[Job]:
         """Every job with its status, the assets it reads and the paths it writes."""
         ...
 
@@ -220,14 +236,91 @@ class RetentionWorkspace(Protocol):
 class RetentionBlobs(Protocol):
     """The data account as retention lists and changes it."""
 
+    def account_names(self) -> frozenset[str]:
+        """The storage account(s) this lists and changes: the only ones retention ever deletes in."""
+        ...
+
     def list(self, containers: Iterable[str]) -> list[Blob]:
-        """Every blob of the given containers, with tier and index tags; a missing container holds none."""
+        """Every blob of the given containers, with tier, index tags and ETag; a missing container holds none."""
         ...
 
     def execute(self, action: Action) -> str:
-        """Delete or tier one blob: 'done', or 'already' when it is gone or already in that tier."""
+        """Delete or tier one blob if it still has the listed ETag: 'done', 'already' when it is gone or
+        already in that tier, 'changed' when it was changed since it was listed (nothing done)."""
         ...
 
     def delete_job_output(self, action: Action) -> str:
         """Delete every blob under a finished job's output folder: 'done', or 'already' when it was empty."""
+        ...
+
+
+# -- recovery: the reconciler and the redrive command (issue 11) ------------------------------------------
+class Reconcilable(Protocol):
+    """A flow's service that re-drives its own stuck work: expired leases, lost messages, lost events."""
+
+    def reconcile(self, now: datetime) -> Sequence[object]:
+        """Re-drive what is stuck at `now`, idempotently, auditing each re-drive; returns one outcome per re-drive."""
+        ...
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One blob Event Grid wrote to the dead-letter container: the event(s) it gave up delivering."""
+
+    name: str  # `<TOPIC>/<SUBSCRIPTION>/yyyy/MM/dd/HH/<id>.json`
+    events: tuple[Mapping[str, Any], ...]  # each event with Event Grid's deadLetterReason, deliveryAttempts, …
+    etag: str
+    last_modified: datetime
+
+
+class DeadLetters(Protocol):
+    """Event Grid's dead-letter container (in the app's storage account)."""
+
+    def list(self) -> Iterator[DeadLetter]:
+        """Every dead letter, in name order (per subscription, oldest first). A blob that is not JSON reads as
+        a dead letter with no events (it is shown, never replayed)."""
+        ...
+
+    def get(self, name: str) -> DeadLetter | None:
+        """One dead letter; None if there is none by that name."""
+        ...
+
+    def delete(self, letter: DeadLetter) -> bool:
+        """Delete it only if unchanged since read (its ETag); False if it changed or is gone."""
+        ...
+
+
+@dataclass(frozen=True)
+class PoisonMessage:
+    """A message a queue trigger gave up on, as it sits in `<queue>-poison`."""
+
+    queue: str  # the poison queue's name
+    id: str
+    text: str
+    inserted_at: datetime | None
+    receipt: str | None = None  # set when taken for replay: what `delete`/`release` need
+
+
+class PoisonQueue(Protocol):
+    """One poison queue. Messages are read without hiding them (`peek`), or taken (hidden) for replay."""
+
+    @property
+    def name(self) -> str: ...
+
+    def peek(self, limit: int = 32) -> list[PoisonMessage]:
+        """Up to `limit` messages (Queue Storage peeks at most 32), oldest first; none if the queue does not exist."""
+        ...
+
+    def take(self, message_id: str | None = None) -> PoisonMessage | None:
+        """Hide one message for a while and return it with a receipt: the one with `message_id`, or the oldest.
+        None if there is none (a message taken by someone else is invisible)."""
+        ...
+
+    def delete(self, message: PoisonMessage) -> None:
+        """Delete a taken message (after its replay succeeded); LookupError if it is gone or was taken again."""
+        ...
+
+    def release(self, message: PoisonMessage) -> None:
+        """Make a taken message visible again at once (its replay failed, or it was not the one wanted);
+        LookupError if it is gone or was taken again."""
         ...

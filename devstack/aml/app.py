@@ -8,6 +8,7 @@ builds the state, `build_router()` collects the routes, `create_app()` serves th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -24,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 
-from devstack.aml import assets, components, endpoints, identity, jobs, lro, workspace
+from devstack.aml import assets, components, endpoints, identity, jobs, lro, request_faults, workspace
 from devstack.aml.config import AmlConfig
 from devstack.aml.emulator import Emulator
 from devstack.aml.errors import ArmError
@@ -43,7 +44,8 @@ def build_router() -> Router:
     assets.register(r)  # data and model containers and versions
     lro.register(r)  # operation status and results
     endpoints.register(r)  # online endpoints/deployments + /_emulator/faults
-    assets.register_admin(r)  # /_emulator/throttle (429 + Retry-After) and /_emulator/seed (bulk versions)
+    assets.register_admin(r)  # /_emulator/seed (bulk versions)
+    request_faults.register(r)  # /_emulator/request-faults (429, 5xx, hangs) and /_emulator/throttle
     components.register(r)  # codes, environments, components
     jobs.register(r)  # jobs (+ local execution) and /_emulator/jobs/{name}/logs
     return r
@@ -122,6 +124,36 @@ def _reply(reply: Reply) -> Response:
     return _json(reply.status, reply.body, reply.headers)
 
 
+def _unauthenticated() -> Response:
+    return _json(
+        401,
+        {"error": {"code": "AuthenticationFailed",
+                   "message": "Authentication failed. The 'Authorization' header is missing."}},
+        {"WWW-Authenticate": 'Bearer authorization_uri="https://login.microsoftonline.com/", '
+                             'error="invalid_token", error_description="The authentication failed '
+                             "because of missing 'Authorization' header.\""},
+    )
+
+
+def _unrouted(method: str, path: str, matched: bool | None) -> Response:
+    """404 for a path the emulator does not serve, 405 for a known path with another method."""
+    if matched is None:
+        log.warning("unserved route: %s %s", method, path)
+        return _json(404, {"error": {"code": "NoRouteFound",
+                                     "message": f"The emulator does not serve {method} {path}."}})
+    return _json(405, {"error": {"code": "MethodNotAllowed", "message": f"{method} is not supported on {path}."}})
+
+
+async def _inject(injected: request_faults.Injection, method: str, path: str) -> ArmError | None:
+    """Apply an injected fault: the error to answer, or None when the request is to be processed
+    (after a `hang` with `then: process`, whose client has usually given up by then)."""
+    log.warning("injected fault %s (rule %s) on %s %s", injected.fault, injected.rule_id, method, path)
+    if injected.fault != "hang":
+        return injected.error()
+    await asyncio.sleep(injected.hang_seconds)
+    return injected.error() if injected.then == "abort" else None
+
+
 def create_app(config: AmlConfig) -> Starlette:
     emu = open_emulator(config)
     router = build_router()
@@ -138,23 +170,10 @@ def create_app(config: AmlConfig) -> Starlette:
             return _reply(reply)
         authorization = request.headers.get("authorization")
         if not authorization:
-            return _json(
-                401,
-                {"error": {"code": "AuthenticationFailed",
-                           "message": "Authentication failed. The 'Authorization' header is missing."}},
-                {"WWW-Authenticate": 'Bearer authorization_uri="https://login.microsoftonline.com/", '
-                                     'error="invalid_token", error_description="The authentication failed '
-                                     "because of missing 'Authorization' header.\""},
-            )
+            return _unauthenticated()
         matched = router.match(request.method, path)
-        if matched is None:
-            log.warning("unserved route: %s %s", request.method, path)
-            return _json(404, {"error": {"code": "NoRouteFound",
-                                         "message": f"The emulator does not serve {request.method} {path}."}})
-        if matched is False:
-            return _json(405, {"error": {"code": "MethodNotAllowed",
-                                         "message": f"{request.method} is not supported on {path}."}})
-        assert not isinstance(matched, bool)
+        if isinstance(matched, bool) or matched is None:
+            return _unrouted(request.method, path, matched)
         route, params = matched
         if route.workspace_scoped and not config.coords.matches(params["sub"], params["rg"], params["ws"]):
             return _json(404, {"error": {
@@ -167,6 +186,11 @@ def create_app(config: AmlConfig) -> Starlette:
             body = json.loads(raw) if raw.strip() else None
         except ValueError as exc:
             return _json(400, ArmError(400, "UserError", f"The request body is not valid JSON: {exc}.").body(location))
+        injected = await run_in_threadpool(request_faults.decide, emu, request.method, path)
+        if injected is not None:
+            failed = await _inject(injected, request.method, path)
+            if failed is not None:
+                return _json(failed.status, failed.body(location), failed.headers)
         call = Call(request.method, path, raw_path, params, query, body, base_url, _principal(authorization))
         try:
             reply = await run_in_threadpool(route.handler, emu, call)

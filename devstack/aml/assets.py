@@ -20,7 +20,6 @@ import binascii
 import json
 import logging
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -267,7 +266,6 @@ def get_container(emu: Emulator, call: Call) -> Reply:
 
 def list_containers(emu: Emulator, call: Call) -> Reply:
     kind, view = kind_of(call), _list_view(call)
-    _throttle(emu, call)
     with emu.store.read() as tx:
         items = [
             container_view(kind, c, _summary(tx, kind, c))
@@ -316,7 +314,6 @@ def delete_container(emu: Emulator, call: Call) -> Reply:
 
 def get_version(emu: Emulator, call: Call) -> Reply:
     kind, name, version = kind_of(call), call.params["name"], call.params["version"]
-    _throttle(emu, call)
     with emu.store.read() as tx:
         row = tx.get(kind.version_kind, version, parent=name)
         if row is None:
@@ -335,7 +332,6 @@ def list_versions(emu: Emulator, call: Call) -> Reply:
     index range scan however deep into the listing it is.
     """
     kind, name, view = kind_of(call), call.params["name"], _list_view(call)
-    _throttle(emu, call)
     descending = newest_first(call)
     after, served = _decode_keyset(call.query.get("$skiptoken"))
     top = int_param(call, "$top")
@@ -388,7 +384,6 @@ def _decode_keyset(token: str | None) -> tuple[int | None, int]:
 
 def put_version(emu: Emulator, call: Call) -> Reply:
     kind, name, version = kind_of(call), call.params["name"], call.params["version"]
-    _throttle(emu, call)
     coords = emu.config.coords
     props = _version_properties(kind, call.body_object()["properties"], coords)
     with emu.store.write() as tx:
@@ -445,16 +440,12 @@ def _create_version(
 
 def delete_version(emu: Emulator, call: Call) -> Reply:
     kind, name, version = kind_of(call), call.params["name"], call.params["version"]
-    _throttle(emu, call)
     with emu.store.write() as tx:
         existed = tx.delete(kind.version_kind, version, parent=name)
     return Reply(200 if existed else 204, empty=True)
 
 
-# --- emulator-only admin routes: throttling (429 + Retry-After) and bulk seeding -----------------
-
-THROTTLE = "emulatorThrottle"
-
+# --- emulator-only admin route: bulk seeding -----------------
 
 def register(r: Router) -> None:
     """Data and model containers and their versions."""
@@ -470,60 +461,8 @@ def register(r: Router) -> None:
 
 
 def register_admin(r: Router) -> None:
-    """`/_emulator/throttle` (GET lists, POST adds, DELETE clears) and `/_emulator/seed/{data|models}/{name}`."""
-    r.add("GET", "/_emulator/throttle", list_throttles)
-    r.add("POST", "/_emulator/throttle", add_throttle)
-    r.add("DELETE", "/_emulator/throttle", clear_throttles)
+    """`/_emulator/seed/{data|models}/{name}` (throttling lives in request_faults.py)."""
     r.add("POST", "/_emulator/seed/(?P<kind>data|models)/(?P<name>[^/]+)", seed_versions)
-
-
-def _throttle(emu: Emulator, call: Call) -> None:
-    """Answer 429 with Retry-After, as ARM does when throttling, while a queued throttle rule matches."""
-    with emu.store.read() as tx:
-        rules = tx.rows(THROTTLE, newest_first=False)
-    for rule in rules:
-        spec = rule.body
-        if spec["method"] not in ("*", call.method) or spec["pathContains"].lower() not in call.path.lower():
-            continue
-        with emu.store.write() as tx:
-            current = tx.get(THROTTLE, rule.name)
-            if current is None:
-                continue
-            left = int(current.body["times"]) - 1
-            if left <= 0:
-                tx.delete(THROTTLE, rule.name)
-            else:
-                tx.put(THROTTLE, rule.name, {**current.body, "times": left})
-        raise ArmError(429, "TooManyRequests", "The request is being throttled. Retry after the given time.",
-                       headers={"Retry-After": str(spec["retryAfter"])})
-
-
-def list_throttles(emu: Emulator, call: Call) -> Reply:
-    with emu.store.read() as tx:
-        return Reply(200, {"value": [r.body for r in tx.rows(THROTTLE, newest_first=False)]})
-
-
-def add_throttle(emu: Emulator, call: Call) -> Reply:
-    """`{"method": "PUT"|"*", "pathContains": "/data/x", "times": 2, "retryAfter": 1}`: next matches get 429."""
-    body = call.body if isinstance(call.body, dict) else {}
-    method = str(body.get("method") or "*").upper()
-    path, times, retry_after = body.get("pathContains", ""), body.get("times", 1), body.get("retryAfter", 1)
-    if not isinstance(path, str):
-        raise bad_request("'pathContains' must be a string.")
-    if not isinstance(times, int) or isinstance(times, bool) or times < 1:
-        raise bad_request("'times' must be a positive integer.")
-    if not isinstance(retry_after, int) or isinstance(retry_after, bool) or retry_after < 0:
-        raise bad_request("'retryAfter' must be a whole number of seconds.")
-    throttle_id = secrets.token_hex(8)
-    entry = {"id": throttle_id, "method": method, "pathContains": path, "times": times, "retryAfter": retry_after}
-    with emu.store.write() as tx:
-        tx.put(THROTTLE, throttle_id, entry)
-    return Reply(201, entry)
-
-
-def clear_throttles(emu: Emulator, call: Call) -> Reply:
-    with emu.store.write() as tx:
-        return Reply(200, {"removed": tx.delete_children(THROTTLE, "")})
 
 
 def seed_versions(emu: Emulator, call: Call) -> Reply:

@@ -340,91 +340,117 @@ class ServingManager:
         return False
 
 
-def _router_handler(manager: ServingManager) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class _Refused(Exception):
+    """A scoring request the router answers itself (404, 401) instead of forwarding it."""
 
-        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None,
-                  content_type: str = "application/json") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(body)
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
 
-        def _error(self, status: int, message: str) -> None:
-            self._send(status, json.dumps({"message": message}).encode())
 
-        def _target(self) -> tuple[str, str] | None:
-            parts = self.path.split("?")[0].strip("/").split("/")
-            if len(parts) == 3 and parts[0] == "endpoints":
-                return parts[1], parts[2]
-            return None
+NO_DEPLOYMENT = ("No valid deployments to route to. Please check that the endpoint has at least one deployment "
+                 "with positive weight values or use a deployment specific header to route.")
 
-        def do_GET(self) -> None:
-            self._handle("GET")
 
-        def do_POST(self) -> None:
-            self._handle("POST")
+class _RouterHandler(BaseHTTPRequestHandler):
+    """The endpoint's scoring URI: authenticate, pick a deployment by traffic (or header), forward."""
 
-        def _handle(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            target = self._target()
-            if target is None or (method, target[1]) not in {("POST", "score"), ("GET", "swagger.json")}:
-                self._error(404, "Not found. Scoring URIs look like /endpoints/<endpoint>/score.")
-                return
-            endpoint, action = target
-            info = manager.resolve(endpoint)
-            if info is None:
-                self._error(404, f"Endpoint {endpoint} not found.")
-                return
-            if not manager.authorized(info, self.headers.get("Authorization")):
-                self._send(401, json.dumps({"message": "Unauthorized: a valid key or token is required "
-                                                       "(Authorization: Bearer <key>)."}).encode(),
-                           {"WWW-Authenticate": "Bearer"})
-                return
+    protocol_version = "HTTP/1.1"
+    manager: ServingManager  # set on the subclass `_router_handler` builds
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None,
+              content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps({"message": message}).encode(), headers)
+
+    def _target(self) -> tuple[str, str] | None:
+        parts = self.path.split("?")[0].strip("/").split("/")
+        if len(parts) == 3 and parts[0] == "endpoints":
+            return parts[1], parts[2]
+        return None
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def _handle(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        try:
+            endpoint, info, action = self._endpoint(method)
             requested = self.headers.get(DEPLOYMENT_HEADER)
-            if requested:
-                if requested.lower() not in info.deployments:
-                    self._error(404, f"Deployment {requested} not found in endpoint {endpoint}.")
-                    return
-                name: str | None = requested
-            else:
-                name = pick_deployment(info.traffic)
-            if name is None:
-                self._error(404, "No valid deployments to route to. Please check that the endpoint has at least one "
-                                 "deployment with positive weight values or use a deployment specific header to "
-                                 "route.")
-                return
-            self._forward(info, name, method, action, body)
-            if method == "POST" and not requested:
-                mirror = pick_deployment({**info.mirror_traffic, "": 100 - sum(info.mirror_traffic.values())})
-                if mirror:
-                    threading.Thread(target=_shadow, args=(manager, endpoint, mirror, body, self.headers),
-                                     daemon=True).start()
+            name = self._deployment(endpoint, info, requested)
+        except _Refused as refused:
+            self._error(refused.status, refused.message, refused.headers)
+            return
+        self._forward(info, name, method, action, body)
+        if method == "POST" and not requested:
+            self._mirror(endpoint, info, body)
 
-        def _forward(self, info: RouteInfo, name: str, method: str, action: str, body: bytes) -> None:
-            replica = manager.acquire(info.name, name)
-            if replica is None:
-                self._error(503, f"Deployment {name} is not serving (provisioning failed or in progress).")
-                return
-            try:
-                status, payload, content_type = _call(replica, method, f"/{action}", body,
-                                                      self.headers.get("Content-Type") or "application/json")
-            except OSError as exc:
-                self._error(502, f"Deployment {name} did not answer: {exc}")
-                return
-            finally:
-                manager.release(replica)
-            self._send(status, payload, {DEPLOYMENT_HEADER: replica.deployment}, content_type)
+    def _endpoint(self, method: str) -> tuple[str, RouteInfo, str]:
+        """The endpoint addressed (as named in the URL, and resolved) and the action; raises _Refused."""
+        target = self._target()
+        if target is None or (method, target[1]) not in {("POST", "score"), ("GET", "swagger.json")}:
+            raise _Refused(404, "Not found. Scoring URIs look like /endpoints/<endpoint>/score.")
+        endpoint, action = target
+        info = self.manager.resolve(endpoint)
+        if info is None:
+            raise _Refused(404, f"Endpoint {endpoint} not found.")
+        if not self.manager.authorized(info, self.headers.get("Authorization")):
+            raise _Refused(401, "Unauthorized: a valid key or token is required (Authorization: Bearer <key>).",
+                           {"WWW-Authenticate": "Bearer"})
+        return endpoint, info, action
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("scoring router: " + format, *args)
+    @staticmethod
+    def _deployment(endpoint: str, info: RouteInfo, requested: str | None) -> str:
+        """The deployment named by the header, else one picked by traffic weight; raises _Refused."""
+        if requested:
+            if requested.lower() not in info.deployments:
+                raise _Refused(404, f"Deployment {requested} not found in endpoint {endpoint}.")
+            return requested
+        name = pick_deployment(info.traffic)
+        if name is None:
+            raise _Refused(404, NO_DEPLOYMENT)
+        return name
 
-    return Handler
+    def _mirror(self, endpoint: str, info: RouteInfo, body: bytes) -> None:
+        mirror = pick_deployment({**info.mirror_traffic, "": 100 - sum(info.mirror_traffic.values())})
+        if mirror:
+            threading.Thread(target=_shadow, args=(self.manager, endpoint, mirror, body, self.headers),
+                             daemon=True).start()
+
+    def _forward(self, info: RouteInfo, name: str, method: str, action: str, body: bytes) -> None:
+        replica = self.manager.acquire(info.name, name)
+        if replica is None:
+            self._error(503, f"Deployment {name} is not serving (provisioning failed or in progress).")
+            return
+        try:
+            status, payload, content_type = _call(replica, method, f"/{action}", body,
+                                                  self.headers.get("Content-Type") or "application/json")
+        except OSError as exc:
+            self._error(502, f"Deployment {name} did not answer: {exc}")
+            return
+        finally:
+            self.manager.release(replica)
+        self._send(status, payload, {DEPLOYMENT_HEADER: replica.deployment}, content_type)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("scoring router: " + format, *args)
+
+
+def _router_handler(manager: ServingManager) -> type[BaseHTTPRequestHandler]:
+    """The router's request handler class, bound to `manager`."""
+    return type("Handler", (_RouterHandler,), {"manager": manager})
 
 
 def _call(replica: Replica, method: str, path: str, body: bytes, content_type: str) -> tuple[int, bytes, str]:

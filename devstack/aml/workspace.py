@@ -27,6 +27,7 @@ def register(r: Router) -> None:
     r.add("GET", W, get_workspace)
     r.add("GET", f"{W}/datastores", list_datastores)
     r.add("GET", f"{W}/datastores/(?P<name>[^/]+)", get_datastore)
+    r.add("PUT", f"{W}/datastores/(?P<name>[^/]+)", put_datastore)
     r.add("POST", f"{W}/datastores/(?P<name>[^/]+)/listSecrets", list_secrets)
     r.add("GET", f"{W}/computes", list_computes)
     r.add("GET", f"{W}/computes/(?P<name>[^/]+)", get_compute)
@@ -171,6 +172,52 @@ def _datastore(tx: Tx, name: str) -> dict[str, Any]:
 def get_datastore(emu: Emulator, call: Call) -> Reply:
     with emu.store.read() as tx:
         return Reply(200, _datastore(tx, call.params["name"]))
+
+
+# What a datastore kind must name (the REST shape azure-ai-ml 1.35.2 sends for AzureBlobDatastore and
+# AzureDataLakeGen2Datastore); other kinds are refused as Azure ML refuses a body it cannot read.
+_DATASTORE_KINDS: dict[str, tuple[str, ...]] = {
+    "AzureBlob": ("accountName", "containerName"),
+    "AzureDataLakeGen2": ("accountName", "filesystem"),
+}
+
+
+def put_datastore(emu: Emulator, call: Call) -> Reply:
+    """Create or update a blob or ADLS Gen2 datastore (200 on update, 201 on create); secrets are never echoed."""
+    name = call.params["name"]
+    props = (call.body or {}).get("properties") if isinstance(call.body, dict) else None
+    if not isinstance(props, dict):
+        raise bad_request("The request body must carry the datastore's properties.")
+    kind = str(props.get("datastoreType") or "")
+    if kind not in _DATASTORE_KINDS:
+        raise bad_request(f"Datastore type {kind or '(none)'} is not supported here; use one of "
+                          f"{', '.join(_DATASTORE_KINDS)}.")
+    missing = [f for f in _DATASTORE_KINDS[kind] if not props.get(f)]
+    if missing:
+        raise bad_request(f"A {kind} datastore needs {', '.join(missing)}.")
+    credentials = dict(props.get("credentials") or {"credentialsType": "None"})
+    credentials.pop("secrets", None)  # kept out of every answer, as Azure ML does
+    coords = emu.config.coords
+    with emu.store.write() as tx:
+        existing = tx.get("datastores", name)
+        now = _now()
+        created = existing.body["systemData"]["createdAt"] if existing else now
+        body = {
+            "id": f"{coords.arm_id}/datastores/{name}",
+            "name": name,
+            "type": "Microsoft.MachineLearningServices/workspaces/datastores",
+            "properties": {
+                "description": props.get("description"), "tags": props.get("tags") or None,
+                "properties": props.get("properties"), "isDefault": False, "credentials": credentials,
+                "subscriptionId": coords.subscription_id, "resourceGroup": coords.resource_group,
+                "endpoint": props.get("endpoint") or "core.windows.net", "protocol": props.get("protocol") or "https",
+                "serviceDataAccessAuthIdentity": props.get("serviceDataAccessAuthIdentity") or "None",
+                **{k: props[k] for k in ("datastoreType", *_DATASTORE_KINDS[kind])},
+            },
+            "systemData": {"createdAt": created, "lastModifiedAt": now, **_SYSTEM},
+        }
+        tx.put("datastores", name, body)
+    return Reply(200 if existing else 201, body)
 
 
 def list_datastores(emu: Emulator, call: Call) -> Reply:

@@ -20,6 +20,7 @@ DEFAULT_URL = os.environ.get("EVERGREEN_EVENTGRID_URL", "http://127.0.0.1:7172")
 def _serve(args: argparse.Namespace) -> int:
     from devstack.eventgrid.app import Settings, serve
     from devstack.eventgrid.delivery import RetrySettings
+    from devstack.eventgrid.faults import DeliveryFaults, FaultSpecError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)
@@ -30,6 +31,11 @@ def _serve(args: argparse.Namespace) -> int:
         response_timeout=args.response_timeout,
         max_attempts_cap=args.max_attempts,
     )
+    try:
+        faults = DeliveryFaults.from_json(json.loads(args.faults)) if args.faults else DeliveryFaults()
+    except (ValueError, FaultSpecError) as exc:
+        print(f"--faults: {exc}", file=sys.stderr)
+        return 2
     settings = Settings(
         state_dir=Path(args.state_dir).resolve(),
         host_url=args.host_url,
@@ -43,6 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         watch_interval=args.watch_interval,
         emit_existing=args.emit_existing,
+        faults=faults,
     )
     serve(settings, args.port, args.bind)
     return 0
@@ -166,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--emit-existing",
         action="store_true",
         help="on a fresh state dir, emit BlobCreated for blobs that already exist",
+    )
+    s.add_argument(
+        "--faults",
+        default=os.environ.get("EVERGREEN_EVENTGRID_FAULTS", ""),
+        help='delivery faults as JSON, e.g. \'{"seed": 1, "duplicate": 0.2, "shuffleWindow": 2}\' '
+        "(also PUT /faults at run time)",
     )
     s.set_defaults(func=_serve)
 

@@ -125,41 +125,86 @@ def _candidates(value: Any, *, arrays: bool) -> list[Any]:
     return [value]
 
 
+# An operator's test: (the key's value or the missing sentinel, the filter's values, arrays on?) -> match.
+Matcher = Callable[[Any, list[Any], bool], bool]
+
+
+def _keys(raw: Any, arrays: bool) -> list[Any]:
+    return [] if is_missing(raw) else _candidates(raw, arrays=arrays)
+
+
+def _strings(raw: Any, arrays: bool) -> list[str]:
+    return [k.casefold() for k in _keys(raw, arrays) if isinstance(k, str)]
+
+
+def _numbers(raw: Any, arrays: bool) -> list[float]:
+    return [float(k) for k in _keys(raw, arrays) if _is_number(k)]
+
+
+def _string_match(compare: Callable[[str, str], bool]) -> Matcher:
+    def match(raw: Any, values: list[Any], arrays: bool) -> bool:
+        return any(compare(k, str(v).casefold()) for v in values for k in _strings(raw, arrays))
+
+    return match
+
+
+def _string_negated(compare: Callable[[str, str], bool], when_missing: bool) -> Matcher:
+    positive = _string_match(compare)
+
+    def match(raw: Any, values: list[Any], arrays: bool) -> bool:
+        return when_missing if is_missing(raw) else not positive(raw, values, arrays)
+
+    return match
+
+
+def _number_match(compare: Callable[[float, float], bool]) -> Matcher:
+    def match(raw: Any, values: list[Any], arrays: bool) -> bool:
+        return any(compare(k, float(values[0])) for k in _numbers(raw, arrays))
+
+    return match
+
+
+def _number_in(raw: Any, values: list[Any], arrays: bool) -> bool:
+    return any(k == float(v) for v in values for k in _numbers(raw, arrays))
+
+
+def _number_in_range(raw: Any, values: list[Any], arrays: bool) -> bool:
+    return any(float(lo) <= k <= float(hi) for lo, hi in values for k in _numbers(raw, arrays))
+
+
+def _negated(positive: Matcher) -> Matcher:
+    """The negation of `positive`; a missing key matches (NumberNotIn, NumberNotInRange)."""
+
+    def match(raw: Any, values: list[Any], arrays: bool) -> bool:
+        return is_missing(raw) or not positive(raw, values, arrays)
+
+    return match
+
+
+def _bool_equals(raw: Any, values: list[Any], arrays: bool) -> bool:
+    return any(isinstance(k, bool) and k is bool(values[0]) for k in _keys(raw, arrays))
+
+
+_MATCHERS: dict[str, Matcher] = {
+    **{op: _string_match(compare) for op, compare in _STRING_POSITIVE.items()},
+    **{op: _string_negated(compare, missing) for op, (compare, missing) in _STRING_NEGATIVE.items()},
+    **{op: _number_match(compare) for op, compare in _NUMBER_SINGLE.items()},
+    "numberin": _number_in,
+    "numbernotin": _negated(_number_in),
+    "numberinrange": _number_in_range,
+    "numbernotinrange": _negated(_number_in_range),
+    "boolequals": _bool_equals,
+    "isnullorundefined": lambda raw, values, arrays: is_missing(raw),
+    "isnotnull": lambda raw, values, arrays: not is_missing(raw),
+}
+
+
 def advanced_filter_matches(adv: AdvancedFilter, event: Mapping[str, Any], *, arrays: bool = False) -> bool:
-    op = adv.operator_type.lower()
-    raw = resolve_key(event, adv.key)
-    if op == "isnullorundefined":
-        return is_missing(raw)
-    if op == "isnotnull":
-        return not is_missing(raw)
-    values = _filter_values(adv)
-    missing = is_missing(raw)
-    keys = [] if missing else _candidates(raw, arrays=arrays)
-
-    if op in _STRING_POSITIVE or op in _STRING_NEGATIVE:
-        negated = op in _STRING_NEGATIVE
-        compare, when_missing = _STRING_NEGATIVE[op] if negated else (_STRING_POSITIVE[op], False)
-        if missing:
-            return when_missing
-        strings = [k.casefold() for k in keys if isinstance(k, str)]
-        hit = any(compare(k, str(v).casefold()) for v in values for k in strings)
-        return not hit if negated else hit
-
-    numbers = [float(k) for k in keys if _is_number(k)]
-    if op in _NUMBER_SINGLE:
-        return not missing and any(_NUMBER_SINGLE[op](k, float(values[0])) for k in numbers)
-    if op == "numberin":
-        return not missing and any(k == float(v) for v in values for k in numbers)
-    if op == "numbernotin":
-        return missing or not any(k == float(v) for v in values for k in numbers)
-    if op in ("numberinrange", "numbernotinrange"):
-        hit = any(float(lo) <= k <= float(hi) for lo, hi in values for k in numbers)
-        if op == "numberinrange":
-            return not missing and hit
-        return missing or not hit
-    if op == "boolequals":
-        return not missing and any(isinstance(k, bool) and k is bool(values[0]) for k in keys)
-    raise ValueError(f"unknown advanced filter operator {adv.operator_type!r}")
+    """Whether one advanced filter passes the event; raises ValueError for an unknown operator."""
+    matcher = _MATCHERS.get(adv.operator_type.lower())
+    if matcher is None:
+        raise ValueError(f"unknown advanced filter operator {adv.operator_type!r}")
+    return matcher(resolve_key(event, adv.key), _filter_values(adv), arrays)
 
 
 def _fold(text: str, case_sensitive: bool) -> str:

@@ -64,6 +64,7 @@ class Route:
     dead_letter_container: str | None
     max_attempts: int
     ttl_seconds: float
+    delay: float = 0.0  # seconds before the first attempt (delivery faults: late, shuffled)
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ class Store:
                             route.max_attempts,
                             now,
                             now + route.ttl_seconds,
-                            now,
+                            now + route.delay,
                         ),
                     )
                     queued += 1

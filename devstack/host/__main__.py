@@ -22,6 +22,10 @@ _QUIET = {
 }
 
 
+# The Functions setting that pins a host id (it names the blob trigger's queue).
+HOST_ID_SETTING = "AzureFunctionsWebHost__hostid"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m devstack.host", description=__doc__)
     parser.add_argument("--app-dir", type=Path, default=Path("."), help="directory with function_app.py")
@@ -89,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     host = Host(
         app_dir=app_dir, config=config, functions=functions, invoker=invoker, clients=clients,
         drain_timeout=args.drain_timeout,
-        # The Functions setting that pins a host id (it names the blob trigger's queue).
-        host_id=os.environ.get("AzureFunctionsWebHost__hostid") or app_dir.name.lower() or "evergreen-local",
+        host_id=os.environ.get(HOST_ID_SETTING) or app_dir.name.lower() or "evergreen-local",
     )
     class Server(uvicorn.Server):
         """Stops the listeners as soon as the signal arrives, not after HTTP connections drain."""

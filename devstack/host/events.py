@@ -27,7 +27,7 @@ def parse_events(body: bytes) -> list[dict[str, Any]]:
     """The events of a delivery: a JSON array (Event Grid, CloudEvents batch) or one CloudEvent."""
     try:
         document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise MalformedEventsError(f"body is not JSON: {exc}") from exc
     events = document if isinstance(document, list) else [document]
     if not events:

@@ -72,7 +72,7 @@ resource appStorageBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01
   }
 }
 
-// Queue triggers (evergreen-batch-seal, evergreen-rollout) and the blob trigger's internal queues.
+// Queue triggers (evergreen-batch-seal, evergreen-rollout, evergreen-blob-retry, evergreen-retrain-check, evergreen-promotion-retry) and the blob trigger's internal queues.
 resource appStorageQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(appStorage.id, identity.id, builtInRoles.storageQueueDataContributor)
   scope: appStorage
@@ -228,6 +228,7 @@ var appSettings = {
   EVERGREEN_LANDING_CONTAINER: landingContainerName
   EVERGREEN_POLICY_PATH: policyPath
   EVERGREEN_RETENTION_SCHEDULE: retentionSchedule
+  EVERGREEN_RECONCILE_SCHEDULE: '0 */5 * * * *'
   EVERGREEN_WEBHOOK_SECRET: '@Microsoft.KeyVault(SecretUri=${vault.properties.vaultUri}secrets/${webhookSecretName})'
   // Holds the instrumentation key, an identifier, not a credential: local auth is disabled on the component
   // and ingestion is authenticated by the next setting (Entra ID, Monitoring Metrics Publisher).

@@ -236,9 +236,9 @@ def parse_policy(document: object, *, source: str = "policy", landing_container:
 def load_policy(path: Path, *, landing_container: str | None = None) -> Policy:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(str(path), [f"cannot read the file: {exc}"]) from exc
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: nested too deeply for the parser
         raise ConfigurationError(str(path), [f"not valid YAML: {exc}"]) from exc
     policy = parse_policy(document, source=str(path), landing_container=landing_container)
     missing = [

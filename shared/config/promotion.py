@@ -11,7 +11,7 @@ import re
 from itertools import pairwise
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from shared.domain.gate import PromotionRule
 from shared.domain.vocabulary import Direction
@@ -75,6 +75,8 @@ class PromotionPolicy(_Frozen):
     min_improvement: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     min_relative_improvement: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
     threshold: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    replace_unscored_champion: StrictBool = Field(default=False, description="replace a champion that carries "
+                                                  "no value of the metric without comparison (default: skip)")
     deployment: DeploymentPolicy
     smoke_test: SmokeTestPolicy
     canary_steps: tuple[int, ...] = (10, 50, 100)
@@ -126,4 +128,5 @@ class PromotionPolicy(_Frozen):
             min_improvement=self.min_improvement,
             min_relative_improvement=self.min_relative_improvement,
             threshold=self.threshold,
+            replace_unscored_champion=self.replace_unscored_champion,
         )

@@ -34,6 +34,7 @@ class Settings:
     client_id: str | None
     webhook_secret: str | None
     retention_schedule: str
+    reconcile_schedule: str = "0 */5 * * * *"  # EVERGREEN_RECONCILE_SCHEDULE: the reconciler timer
 
     def __repr__(self) -> str:  # never leak keys or connection strings into logs
         return (
@@ -52,6 +53,15 @@ def _storage(env: Mapping[str, str], name: str, problems: list[str]) -> StorageC
         )
         return StorageConnection(name=name)
     return connection
+
+
+def _schedule(env: Mapping[str, str], key: str, default: str, problems: list[str]) -> str:
+    """A timer's NCRONTAB schedule (six fields, seconds first); a problem is added if it is not one."""
+    schedule = env.get(key, default).strip()
+    if len(schedule.split()) != 6:
+        problems.append(f"{key}: {schedule!r} is not a 6-field NCRONTAB expression "
+                        "(second minute hour day month weekday)")
+    return schedule
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -86,12 +96,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not policy_path.is_file():
         problems.append(f"EVERGREEN_POLICY_PATH: no policy file at {policy_path}")
 
-    schedule = env.get("EVERGREEN_RETENTION_SCHEDULE", "0 0 3 * * *").strip()
-    if len(schedule.split()) != 6:
-        problems.append(
-            f"EVERGREEN_RETENTION_SCHEDULE: {schedule!r} is not a 6-field NCRONTAB expression "
-            "(second minute hour day month weekday)"
-        )
+    schedule = _schedule(env, "EVERGREEN_RETENTION_SCHEDULE", "0 0 3 * * *", problems)
+    reconcile_schedule = _schedule(env, "EVERGREEN_RECONCILE_SCHEDULE", "0 */5 * * * *", problems)
 
     app_storage = _storage(env, "AzureWebJobsStorage", problems)
     data_storage = _storage(env, "DATA_STORAGE", problems)
@@ -111,4 +117,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         client_id=env.get("AZURE_CLIENT_ID") or None,
         webhook_secret=env.get("EVERGREEN_WEBHOOK_SECRET") or None,
         retention_schedule=schedule,
+        reconcile_schedule=reconcile_schedule,
     )

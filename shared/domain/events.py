@@ -2,21 +2,69 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from shared.domain.keys import event_id
+from shared.domain.urls import strip_query
+from shared.errors import InvalidEventError
+
+MAX_JSON_DEPTH = 64
+"""How deeply an input's JSON may nest. Every real event is under 10 levels; a deeper document is refused
+with a clear error instead of exhausting the parser's recursion (a `RecursionError` would be retried)."""
+
+
+def load_json(raw: bytes | str, what: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse an input's JSON, bounding its nesting.
+
+    Raises InvalidEventError naming `what` when the text is not UTF-8, not JSON, or nests deeper than
+    `max_depth` (checked while parsing: Python's parser stops at its recursion limit, which is caught too).
+    """
+    try:
+        document = json.loads(raw)
+    except RecursionError as exc:
+        raise InvalidEventError(f"{what} is not valid JSON here: it nests deeper than {max_depth} levels") from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidEventError(f"{what} is not valid JSON: {exc}") from exc
+    if json_depth(document) > max_depth:
+        raise InvalidEventError(f"{what} is not valid JSON here: it nests deeper than {max_depth} levels")
+    return document
+
+
+def json_depth(document: object) -> int:
+    """How deeply a parsed JSON value nests (a scalar is 0, `[]` is 1); iterative, so any depth is safe."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: list[object] = list(value.values())
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 @dataclass(frozen=True)
 class BlobCreated:
-    """A blob landed (from the Event Grid–sourced blob trigger)."""
+    """A blob landed (from the Event Grid–sourced blob trigger).
+
+    `url` never carries a query string: a SAS token in it would reach the ledger, tags, the audit log
+    and logs, so it is stripped here, however the event was built (the edge, a retry message, a test).
+    """
 
     container: str
     name: str
     url: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", strip_query(self.url))
 
     @property
     def path(self) -> str:

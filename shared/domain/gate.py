@@ -41,6 +41,7 @@ class SkipCode(str, Enum):
     BELOW_THRESHOLD = "below_threshold"
     NOT_BETTER = "not_better"
     TOO_SMALL = "improvement_too_small"
+    CHAMPION_UNSCORED = "champion_unscored"
 
 
 # -- inputs (values) ------------------------------------------------------------------------------
@@ -83,6 +84,7 @@ class PromotionRule:
     min_improvement: float = 0.0  # absolute, in the metric's units
     min_relative_improvement: float = 0.0  # fraction of the champion's value, e.g. 0.01 = 1 %
     threshold: float | None = None  # the candidate must reach at least (lower_is_better: at most) this
+    replace_unscored_champion: bool = False  # a champion without the metric may be replaced without comparison
 
 
 # -- decisions (values) ---------------------------------------------------------------------------
@@ -148,9 +150,7 @@ def plan_promotion(candidate: ModelSnapshot, champion: ModelSnapshot | None, rul
         return Promote(f"first model on {rule.endpoint!r}: {candidate.model} has {metric}={new}",
                        PromoteCode.FIRST_MODEL, candidate, None, rule.endpoint, metric, float(new))
     if metric not in champion.metrics:
-        return Promote(f"the champion {champion.model} carries no {metric!r} metric; promoting {candidate.model} "
-                       f"({metric}={new})", PromoteCode.CHAMPION_UNSCORED, candidate, champion, rule.endpoint,
-                       metric, float(new))
+        return _unscored_champion(candidate, champion, rule, new)
     old = _champion_value(champion, rule)
     if isinstance(old, Skip):
         return old
@@ -169,6 +169,24 @@ def _already_champion(candidate: ModelSnapshot, champion: ModelSnapshot | None, 
         return Skip(f"{candidate.model} is already the champion on {rule.endpoint!r} (a redelivered event?)",
                     SkipCode.ALREADY_CHAMPION)
     return None
+
+
+def _unscored_champion(candidate: ModelSnapshot, champion: ModelSnapshot, rule: PromotionRule,
+                       new: Decimal) -> PromotionDecision:
+    """A champion without the metric cannot be compared: keep it, unless the policy allows replacing it blind.
+
+    Replacing it by default would let any scored candidate take over a hand-deployed model that simply
+    was never tagged, with no evidence that the candidate is better.
+    """
+    metric = rule.metric
+    if rule.replace_unscored_champion:
+        return Promote(f"the champion {champion.model} carries no {metric!r} metric and the policy allows "
+                       f"replacing it (replace_unscored_champion); promoting {candidate.model} ({metric}={new})",
+                       PromoteCode.CHAMPION_UNSCORED, candidate, champion, rule.endpoint, metric, float(new))
+    return Skip(f"the champion {champion.model} carries no {metric!r} metric (tag {metric_tag(metric)}), so "
+                f"{candidate.model} ({metric}={new}) cannot be compared with it; tag the champion with its "
+                "metric, or set promotion.replace_unscored_champion: true to replace it without comparison",
+                SkipCode.CHAMPION_UNSCORED)
 
 
 def _candidate_value(candidate: ModelSnapshot, rule: PromotionRule) -> Decimal | Skip:

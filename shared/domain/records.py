@@ -12,9 +12,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.domain.keys import digest
-from shared.domain.vocabulary import Phase, rollout_finished
+from shared.domain.vocabulary import BatchState, Phase, RunStatus, rollout_finished
 
 CLAIM_LEASE = timedelta(minutes=10)
+SEAL_LEASE = CLAIM_LEASE  # how long a sealer owns a batch before anyone may take the seal over
+CONTENT_LEASE = CLAIM_LEASE  # how long a registrar owns a content claim before anyone may take it over
+HOLDER_WAIT = timedelta(seconds=3)  # how long a duplicate waits for a live holder before re-scheduling itself
+# A retraining submission (load the pipeline YAML, create the job) is unconfirmed until Azure ML
+# answered; whoever finds its lease expired resumes it (the job name is deterministic: never twice).
+SUBMIT_LEASE = timedelta(minutes=5)
+# A scheduled retraining re-check (end of the minimum interval) this late counts as lost.
+RECHECK_GRACE = timedelta(minutes=10)
 
 
 def utcnow() -> datetime:
@@ -37,6 +45,13 @@ class ContentRecord:
     version: str | None
     claimed_at: datetime | None
     row: Row | None = field(default=None, compare=False, repr=False)
+    owner: str = ""  # who holds the claim (an Ingestor instance id)
+    lease_until: datetime | None = None  # after this anyone may take the claim over
+
+    def lease_expired(self, now: datetime) -> bool:
+        """Whether a pending claim outlived its lease (its holder died): then anyone may take it over."""
+        until = self.lease_until or (self.claimed_at + CONTENT_LEASE if self.claimed_at else None)
+        return until is None or now >= until
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,16 @@ class BatchRecord:
     version: str | None
     sealed_at: datetime | None = None  # when the previous generation was sealed (kept on reopen)
     row: Row | None = field(default=None, compare=False, repr=False)
+    owner: str = ""  # who holds the seal (an Ingestor instance id); "" when not sealing
+    lease_until: datetime | None = None  # while sealing: after this anyone may take the seal over
+    seal_reason: str = ""  # why the holder sealed (kept, so a take-over tags the version alike)
+
+    def seal_held(self, now: datetime) -> bool:
+        """Whether a live sealer holds this batch (sealing, lease not yet expired)."""
+        if self.state != BatchState.SEALING:
+            return False
+        until = self.lease_until or (self.sealing_since + SEAL_LEASE if self.sealing_since else None)
+        return until is not None and now < until
 
     @property
     def files_partition(self) -> str:
@@ -68,6 +93,23 @@ class RetrainState:
     pending_asset: str | None
     pending_asset_type: str | None
     row: Row | None = field(default=None, compare=False, repr=False)
+    active_asset: str | None = None  # what the active run reads, so a lost submission can be resumed
+    active_asset_type: str | None = None
+    active_event: str | None = None  # the event that started it (the job's lineage tag)
+    active_status: RunStatus | None = None  # SUBMITTING until Azure ML confirmed the job, then SUBMITTED
+    lease_owner: str | None = None  # who is submitting (while SUBMITTING)
+    lease_until: datetime | None = None  # after this, anyone may resume the submission
+    last_version: str | None = None  # the newest version a run was started for (older late events are skipped)
+    recheck_at: datetime | None = None  # when the scheduled re-check of the pending version is due
+
+    @property
+    def submitting(self) -> bool:
+        """An active run whose submission Azure ML has not confirmed yet (the job may not exist)."""
+        return bool(self.active_job) and self.active_status is RunStatus.SUBMITTING
+
+    def lease_live(self, now: datetime) -> bool:
+        """Whether the submission's holder may still be at work (then nobody else resumes it)."""
+        return self.submitting and self.lease_until is not None and now < self.lease_until
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ into at most one follow-up run, on the newest version (`version_order` decides "
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ from typing import Any
 from shared.config.policy import Policy, RetrainPolicy
 from shared.domain.events import DataVersionRegistered
 from shared.domain.keys import digest
-from shared.domain.records import RetrainState
-from shared.domain.vocabulary import RunStatus, Tag, version_order
+from shared.domain.records import RECHECK_GRACE, RetrainState
+from shared.domain.vocabulary import FINISHED_JOB_STATUSES, RunStatus, Tag, version_order
 from shared.errors import InvalidEventError
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,11 @@ class RunFinished:
         return self.status == "Completed"
 
     @property
+    def ended(self) -> bool:
+        """Whether the status is an end (RunStatusChanged also reports Queued, Running, …, which end nothing)."""
+        return self.status.lower() in FINISHED_JOB_STATUSES
+
+    @property
     def run_status(self) -> RunStatus:
         """The ledger's word for how the run ended: any status but Completed or Canceled counts as failed."""
         if self.succeeded:
@@ -112,6 +118,31 @@ def parse_run_event(event_type: str, data: object) -> RunFinished:
                        {str(k): str(v) for k, v in tags.items()})
 
 
+# -- the re-check queue ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RetrainCheck:
+    """A queue message: look at a dataset's retraining again (the minimum interval ended, a lease ran out)."""
+
+    dataset: str
+    reason: str = ""
+
+
+def retrain_check_from_json(body: str) -> RetrainCheck:
+    """Parse a re-check message; malformed input is an InvalidEventError naming what is wrong."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply (issue 11, defect 5)
+        raise InvalidEventError(f"retrain re-check is not JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("dataset"), str) or not data["dataset"]:
+        raise InvalidEventError("retrain re-check must be a JSON object with a dataset name")
+    return RetrainCheck(data["dataset"], str(data.get("reason", "")))
+
+
+def retrain_check_to_json(check: RetrainCheck) -> str:
+    """The re-check message text (the inverse of `retrain_check_from_json`)."""
+    return json.dumps({"dataset": check.dataset, "reason": check.reason})
+
+
 # -- decisions ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SubmitRetrain:
@@ -122,6 +153,8 @@ class SubmitRetrain:
     job_name: str
     pipeline: RetrainPolicy
     reason: str
+    resume: bool = False  # the job is the dataset's unconfirmed submission: take its expired lease over
+    trigger_event: str = ""  # the event the run was started for ("" = the one being handled)
 
 
 @dataclass(frozen=True)
@@ -130,6 +163,29 @@ class Coalesce:
 
     dataset: str
     data_version: str
+    asset_name: str
+    asset_type: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Defer:
+    """Inside the minimum interval: remember this version as the pending one, re-check when the window ends."""
+
+    dataset: str
+    data_version: str
+    asset_name: str
+    asset_type: str
+    due: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Another instance holds the dataset's unconfirmed submission: look again when its lease ends."""
+
+    dataset: str
+    until: datetime
     reason: str
 
 
@@ -138,7 +194,7 @@ class Skip:
     reason: str
 
 
-RetrainDecision = SubmitRetrain | Coalesce | Skip
+RetrainDecision = SubmitRetrain | Coalesce | Defer | Wait | Skip
 
 _SLUG = re.compile(r"[^a-z0-9-]+")
 
@@ -149,34 +205,158 @@ def job_name_for(dataset: str, version: str) -> str:
     return f"evergreen-{slug}-v{_SLUG.sub('-', version.lower())[:20]}-{digest(dataset, version, length=8)}"
 
 
+def _newer(version: str, than: str | None) -> bool:
+    return than is None or version_order(version) > version_order(than)
+
+
+def _window_end(state: RetrainState | None, pipeline: RetrainPolicy) -> datetime | None:
+    """When the minimum interval after the last submission ends; None if there is none."""
+    if state is None or state.last_submitted_at is None or not pipeline.min_interval_minutes:
+        return None
+    return state.last_submitted_at + timedelta(minutes=pipeline.min_interval_minutes)
+
+
+def _resume_or_wait(state: RetrainState, pipeline: RetrainPolicy, now: datetime) -> SubmitRetrain | Wait:
+    """The dataset's unconfirmed submission: wait for a live holder, else resume it under the same job name."""
+    assert state.active_job is not None
+    if state.lease_live(now):
+        assert state.lease_until is not None
+        return Wait(state.dataset, state.lease_until,
+                    f"{state.lease_owner or 'another instance'} is submitting {state.active_job} "
+                    f"(lease until {state.lease_until.isoformat()})")
+    return SubmitRetrain(state.dataset, state.active_asset or state.dataset, state.active_version or "",
+                         state.active_asset_type or "uri_folder", state.active_job, pipeline,
+                         "resuming an interrupted submission", resume=True, trigger_event=state.active_event or "")
+
+
+def _pending_run(state: RetrainState, pipeline: RetrainPolicy, reason: str) -> SubmitRetrain:
+    assert state.pending_version is not None
+    return SubmitRetrain(state.dataset, state.pending_asset or state.dataset, state.pending_version,
+                         state.pending_asset_type or "uri_folder", job_name_for(state.dataset, state.pending_version),
+                         pipeline, reason)
+
+
+def _while_active(event: DataVersionRegistered, state: RetrainState, exists: RunStatus | None) -> Skip | Coalesce:
+    """A run is active: coalesce the version as its follow-up if it is the newest seen (newest wins)."""
+    name = job_name_for(event.dataset, event.version)
+    if exists is not None:
+        return Skip(f"a run for {event.dataset}:{event.version} already exists ({name}, {exists.value})")
+    if state.pending_version and not _newer(event.version, state.pending_version):
+        return Skip(f"version {state.pending_version} is already queued as the follow-up of {state.active_job}")
+    if not _newer(event.version, state.active_version or "0"):
+        return Skip(f"version {event.version} is not newer than the running {state.active_version}")
+    return Coalesce(event.dataset, event.version, event.asset_name, event.asset_type,
+                    f"run {state.active_job} is active; {event.version} becomes the follow-up (newest wins)")
+
+
+def _while_idle(event: DataVersionRegistered, pipeline: RetrainPolicy, state: RetrainState | None,
+                exists: RunStatus | None, now: datetime) -> RetrainDecision:
+    """No run is active: run the newest of the event's and the waiting version, or defer it to the window's end."""
+    name = job_name_for(event.dataset, event.version)
+    last = state.last_version if state else None
+    fresh = exists is None and _newer(event.version, last)
+    if state is not None and state.pending_version and not (fresh and _newer(event.version, state.pending_version)):
+        return _run_waiting(state, pipeline, now)  # the version already waiting is the newest
+    if not fresh:
+        why = f"already exists ({name}, {exists.value})" if exists else f"is not newer than the last run's {last}"
+        return Skip(f"a run for {event.dataset}:{event.version} {why}")
+    end = _window_end(state, pipeline)
+    if end is not None and now < end:
+        return Defer(event.dataset, event.version, event.asset_name, event.asset_type, end,
+                     f"inside the minimum interval of {pipeline.min_interval_minutes:g} min: {event.version} "
+                     f"waits until {end.isoformat()} (newest wins)")
+    return SubmitRetrain(event.dataset, event.asset_name, event.version, event.asset_type, name, pipeline,
+                         f"new data version {event.asset_name}:{event.version}")
+
+
+def _run_waiting(state: RetrainState, pipeline: RetrainPolicy, now: datetime) -> SubmitRetrain | Defer:
+    """The version waiting for the minimum interval: run it once the window has ended, else wait on."""
+    assert state.pending_version is not None
+    end = _window_end(state, pipeline)
+    if end is not None and now < end:
+        return Defer(state.dataset, state.pending_version, state.pending_asset or state.dataset,
+                     state.pending_asset_type or "uri_folder", end,
+                     f"{state.pending_version} already waits for the end of the minimum interval "
+                     f"({end.isoformat()})")
+    return _pending_run(state, pipeline, f"the minimum interval ended; the newest waiting version is "
+                                         f"{state.pending_version}")
+
+
 def plan_retrain(
     event: DataVersionRegistered, policy: Policy, state: RetrainState | None, run_status: RunStatus | None,
     now: datetime,
 ) -> RetrainDecision:
-    """Decide what a new data version means for retraining. Pure."""
+    """Decide what a new data version means for retraining. Pure.
+
+    An unconfirmed submission of this very version is resumed (or waited for, while its holder's
+    lease lasts); during an active run the newest version becomes the follow-up; inside the minimum
+    interval the newest version waits for the window's end (`Defer`), never dropped.
+    """
     pipeline = policy.retraining_for(event.dataset)
     if pipeline is None:
         return Skip(f"dataset {event.dataset!r} has no retraining pipeline in the policy")
     name = job_name_for(event.dataset, event.version)
-    if run_status is RunStatus.SUBMITTING:  # a previous attempt crashed between claim and submit: finish it
-        return SubmitRetrain(event.dataset, event.asset_name, event.version, event.asset_type, name, pipeline,
-                             "resuming an interrupted submission")
-    if run_status is not None:
-        return Skip(f"a run for {event.dataset}:{event.version} already exists ({name}, {run_status.value})")
+    if state is not None and state.active_job == name and (state.submitting or run_status is RunStatus.SUBMITTING):
+        return _resume_or_wait(state, pipeline, now)
+    exists = run_status if run_status is not RunStatus.SUBMITTING else None  # a claim undone is no run
     if state is not None and state.active_job:
-        if state.pending_version and version_order(state.pending_version) >= version_order(event.version):
-            return Skip(f"version {state.pending_version} is already queued as the follow-up of {state.active_job}")
-        if version_order(event.version) <= version_order(state.active_version or "0"):
-            return Skip(f"version {event.version} is not newer than the running {state.active_version}")
-        return Coalesce(event.dataset, event.version,
-                        f"run {state.active_job} is active; {event.version} becomes the follow-up (newest wins)")
-    if state is not None and state.last_submitted_at is not None and pipeline.min_interval_minutes:
-        next_allowed = state.last_submitted_at + timedelta(minutes=pipeline.min_interval_minutes)
-        if now < next_allowed:
-            return Skip(f"inside the minimum interval of {pipeline.min_interval_minutes:g} min "
-                        f"(next run allowed at {next_allowed.isoformat()})")
-    return SubmitRetrain(event.dataset, event.asset_name, event.version, event.asset_type, name, pipeline,
-                         f"new data version {event.asset_name}:{event.version}")
+        return _while_active(event, state, exists)
+    return _while_idle(event, pipeline, state, exists, now)
+
+
+def plan_recheck(state: RetrainState | None, policy: Policy, now: datetime) -> RetrainDecision:
+    """Look at a dataset again (a re-check message, the reconciler). Pure.
+
+    An unconfirmed submission whose lease ran out is resumed; a version waiting for the minimum
+    interval runs once the window has ended (or waits on, as `Defer`).
+    """
+    if state is None:
+        return Skip("nothing is known of this dataset's retraining")
+    pipeline = policy.retraining_for(state.dataset)
+    if pipeline is None:
+        return Skip(f"dataset {state.dataset!r} has no retraining pipeline in the policy")
+    if state.active_job:
+        if state.submitting:
+            return _resume_or_wait(state, pipeline, now)
+        waiting = f"; {state.pending_version} follows it" if state.pending_version else ""
+        return Skip(f"run {state.active_job} is active{waiting}")
+    if not state.pending_version:
+        return Skip(f"no data version of {state.dataset} waits")
+    return _run_waiting(state, pipeline, now)
+
+
+def plan_reconcile(state: RetrainState, job_status: str | None, policy: Policy,
+                   now: datetime) -> RetrainDecision | RunFinished | None:
+    """What a stuck dataset needs, for the reconciler; None if nothing is stuck. Pure.
+
+    `job_status` is Azure ML's status of a confirmed active job (None: there is no such job). Stuck
+    are: a submission not confirmed whose lease expired (resume it), an active job that does not exist
+    (submit it again under its name), an active job that finished while its run event was lost (the
+    follow-up, as if the event had come: a `RunFinished`), and a waiting version whose re-check is
+    not in flight (run it, or schedule the re-check).
+    """
+    pipeline = policy.retraining_for(state.dataset)
+    if pipeline is None:
+        return None
+    job = state.active_job
+    if job and state.submitting:
+        if state.lease_live(now):
+            return None
+        return replace(_resume_or_wait(state, pipeline, now),
+                       reason=f"the submission of {job} was not confirmed before its lease expired; resuming it")
+    if job and job_status is None:
+        return SubmitRetrain(state.dataset, state.active_asset or state.dataset, state.active_version or "",
+                             state.active_asset_type or "uri_folder", job, pipeline,
+                             f"the active job {job} does not exist; submitting it again", resume=True,
+                             trigger_event=state.active_event or "")
+    if job and job_status is not None and job_status.lower() in FINISHED_JOB_STATUSES:
+        tags = {Tag.DATASET.value: state.dataset, Tag.DATA_VERSION.value: state.active_version or ""}
+        return RunFinished(job, job_status, pipeline.experiment, tags)
+    if job or not state.pending_version:
+        return None
+    if state.recheck_at is not None and now <= state.recheck_at + RECHECK_GRACE:
+        return None  # its re-check is in flight
+    return _run_waiting(state, pipeline, now)
 
 
 def plan_follow_up(finished: RunFinished, state: RetrainState | None, policy: Policy) -> SubmitRetrain | Skip:
@@ -188,10 +368,8 @@ def plan_follow_up(finished: RunFinished, state: RetrainState | None, policy: Po
     pipeline = policy.retraining_for(state.dataset)
     if pipeline is None:
         return Skip(f"dataset {state.dataset!r} no longer has a retraining pipeline")
-    return SubmitRetrain(state.dataset, state.pending_asset or state.dataset, state.pending_version,
-                         state.pending_asset_type or "uri_folder",
-                         job_name_for(state.dataset, state.pending_version), pipeline,
-                         f"follow-up of {finished.run_id} on the newest version {state.pending_version}")
+    return _pending_run(state, pipeline, f"follow-up of {finished.run_id} on the newest version "
+                                         f"{state.pending_version}")
 
 
 @dataclass(frozen=True)

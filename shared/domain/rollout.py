@@ -353,7 +353,7 @@ class RolloutTick:
 def tick_from_json(text: str) -> RolloutTick:
     try:
         data: Any = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply (issue 11, defect 5)
         raise InvalidEventError(f"rollout message is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidEventError("rollout message must be a JSON object with endpoint, rolloutId, seq, eventId")
@@ -366,3 +366,34 @@ def tick_from_json(text: str) -> RolloutTick:
         raise InvalidEventError("rollout message: " + "; ".join(problems))
     return RolloutTick(endpoint=data["endpoint"], rollout_id=data["rolloutId"], seq=int(data["seq"]),
                        event_id=data["eventId"])
+
+
+@dataclass(frozen=True)
+class CandidateRetry:
+    """'Put `model_name:version` through the gate again': a candidate whose decision kept racing other writes.
+
+    Sent with a delay on the promotion retry queue instead of failing the event (so a burst of racing
+    deliveries never turns into failed executions); `event_id` is the original event, for correlation.
+    """
+
+    model_name: str
+    version: str
+    event_id: str
+
+    def to_json(self) -> str:
+        return json.dumps({"modelName": self.model_name, "version": self.version, "eventId": self.event_id})
+
+
+def candidate_retry_from_json(text: str) -> CandidateRetry:
+    """Parse a promotion retry message; raises InvalidEventError naming what is wrong."""
+    try:
+        data: Any = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidEventError(f"promotion retry message is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidEventError("promotion retry message must be a JSON object with modelName, version, eventId")
+    problems = [f"{key} must be a non-empty string" for key in ("modelName", "version", "eventId")
+                if not isinstance(data.get(key), str) or not data[key]]
+    if problems:
+        raise InvalidEventError("promotion retry message: " + "; ".join(problems))
+    return CandidateRetry(model_name=data["modelName"], version=data["version"], event_id=data["eventId"])

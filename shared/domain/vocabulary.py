@@ -95,8 +95,9 @@ class IngestAction(StrEnum):
     IGNORED = "ignored"
     BATCHED = "batched"
     SEALED = "sealed"
-    WAITING = "waiting"
+    WAITING = "waiting"  # another instance holds the work: a retry is scheduled for its lease's end
     SKIPPED = "skipped"
+    REDRIVEN = "redriven"  # the reconciler re-drove stuck work (audit kind `data.redriven`)
 
 
 class RetrainAction(StrEnum):
@@ -107,6 +108,8 @@ class RetrainAction(StrEnum):
     SKIPPED = "skipped"
     FINISHED = "finished"
     FAILED = "failed"
+    DEFERRED = "deferred"  # another instance holds the submission: a re-check is scheduled for its lease's end
+    REDRIVEN = "redriven"  # the reconciler re-drove a stuck dataset (audit `retrain.redriven`)
 
 
 class PromotionAction(StrEnum):
@@ -116,6 +119,7 @@ class PromotionAction(StrEnum):
     DUPLICATE = "duplicate"
     STARTED = "started"
     QUEUED = "queued"
+    RESCHEDULED = "rescheduled"  # the endpoint's row kept changing: the candidate is looked at again later
 
 
 class TickAction(StrEnum):
@@ -128,6 +132,7 @@ class TickAction(StrEnum):
     ADVANCED = "advanced"
     LOST_RACE = "lost_race"
     FINISHED = "finished"
+    REDRIVEN = "redriven"  # the reconciler re-sent a stalled rollout's step (audit kind `rollout.redriven`)
 
 
 class EdgeAction(StrEnum):

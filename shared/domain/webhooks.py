@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.domain.events import ModelVersionEvent, Source
+from shared.domain.events import ModelVersionEvent, Source, load_json
 from shared.domain.keys import event_id as stable_event_id
 from shared.errors import InvalidEventError, PayloadTooLargeError, SignatureError
 
@@ -46,6 +46,10 @@ DATABRICKS_EVENTS = frozenset({
     "MODEL_VERSION_TRANSITIONED_TO_STAGING",
     "MODEL_VERSION_TRANSITIONED_TO_PRODUCTION",
 })
+DATABRICKS_TRANSITIONED_STAGE = "MODEL_VERSION_TRANSITIONED_STAGE"
+# A stage transition is a candidate only when it goes to one of these (Databricks' stages are
+# None, Staging, Production and Archived): archiving a version must never send it through the gate.
+CANDIDATE_STAGES = frozenset({"staging", "production"})
 
 MLFLOW_SIGNATURE = "x-mlflow-signature"
 MLFLOW_TIMESTAMP = "x-mlflow-timestamp"
@@ -223,9 +227,9 @@ def parse_webhook_request(
     signed = any(k in h for k in (MLFLOW_SIGNATURE, MLFLOW_TIMESTAMP, MLFLOW_DELIVERY_ID, DATABRICKS_SIGNATURE))
     if method.upper() == "POST" and not signed and len(body) <= MAX_BODY_BYTES:
         try:
-            document = json.loads(body)
-        except ValueError:
-            document = None
+            document = load_json(body, "the request body")
+        except InvalidEventError:
+            document = None  # parse_event_delivery refuses it below, naming the problem
         signed = isinstance(document, dict) and "specversion" not in document
     if signed:
         return parse_registry_webhook(method, headers, body, secret=secret, now=now,
@@ -450,6 +454,10 @@ def _databricks(h: Mapping[str, str], body: bytes, secret: str, now: datetime, t
                        f"(Evergreen acts on {', '.join(sorted(DATABRICKS_EVENTS))})", ident)
     if model_name is None or raw_version is None:
         raise InvalidEventError(f"Databricks {event_type}: model_name and version are required")
+    to_stage = _optional_str(document, "to_stage", where)
+    if event_type == DATABRICKS_TRANSITIONED_STAGE and (to_stage or "").strip().lower() not in CANDIDATE_STAGES:
+        return Ignored(f"Databricks {event_type} of {model_name}:{raw_version} to stage {to_stage!r} is not handled "
+                       "(only transitions to Staging or Production are candidates)", ident)
     return Received((ModelVersionEvent(
         model_name=_name(model_name, f"{where}.model_name"),
         version=_version(raw_version, f"{where}.version"),
@@ -458,7 +466,7 @@ def _databricks(h: Mapping[str, str], body: bytes, secret: str, now: datetime, t
         event_type=event_type,
         occurred_at=sent_at,
         origin=webhook_id,
-        stage=_optional_str(document, "to_stage", where),
+        stage=to_stage,
     ),))
 
 
@@ -477,10 +485,7 @@ def _lower(headers: Mapping[str, str]) -> dict[str, str]:
 def _load_json(body: bytes, what: str) -> Any:
     if len(body) > MAX_BODY_BYTES:
         raise PayloadTooLargeError(f"{what} is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted")
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise InvalidEventError(f"{what} is not valid JSON: {exc}") from exc
+    return load_json(body, what)
 
 
 def _json_type(value: object) -> str:

@@ -1,7 +1,9 @@
 """The audit log on a table: one row per automated decision (what, why, which event, which assets).
 
-Partitioned by UTC day and ordered newest first inside a day, so "what did Evergreen do today and
-why" is one partition query. Implements the `shared.ports.AuditLog` port over any `TableStore`.
+Partitioned by UTC day, so "what did Evergreen do today and why" is one partition query (sorted
+newest first on the record's time). A row is keyed by what the record is, so a retried write rewrites
+it; a retry that crosses UTC midnight lands in the next day's partition, a second row.
+Implements the `shared.ports.AuditLog` port over any `TableStore`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from shared.ports import TableStore
 log = logging.getLogger(__name__)
 
 AUDIT_TABLE = "evergreenaudit"
-_MAX_TICKS = 10**16
 
 
 class TableAuditLog:
@@ -28,12 +29,15 @@ class TableAuditLog:
         self._table = table
 
     def record(self, rec: AuditRecord) -> None:
-        """Write one record; its key derives from the event and decision, so a retry rewrites, not duplicates."""
-        ticks = _MAX_TICKS - int(rec.at.timestamp() * 1_000_000)
+        """Write one record, keyed by what it is (kind, event, decision, assets), never by when it was written.
+
+        So a retried write on the same UTC day rewrites the same row instead of adding a second one.
+        Table errors propagate (the caller's platform retries, and the retry lands on the same row).
+        """
         self._table.upsert(
             {
-                "PartitionKey": rec.at.strftime("%Y%m%d"),
-                "RowKey": f"{ticks:017d}-{digest(rec.kind, rec.event_id, rec.decision, length=16)}",
+                "PartitionKey": rec.at.astimezone(UTC).strftime("%Y%m%d"),
+                "RowKey": record_key(rec),
                 "Kind": rec.kind,
                 "Decision": rec.decision,
                 "Reason": rec.reason,
@@ -45,14 +49,23 @@ class TableAuditLog:
         log.info("audit kind=%s event=%s decision=%s reason=%s", rec.kind, rec.event_id, rec.decision, rec.reason)
 
     def query(self, *, days: int = 1, kind_prefix: str = "", now: datetime | None = None) -> Iterator[AuditRecord]:
-        """Newest first, over the last `days` UTC days."""
+        """Newest first (by the record's time), over the last `days` UTC days; one partition read per day."""
         now = now or datetime.now(UTC)
         for back in range(days):
             day = (now - timedelta(days=back)).strftime("%Y%m%d")
-            for row in self._table.query(day):
-                e = row.data
-                if str(e["Kind"]).startswith(kind_prefix):
-                    yield AuditRecord(
-                        kind=e["Kind"], decision=e["Decision"], reason=e["Reason"], event_id=e["EventId"],
-                        assets=json.loads(e["Assets"]), at=datetime.fromisoformat(e["At"]),
-                    )
+            records = [_record(row.data) for row in self._table.query(day)
+                       if str(row.data["Kind"]).startswith(kind_prefix)]
+            yield from sorted(records, key=lambda r: r.at, reverse=True)
+
+
+def record_key(rec: AuditRecord) -> str:
+    """The row key of a record: a digest of what it is; its time is left out on purpose (see `record`)."""
+    assets = json.dumps(dict(rec.assets), sort_keys=True)
+    return digest(rec.kind, rec.event_id, rec.decision, assets, length=32)
+
+
+def _record(e: dict[str, object]) -> AuditRecord:
+    return AuditRecord(
+        kind=str(e["Kind"]), decision=str(e["Decision"]), reason=str(e["Reason"]), event_id=str(e["EventId"]),
+        assets=json.loads(str(e["Assets"])), at=datetime.fromisoformat(str(e["At"])),
+    )

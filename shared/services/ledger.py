@@ -8,14 +8,17 @@ entity's ETag (optimistic concurrency): two instances can never both seal the sa
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from shared.domain.keys import digest
 from shared.domain.records import (
-    CLAIM_LEASE,
+    CONTENT_LEASE,
+    SEAL_LEASE,
     BatchRecord,
     ContentRecord,
     RetrainState,
@@ -24,12 +27,14 @@ from shared.domain.records import (
     utcnow,
 )
 from shared.domain.vocabulary import BatchState, ContentState, Phase, PromotionAction, RunStatus
+from shared.domain.workspace import DataVersionSpec
 from shared.errors import ConcurrentUpdateError
 from shared.ports import Clock, TableStore
 
 log = logging.getLogger(__name__)
 
 LEDGER_TABLE = "evergreenledger"
+MAX_FILES_JSON = 30_000  # a content row keeps its file list only below this (a property holds 64 KiB)
 
 
 def _iso(value: datetime) -> str:
@@ -79,6 +84,22 @@ def _iso_or_empty(value: datetime | None) -> str:
     return _iso(value) if value is not None else ""
 
 
+RETRAIN_WRITE_ATTEMPTS = 8  # re-reads of a retraining state row after ETag conflicts before giving up
+_NO_PENDING = {"PendingVersion": "", "PendingAsset": "", "PendingAssetType": "", "RecheckAt": ""}
+_NO_ACTIVE = {"ActiveJob": "", "ActiveVersion": "", "ActiveAsset": "", "ActiveAssetType": "", "ActiveEvent": "",
+              "ActiveStatus": "", "LeaseOwner": "", "LeaseUntil": ""}
+
+
+def _active_status(d: dict[str, Any]) -> RunStatus | None:
+    """SUBMITTING or SUBMITTED; a row written before submissions were leased reads as SUBMITTED."""
+    if not d.get("ActiveJob"):
+        return None
+    try:
+        return RunStatus(str(d.get("ActiveStatus") or RunStatus.SUBMITTED.value))
+    except ValueError:
+        return RunStatus.SUBMITTED
+
+
 def _retrain_state(row: Row) -> RetrainState:
     d = row.data
     return RetrainState(
@@ -90,6 +111,14 @@ def _retrain_state(row: Row) -> RetrainState:
         pending_asset=d.get("PendingAsset") or None,
         pending_asset_type=d.get("PendingAssetType") or None,
         row=row,
+        active_asset=d.get("ActiveAsset") or None,
+        active_asset_type=d.get("ActiveAssetType") or None,
+        active_event=d.get("ActiveEvent") or None,
+        active_status=_active_status(d),
+        lease_owner=d.get("LeaseOwner") or None,
+        lease_until=_parse(d.get("LeaseUntil")),
+        last_version=d.get("LastVersion") or d.get("ActiveVersion") or None,
+        recheck_at=_parse(d.get("RecheckAt")),
     )
 
 
@@ -133,6 +162,19 @@ class Ledger:
             }
         )
 
+    # -- open work (an index of unfinished items per flow, so a reconciler never scans history) ---------
+    def track_work(self, flow: str, key: str, data: Mapping[str, Any]) -> None:
+        """Index an item of `flow` as open; written BEFORE the item's own row, so a crash leaves it indexed."""
+        self._table.upsert({"PartitionKey": f"work-{flow}", "RowKey": key, **data, "Since": _iso(self._clock())})
+
+    def finish_work(self, flow: str, key: str) -> None:
+        """Drop an item from the index; done AFTER the item finished, so a crash leaves it indexed."""
+        self._table.delete(f"work-{flow}", key)
+
+    def open_work(self, flow: str) -> list[dict[str, Any]]:
+        """Every open item of `flow` (one small partition: only what is unfinished now)."""
+        return [dict(data) for data in self._query(f"work-{flow}")]
+
     # -- content (dedupe by hash; one registration per distinct content) --------------------------
     def _content(self, row: Row) -> ContentRecord:
         d = row.data
@@ -143,14 +185,23 @@ class Ledger:
             version=d.get("Version") or None,
             claimed_at=_parse(d.get("ClaimedAt")),
             row=row,
+            owner=str(d.get("Owner") or ""),
+            lease_until=_parse(d.get("LeaseUntil")),
         )
 
     def get_content(self, dataset: str, sha256: str) -> ContentRecord | None:
         row = self._get(f"content-{digest(dataset)}", sha256)
         return self._content(row) if row else None
 
-    def claim_content(self, dataset: str, sha256: str, source: str) -> ContentRecord | None:
-        """Claim the right to register this content; None if another instance holds or finished it."""
+    def claim_content(self, dataset: str, sha256: str, source: str, *, owner: str = "",
+                      spec: DataVersionSpec | None = None, files: tuple[str, ...] = ()) -> ContentRecord | None:
+        """Claim the right to register this content under a lease; None if another instance holds or finished it.
+
+        The row keeps what registering and announcing need (`spec`, the file list when it fits in a
+        row), so whoever takes an expired claim over can finish it without the original event.
+        """
+        now = self._clock()
+        names = json.dumps(list(files))
         row = self._insert(
             {
                 "PartitionKey": f"content-{digest(dataset)}",
@@ -159,23 +210,42 @@ class Ledger:
                 "Sha256": sha256,
                 "State": ContentState.PENDING.value,
                 "Source": source,
-                "ClaimedAt": _iso(self._clock()),
+                "ClaimedAt": _iso(now),
+                "Owner": owner,
+                "LeaseUntil": _iso(now + CONTENT_LEASE),
+                "Spec": json.dumps(asdict(spec)) if spec is not None else "",
+                "FileCount": len(files),
+                "Files": names if len(names) <= MAX_FILES_JSON else "",
             }
         )
         return self._content(row) if row else None
 
-    def content_claim_expired(self, record: ContentRecord) -> bool:
-        """Whether a pending claim outlived its lease (its holder crashed): then anyone may take it over."""
-        if record.state != ContentState.PENDING:
-            return False
-        return record.claimed_at is None or self._clock() - record.claimed_at > CLAIM_LEASE
+    def content_spec(self, record: ContentRecord) -> tuple[DataVersionSpec, tuple[str, ...], int] | None:
+        """The spec, file list (possibly cut) and file count stored with a claim; None for a row that has none."""
+        d = _stored(record).data
+        if not d.get("Spec"):
+            return None
+        spec = DataVersionSpec(**json.loads(d["Spec"]))
+        files = tuple(json.loads(d["Files"])) if d.get("Files") else ()
+        return spec, files, int(d.get("FileCount") or len(files))
 
-    def take_over_content(self, record: ContentRecord) -> ContentRecord | None:
-        """Take a stale pending claim (its holder crashed); None if someone else moved first."""
-        row = self._replace_if(_stored(record), {"ClaimedAt": _iso(self._clock())})
+    def content_claim_expired(self, record: ContentRecord) -> bool:
+        """Whether a pending claim outlived its lease (its holder died): then anyone may take it over."""
+        return record.state == ContentState.PENDING and record.lease_expired(self._clock())
+
+    def take_over_content(self, record: ContentRecord, owner: str = "") -> ContentRecord | None:
+        """Take a stale pending claim (its holder died) under a new lease; None if someone else moved first."""
+        now = self._clock()
+        row = self._replace_if(_stored(record), {"ClaimedAt": _iso(now), "Owner": owner,
+                                                 "LeaseUntil": _iso(now + CONTENT_LEASE)})
         return self._content(row) if row else None
 
+    def release_content(self, record: ContentRecord) -> bool:
+        """End our lease on a pending claim after a failure, so a retry takes it over at once; False if it moved."""
+        return self._replace_if(_stored(record), {"Owner": "", "LeaseUntil": _iso(self._clock())}) is not None
+
     def content_registered(self, record: ContentRecord, version: str) -> ContentRecord:
+        """Record the registered version. Raises ConcurrentUpdateError if the row changed since it was read."""
         row = self._replace_if(_stored(record), {"State": ContentState.REGISTERED.value, "Version": version})
         if row is None:
             raise ConcurrentUpdateError(f"content {record.sha256} of {record.dataset} changed under us")
@@ -187,6 +257,18 @@ class Ledger:
              "State": ContentState.PUBLISHED.value},
             merge=True,
         )
+
+    # -- aliases (an upload whose content a version already holds) -------------------------------
+    def record_alias(self, dataset: str, version: str, *, url: str, name: str, etag: str, sha256: str) -> None:
+        """Record that the upload `url` at `etag` holds the content of `dataset:version`; idempotent (upsert)."""
+        self._table.upsert({
+            "PartitionKey": f"alias-{digest(dataset)}", "RowKey": digest(url, etag), "Dataset": dataset,
+            "Version": version, "Url": url, "Name": name, "ETag": etag, "Sha256": sha256,
+            "RecordedAt": _iso(self._clock())})
+
+    def aliases(self, dataset: str) -> list[dict[str, Any]]:
+        """Every upload recorded as an alias of a version of `dataset` (Version, Url, Name, ETag, Sha256)."""
+        return [dict(data) for data in self._query(f"alias-{digest(dataset)}")]
 
     # -- batches of folder datasets ------------------------------------------------------------
     def _batch(self, row: Row) -> BatchRecord:
@@ -201,6 +283,9 @@ class Ledger:
             version=d.get("Version") or None,
             row=row,
             sealed_at=_parse(d.get("SealedAt")),
+            owner=str(d.get("SealOwner") or ""),
+            lease_until=_parse(d.get("LeaseUntil")),
+            seal_reason=str(d.get("SealReason") or ""),
         )
 
     def _batch_key(self, dataset: str, folder: str) -> tuple[str, str]:
@@ -241,6 +326,9 @@ class Ledger:
                 "OpenedAt": _iso(self._clock()),
                 "SealingSince": "",
                 "Version": "",
+                "SealOwner": "",
+                "LeaseUntil": "",
+                "SealReason": "",
             },
         )
         return self._batch(row) if row else None
@@ -259,62 +347,151 @@ class Ledger:
             },
         )
 
-    def batch_files(self, batch: BatchRecord) -> dict[str, dict[str, Any]]:
-        return {str(e["Name"]): dict(e) for e in self._query(batch.files_partition)}
+    def batch_files(self, batch: BatchRecord, generation: int | None = None) -> dict[str, dict[str, Any]]:
+        """The files recorded for a generation of the batch (its current one unless `generation` is given)."""
+        of = batch if generation is None else replace(batch, generation=generation)
+        partition = of.files_partition
+        return {str(e["Name"]): dict(e) for e in self._query(partition)}
 
-    def claim_seal(self, batch: BatchRecord) -> BatchRecord | None:
-        """Move open → sealing, or take over a sealing claim whose holder crashed; None if we lost."""
-        if batch.state == BatchState.SEALED:
-            return None
+    def claim_seal(self, batch: BatchRecord, *, owner: str = "", reason: str = "") -> BatchRecord | None:
+        """Take the seal under a lease: open → sealing, or a sealing batch whose lease expired; None if we lost.
+
+        `reason` (why it is sealed) is kept; a take-over keeps the holder's reason, so the version is tagged alike.
+        """
         now = self._clock()
-        if batch.state == BatchState.SEALING and batch.sealing_since and now - batch.sealing_since < CLAIM_LEASE:
+        if batch.state == BatchState.SEALED or batch.seal_held(now):
             return None
-        row = self._replace_if(_stored(batch), {"State": BatchState.SEALING.value, "SealingSince": _iso(now)})
+        row = self._replace_if(_stored(batch), {
+            "State": BatchState.SEALING.value, "SealingSince": _iso(now), "SealOwner": owner,
+            "LeaseUntil": _iso(now + SEAL_LEASE), "SealReason": batch.seal_reason or reason})
         return self._batch(row) if row else None
 
-    def finish_seal(self, batch: BatchRecord, version: str, covered: dict[str, str]) -> BatchRecord:
-        """Record what the version covers (name → eTag), then mark the batch sealed."""
+    def release_seal(self, batch: BatchRecord) -> bool:
+        """Give a seal back (sealing → open) after a failure, so a retry need not wait for the lease; False if moved."""
+        return self._replace_if(_stored(batch), {"State": BatchState.OPEN.value, "SealingSince": "", "SealOwner": "",
+                                                 "LeaseUntil": "", "SealReason": ""}) is not None
+
+    def finish_seal(self, batch: BatchRecord, version: str, covered: Mapping[str, tuple[str, int, str]],
+                    left_out: Mapping[str, str] | None = None) -> BatchRecord:
+        """Record what the version newly covers (name → (eTag, size, sha256)) and what it left out (name → eTag),
+        then mark the batch sealed. Raises ConcurrentUpdateError if the batch moved meanwhile."""
         pk = f"covered-{digest(batch.dataset, batch.folder)}"
-        self._table.upsert_many(
-            {"PartitionKey": pk, "RowKey": digest(name), "Name": name, "ETag": etag, "Version": version}
-            for name, etag in covered.items()
-        )
+        rows = [{"PartitionKey": pk, "RowKey": digest(name), "Name": name, "ETag": etag, "Size": size,
+                 "Sha256": sha256, "Version": version, "LeftOut": False}
+                for name, (etag, size, sha256) in covered.items()]
+        rows += [{"PartitionKey": pk, "RowKey": digest(name), "Name": name, "ETag": etag, "Version": version,
+                  "LeftOut": True} for name, etag in (left_out or {}).items()]
+        self._table.upsert_many(rows)
         row = self._replace_if(_stored(batch), {"State": BatchState.SEALED.value, "Version": version,
-                                                "SealedAt": _iso(self._clock())})
+                                                "SealedAt": _iso(self._clock()), "SealOwner": "", "LeaseUntil": ""})
         if row is None:
             raise ConcurrentUpdateError(f"batch {batch.folder} of {batch.dataset} changed while we sealed it")
         return self._batch(row)
 
+    def covered_files(self, dataset: str, folder: str) -> dict[str, dict[str, Any]]:
+        """Every file an earlier version of the batch covers (or left out), by name: eTag, size, sha256, version."""
+        return {str(e["Name"]): dict(e) for e in self._query(f"covered-{digest(dataset, folder)}")}
+
     def covered_by(self, dataset: str, folder: str, name: str, etag: str) -> str | None:
         """The data version that already covers this exact file (name and eTag), if any."""
         row = self._get(f"covered-{digest(dataset, folder)}", digest(name))
-        if row and row.data.get("ETag") == etag:
+        if row and row.data.get("ETag") == etag and not row.data.get("LeftOut"):
             return str(row.data["Version"])
         return None
 
     # -- retraining: one state row per dataset, one row per (dataset, data version) run ----------
+    # The state rows (partition "retrain", one per dataset) are the index of open retraining work: the
+    # reconciler reads that one small partition, never the history of runs.
 
     def get_retrain_state(self, dataset: str) -> RetrainState | None:
         row = self._get("retrain", digest(dataset))
         return _retrain_state(row) if row else None
 
-    def claim_retrain(self, state: RetrainState | None, dataset: str, job: str, version: str, now: datetime) -> bool:
-        """Make `job` the dataset's active run; False if another instance changed the state first."""
-        changes = {"ActiveJob": job, "ActiveVersion": version, "LastSubmittedAt": _iso(now), "PendingVersion": "",
-                   "PendingAsset": "", "PendingAssetType": ""}
-        if state is None:
-            return self._insert({"PartitionKey": "retrain", "RowKey": digest(dataset), "Dataset": dataset,
-                                 **changes}) is not None
-        if state.active_job == job:
-            return True
-        return self._replace_if(_stored(state), changes) is not None
+    def retrain_states(self) -> list[RetrainState]:
+        """Every dataset's retraining state (one row per dataset that ever retrained)."""
+        return [_retrain_state(row) for row in self._table.query("retrain")]
 
-    def set_pending(self, state: RetrainState, version: str, asset: str, asset_type: str) -> bool:
-        return self._replace_if(_stored(state), {"PendingVersion": version, "PendingAsset": asset,
-                                            "PendingAssetType": asset_type}) is not None
+    def claim_submission(self, state: RetrainState | None, *, dataset: str, job: str, version: str, asset: str,
+                         asset_type: str, event: str, owner: str, until: datetime,
+                         clear_pending: bool) -> RetrainState | None:
+        """Make `job` the dataset's active run, unconfirmed (SUBMITTING) and leased to `owner` until `until`.
+
+        Taking over the expired lease of the same job is the same write. None if another instance changed
+        the state since it was read: re-read it and decide again.
+        """
+        changes: dict[str, Any] = {
+            "ActiveJob": job, "ActiveVersion": version, "ActiveAsset": asset, "ActiveAssetType": asset_type,
+            "ActiveEvent": event, "ActiveStatus": RunStatus.SUBMITTING.value, "LeaseOwner": owner,
+            "LeaseUntil": _iso(until), "LastVersion": version,
+        }
+        if clear_pending:
+            changes |= _NO_PENDING
+        if state is None:
+            row = self._insert({"PartitionKey": "retrain", "RowKey": digest(dataset), "Dataset": dataset, **changes})
+        else:
+            row = self._replace_if(_stored(state), changes)
+        return _retrain_state(row) if row else None
+
+    def confirm_submission(self, dataset: str, job: str) -> RetrainState | None:
+        """Azure ML has the job: SUBMITTED, lease released, the minimum interval starts now.
+
+        A no-op if `job` is no longer the dataset's unconfirmed submission. Raises ConcurrentUpdateError
+        if the row kept changing under us.
+        """
+        now = _iso(self._clock())
+        return self._update_retrain(dataset, lambda s: {
+            "ActiveStatus": RunStatus.SUBMITTED.value, "LeaseOwner": "", "LeaseUntil": "", "LastSubmittedAt": now,
+        } if s.active_job == job and s.submitting else None)
+
+    def release_submission(self, dataset: str, job: str, owner: str) -> None:
+        """Give up our lease on an unconfirmed submission (it failed), so a redelivery resumes it at once."""
+        now = _iso(self._clock())
+        self._update_retrain(dataset, lambda s: {"LeaseUntil": now}
+                             if s.active_job == job and s.submitting and s.lease_owner == owner else None)
+
+    def end_active(self, dataset: str, job: str) -> RetrainState | None:
+        """`job` is no run any more (Azure ML refused it): clear it; the pending version stays for the next run.
+
+        Raises ConcurrentUpdateError if the row kept changing under us.
+        """
+        return self._update_retrain(dataset, lambda s: _NO_ACTIVE if s.active_job == job else None)
+
+    def set_pending(self, state: RetrainState, version: str, asset: str, asset_type: str,
+                    recheck_at: datetime | None = None) -> RetrainState | None:
+        """Remember `version` as the next to run (and when its re-check is due); None if the state changed."""
+        changes = {"PendingVersion": version, "PendingAsset": asset, "PendingAssetType": asset_type}
+        if recheck_at is not None:
+            changes["RecheckAt"] = _iso(recheck_at)
+        row = self._replace_if(_stored(state), changes)
+        return _retrain_state(row) if row else None
+
+    def set_recheck(self, state: RetrainState, at: datetime) -> RetrainState | None:
+        """Remember that a re-check is scheduled for `at`; None if the state changed since it was read."""
+        row = self._replace_if(_stored(state), {"RecheckAt": _iso(at)})
+        return _retrain_state(row) if row else None
 
     def clear_active(self, state: RetrainState) -> bool:
-        return self._replace_if(_stored(state), {"ActiveJob": "", "ActiveVersion": ""}) is not None
+        """The active run ended with nothing to follow; False if the state changed since it was read."""
+        return self._replace_if(_stored(state), _NO_ACTIVE) is not None
+
+    def _update_retrain(self, dataset: str,
+                        change: Callable[[RetrainState], dict[str, Any] | None]) -> RetrainState | None:
+        """Apply `change` to the current state row, re-reading after an ETag conflict (bounded).
+
+        `change` returns None when there is nothing to write. None if the dataset has no row. Raises
+        ConcurrentUpdateError if the row changed under us every time.
+        """
+        for _ in range(RETRAIN_WRITE_ATTEMPTS):
+            state = self.get_retrain_state(dataset)
+            if state is None:
+                return None
+            changes = change(state)
+            if changes is None:
+                return state
+            row = self._replace_if(_stored(state), changes)
+            if row is not None:
+                return _retrain_state(row)
+        raise ConcurrentUpdateError(f"the retraining state of {dataset} kept changing; retry")
 
     def retrain_run_status(self, dataset: str, version: str) -> RunStatus | None:
         """What is known of the run of (dataset, version); a status this code does not know reads as FAILED."""
@@ -328,12 +505,15 @@ class Ledger:
                         row.data["Status"])
             return RunStatus.FAILED
 
-    def set_retrain_run_status(self, dataset: str, version: str, status: RunStatus, job: str | None = None) -> None:
+    def set_retrain_run_status(self, dataset: str, version: str, status: RunStatus, job: str | None = None,
+                               reason: str = "") -> None:
         entity: dict[str, Any] = {"PartitionKey": f"retrainrun-{digest(dataset)}", "RowKey": digest(version),
                                   "Dataset": dataset, "Version": version, "Status": status.value,
                                   "UpdatedAt": _iso(self._clock())}
         if job:
             entity["Job"] = job
+        if reason:
+            entity["Reason"] = reason
         self._table.upsert(entity, merge=True)
 
     # -- rollouts: one row per endpoint, advanced only by ETag-conditional writes ------------------

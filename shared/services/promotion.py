@@ -8,17 +8,27 @@ rollout by one step of the state machine in `shared.domain.rollout`.
 Concurrency. The endpoint's rollout row in the ledger is its lock: a rollout starts only through a
 conditional write that finds no active rollout, and a step is taken only by the instance whose
 conditional write moves `seq` forward. Duplicate or late events and queue messages therefore find
-either a finished decision or a stale `seq`, and do nothing.
+either a finished decision or a stale `seq`, and do nothing. A decision whose conditional write
+keeps losing is re-read and re-decided a few times, then re-scheduled (`CandidateRetry` on the
+`evergreen-promotion-retry` queue): "someone else is writing the row" never fails an execution.
+
+Recovery. The row works as a lease whose expiry is `due_at`: every step that follows a write is
+idempotent and is simply done again by whoever finds it undone. A redelivered event that finds
+its own rollout without a step taken re-sends the first step (the start died after taking the
+row); a redelivered tick re-sends the next step or re-does the end (outcome, hand-over); and
+`reconcile` (a timer) re-sends the step of a rollout overdue by `STALL_POLL_INTERVALS` poll
+intervals (its message was poisoned or lost) and finishes an end that was never recorded. Audit
+records are keyed by what they say (the step, the row's own times), so a retry rewrites them.
 
 Supersede rule. A candidate that arrives while a rollout is running is *queued* on the row (only
 the newest version is kept; an older one is dropped, with a reason). The running rollout is never
 interrupted: it finishes (or rolls back), and then the queued candidate goes through the gate
 against whatever serves at that moment, so it must beat the model that just won, not the old one.
 
-Ports only: `Endpoints`, the `Ledger` (over a `TableStore`), a `DelayedQueue[RolloutTick]`, an
-`AuditLog` and a `Clock`. A failed Azure ML call arrives as `OperationFailedError`: a rollout step
-retries it with backoff and rolls back after `MAX_STEP_ATTEMPTS`; anywhere else it propagates
-(transient: the platform retries the event or message).
+Ports only: `Endpoints`, the `Ledger` (over a `TableStore`), a `DelayedQueue[RolloutTick]` (and one
+of `CandidateRetry`), an `AuditLog` and a `Clock`. A failed Azure ML call arrives as
+`OperationFailedError`: a rollout step retries it with backoff and rolls back after
+`MAX_STEP_ATTEMPTS`; anywhere else it propagates (transient: the platform retries the event or message).
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from shared.domain.gate import ModelSnapshot, Skip, plan_promotion
 from shared.domain.keys import digest
 from shared.domain.records import RolloutRecord, utcnow
 from shared.domain.rollout import (
+    CandidateRetry,
     CreateDeployment,
     CreateEndpoint,
     DeleteDeployment,
@@ -59,7 +70,13 @@ from shared.domain.vocabulary import (
     version_order,
 )
 from shared.domain.workspace import DeploymentSpec
-from shared.errors import ClaimInProgressError, InvalidEventError, OperationFailedError, SmokeTestFailedError
+from shared.errors import (
+    ClaimInProgressError,
+    InvalidEventError,
+    OperationFailedError,
+    SmokeTestFailedError,
+    TransientError,
+)
 from shared.ports import AuditLog, Clock, DelayedQueue, Endpoints
 from shared.services.ledger import Ledger
 
@@ -68,7 +85,12 @@ log = logging.getLogger(__name__)
 ROLLOUT_QUEUE = "evergreen-rollout"
 MAX_STEP_ATTEMPTS = 3  # transient errors of one step before the rollout gives up and rolls back
 MAX_BACKOFF_SECONDS = 300.0
-_START_ATTEMPTS = 5
+PROMOTION_RETRY_QUEUE = "evergreen-promotion-retry"  # candidates whose decision kept racing (`CandidateRetry`)
+RETRY_DELAY_SECONDS = 30.0  # when a re-scheduled candidate is looked at again
+STALL_POLL_INTERVALS = 5  # a step overdue by this many poll intervals has lost its message (`reconcile`)
+STALL_FLOOR = timedelta(minutes=3)  # ...and by at least this: the Functions host polls an idle queue ~once a minute
+_DECIDE_ATTEMPTS = 8  # re-reads of the endpoint's row before a candidate is re-scheduled
+_KNOWN_PHASES = frozenset(phase.value for phase in Phase)
 
 
 @dataclass(frozen=True)
@@ -92,8 +114,10 @@ class Promoter:
     """Gates registered model versions and drives their rollouts, through ports only."""
 
     def __init__(self, *, policy: Policy, endpoints: Endpoints, ledger: Ledger, ticks: DelayedQueue[RolloutTick],
-                 audit: AuditLog, app_root: Path, clock: Clock = utcnow) -> None:
+                 audit: AuditLog, app_root: Path, clock: Clock = utcnow,
+                 retries: DelayedQueue[CandidateRetry] | None = None) -> None:
         self._policy = policy
+        self._retries = retries
         self._endpoints = endpoints
         self._ledger = ledger
         self._ticks = ticks
@@ -105,8 +129,9 @@ class Promoter:
     def on_model_version(self, event: ModelVersionEvent) -> PromotionOutcome:
         """Gate the version against the champion; start a rollout, queue it, or record why not.
 
-        Raises ClaimInProgressError if the endpoint's rollout row keeps changing under us, and
-        OperationFailedError if Azure ML cannot be read (both transient: the platform retries).
+        If the endpoint's rollout row keeps changing under us, the candidate is re-scheduled on the
+        retry queue (`RESCHEDULED`). Raises OperationFailedError if Azure ML cannot be read (transient:
+        the platform retries the event).
         """
         model_policy = self._policy.model(event.model_name)
         if model_policy is None:
@@ -114,13 +139,39 @@ class Promoter:
                               "(models: in evergreen.yaml)")
         return self._consider(event.model_name, event.version, event.event_id, model_policy)
 
+    def on_candidate_retry(self, retry: CandidateRetry) -> PromotionOutcome:
+        """A candidate re-scheduled by `_reschedule`: decide again, exactly as for its original event.
+
+        Raises OperationFailedError if Azure ML cannot be read (transient: the platform retries).
+        """
+        model_policy = self._policy.model(retry.model_name)
+        if model_policy is None:
+            return self._skip(retry.event_id, f"{retry.model_name}:{retry.version}", "",
+                              f"no promotion policy for model {retry.model_name!r} any more "
+                              "(models: in evergreen.yaml)")
+        return self._consider(retry.model_name, retry.version, retry.event_id, model_policy)
+
     def _consider(self, name: str, version: str, event_id: str, model_policy: ModelPolicy) -> PromotionOutcome:
-        promotion = model_policy.promotion
+        """Read the endpoint's row and decide (queue behind it, or gate and start); re-read and re-decide
+        when a conditional write loses a race, and after `_DECIDE_ATTEMPTS` re-schedule instead of failing."""
+        endpoint = model_policy.promotion.endpoint
+        for _ in range(_DECIDE_ATTEMPTS):
+            current = self._ledger.get_rollout(endpoint)
+            if current is not None and current.active:
+                outcome = self._queue(current, name, version, event_id)
+            else:
+                outcome = self._gate(current, name, version, event_id, model_policy.promotion)
+            if outcome is not None:
+                return outcome
+            log.info("promotion event=%s model=%s:%s: the rollout row of %s changed under us; deciding again",
+                     event_id, name, version, endpoint)
+        return self._reschedule(name, version, event_id, endpoint)
+
+    def _gate(self, current: RolloutRecord | None, name: str, version: str, event_id: str,
+              promotion: PromotionPolicy) -> PromotionOutcome | None:
+        """No rollout is running: gate the candidate; start it if it wins. None if the row changed meanwhile."""
         endpoint = promotion.endpoint
         model = f"{name}:{version}"
-        current = self._ledger.get_rollout(endpoint)
-        if current is not None and current.active:
-            return self._queue(current, name, version, event_id)
         earlier = self._ledger.promotion_outcome(promotion_key(endpoint, name, version))
         if earlier is not None and earlier[0] == Phase.ROLLED_BACK.value:
             return self._skip(event_id, model, endpoint, f"{model} was rolled out on {endpoint} before and rolled "
@@ -136,8 +187,8 @@ class Promoter:
         decision = plan_promotion(candidate, champion, promotion.rule())
         if isinstance(decision, Skip):
             return self._skip(event_id, model, endpoint, decision.reason, code=decision.code.value)
-        return self._start(name, version, event_id, decision.reason, promotion, serving.name if serving else "",
-                           champion.model if champion else "")
+        return self._start(current, name, version, event_id, decision.reason, serving.name if serving else "",
+                           champion.model if champion else "", endpoint)
 
     def _champion(self, model: tuple[str, str]) -> ModelSnapshot:
         """The serving model as the gate sees it (just its name and version if the registry lost it)."""
@@ -150,79 +201,101 @@ class Promoter:
               action: PromotionAction = PromotionAction.SKIPPED) -> PromotionOutcome:
         self._audit.record(AuditRecord(f"promotion.{PromotionAction.SKIPPED.value}",
                                        f"skip{':' + code if code else ''}", reason, event_id,
-                                       {"model": model, "endpoint": endpoint}))
+                                       {"model": model, "endpoint": endpoint}, at=self._clock()))
         return PromotionOutcome(action, reason)
 
-    def _queue(self, current: RolloutRecord, name: str, version: str, event_id: str) -> PromotionOutcome:
-        """Queue the candidate behind the running rollout (only the newest version is kept)."""
-        model = f"{name}:{version}"
-        for _ in range(_START_ATTEMPTS):
-            if (current.candidate_name, current.candidate_version) == (name, version):
-                return PromotionOutcome(PromotionAction.DUPLICATE, f"{model} is already rolling out on "
-                                        f"{current.endpoint} ({current.state})")
-            if (current.queued_name, current.queued_version) == (name, version):
-                return PromotionOutcome(PromotionAction.DUPLICATE, f"{model} is already queued behind "
-                                        f"{current.candidate}")
-            if current.queued_name == name and version_order(current.queued_version) > version_order(version):
-                reason = (f"{model} is older than the queued {name}:{current.queued_version}; the newest queued "
-                          "candidate wins")
-                return self._skip(event_id, model, current.endpoint, reason, code="superseded")
-            replaced = f"{current.queued_name}:{current.queued_version}" if current.queued_name else ""
-            updated = self._ledger.update_rollout(dataclasses.replace(
-                current, queued_name=name, queued_version=version, queued_event=event_id))
-            if updated is not None:
-                reason = (f"rollout of {current.candidate} on {current.endpoint} is in progress ({current.state}); "
-                          f"{model} goes through the gate when it ends"
-                          + (f" (supersedes the queued {replaced})" if replaced else ""))
-                self._audit.record(AuditRecord(f"promotion.{PromotionAction.QUEUED.value}", "queue", reason,
-                                               event_id, {"model": model, "endpoint": current.endpoint}))
-                return PromotionOutcome(PromotionAction.QUEUED, reason)
-            fresh = self._ledger.get_rollout(current.endpoint)
-            if fresh is None or not fresh.active:
-                policy = self._policy.model(name)
-                assert policy is not None
-                return self._consider(name, version, event_id, policy)
-            current = fresh
-        raise ClaimInProgressError(f"rollout row of {current.endpoint} kept changing; retry the event")
+    def _queue(self, current: RolloutRecord, name: str, version: str, event_id: str) -> PromotionOutcome | None:
+        """Queue the candidate behind the running rollout (only the newest version is kept); None on a lost race.
 
-    def _start(self, name: str, version: str, event_id: str, reason: str, promotion: PromotionPolicy,
-               champion_deployment: str, champion_model: str) -> PromotionOutcome:
-        """Take the endpoint's rollout row (insert, or a conditional write over a finished rollout) and go."""
-        endpoint = promotion.endpoint
-        key = promotion_key(endpoint, name, version)
+        A candidate whose own rollout is running is a duplicate, unless that rollout has not taken a
+        step yet: then its start may have died before the first step was queued, so it is re-sent.
+        """
+        model = f"{name}:{version}"
+        if current.rollout_id == promotion_key(current.endpoint, name, version):
+            if current.due_at is None:
+                self._announce(current)
+                return PromotionOutcome(PromotionAction.STARTED, f"rollout of {model} on {current.endpoint} "
+                                        "had not taken its first step; re-sent it")
+            return PromotionOutcome(PromotionAction.DUPLICATE, f"{model} is already rolling out on "
+                                    f"{current.endpoint} ({current.state})")
+        if (current.queued_name, current.queued_version) == (name, version):
+            return PromotionOutcome(PromotionAction.DUPLICATE, f"{model} is already queued behind "
+                                    f"{current.candidate}")
+        if current.queued_name == name and version_order(current.queued_version) > version_order(version):
+            reason = (f"{model} is older than the queued {name}:{current.queued_version}; the newest queued "
+                      "candidate wins")
+            return self._skip(event_id, model, current.endpoint, reason, code="superseded")
+        replaced = f"{current.queued_name}:{current.queued_version}" if current.queued_name else ""
+        updated = self._ledger.update_rollout(dataclasses.replace(
+            current, queued_name=name, queued_version=version, queued_event=event_id))
+        if updated is None:
+            return None
+        reason = (f"rollout of {current.candidate} on {current.endpoint} is in progress ({current.state}); "
+                  f"{model} goes through the gate when it ends"
+                  + (f" (supersedes the queued {replaced})" if replaced else ""))
+        self._audit.record(AuditRecord(f"promotion.{PromotionAction.QUEUED.value}", "queue", reason,
+                                       event_id, {"model": model, "endpoint": current.endpoint}, at=self._clock()))
+        return PromotionOutcome(PromotionAction.QUEUED, reason)
+
+    def _start(self, current: RolloutRecord | None, name: str, version: str, event_id: str, reason: str,
+               champion_deployment: str, champion_model: str, endpoint: str) -> PromotionOutcome | None:
+        """Take the endpoint's row as read in `current` (insert, or a conditional write over a finished
+        rollout), then announce the rollout; None if another instance wrote the row first."""
         now = self._clock()
-        for _ in range(_START_ATTEMPTS):
-            current = self._ledger.get_rollout(endpoint)
-            if current is not None and current.active:
-                return self._queue(current, name, version, event_id)
-            fresh = RolloutRecord(
-                endpoint=endpoint, rollout_id=key, seq=(current.seq + 1) if current else 1,
-                state=Phase.ENDPOINT.value, candidate_name=name, candidate_version=version,
-                deployment=deployment_name(name, version), champion_deployment=champion_deployment,
-                champion_model=champion_model, step=-1, due_at=None, started_at=now, reason=reason,
-                queued_name="", queued_version="", queued_event="", event_id=event_id, phase_since=now, attempts=0,
-                failure="",
-            )
-            if current is None:
-                started = self._ledger.create_rollout(fresh)
-            else:
-                # A candidate queued behind the finished rollout stays queued, unless it is this one.
-                keep = (current.queued_name, current.queued_version) != (name, version)
-                started = self._ledger.update_rollout(dataclasses.replace(
-                    fresh, row=current.row, queued_name=current.queued_name if keep else "",
-                    queued_version=current.queued_version if keep else "",
-                    queued_event=current.queued_event if keep else ""))
-            if started is None:
-                continue  # another instance wrote the row first; look again
-            self._ledger.record_promotion(key, endpoint, f"{name}:{version}", PromotionAction.STARTED, reason)
-            self._audit.record(AuditRecord(f"promotion.{PromotionAction.STARTED.value}", "promote", reason, event_id, {
-                "model": f"{name}:{version}", "endpoint": endpoint, "deployment": started.deployment,
-                "champion": champion_model}))
-            self._schedule(started, 0)
-            log.info("rollout event=%s rollout=%s started: %s on %s (%s)", event_id, key, started.candidate,
-                     endpoint, reason)
-            return PromotionOutcome(PromotionAction.STARTED, reason)
-        raise ClaimInProgressError(f"rollout row of {endpoint} kept changing; retry the event")
+        fresh = RolloutRecord(
+            endpoint=endpoint, rollout_id=promotion_key(endpoint, name, version),
+            seq=(current.seq + 1) if current else 1,
+            state=Phase.ENDPOINT.value, candidate_name=name, candidate_version=version,
+            deployment=deployment_name(name, version), champion_deployment=champion_deployment,
+            champion_model=champion_model, step=-1, due_at=None, started_at=now, reason=reason,
+            queued_name="", queued_version="", queued_event="", event_id=event_id, phase_since=now, attempts=0,
+            failure="",
+        )
+        if current is None:
+            started = self._ledger.create_rollout(fresh)
+        else:
+            # A candidate queued behind the finished rollout stays queued, unless it is this one.
+            keep = (current.queued_name, current.queued_version) != (name, version)
+            started = self._ledger.update_rollout(dataclasses.replace(
+                fresh, row=current.row, queued_name=current.queued_name if keep else "",
+                queued_version=current.queued_version if keep else "",
+                queued_event=current.queued_event if keep else ""))
+        if started is None:
+            return None
+        self._announce(started)
+        return PromotionOutcome(PromotionAction.STARTED, reason)
+
+    def _announce(self, started: RolloutRecord) -> None:
+        """What follows taking the row: remember the promotion, audit it, queue the first step.
+
+        Idempotent, so a redelivery (or the reconciler) that finds the rollout without progress repeats
+        it: the promotion row and the audit record are rewritten (same keys and time), and a second
+        first-step message is harmless (the step is `seq`-keyed, so one of the two is stale).
+        """
+        model = started.candidate
+        self._ledger.record_promotion(started.rollout_id, started.endpoint, model, PromotionAction.STARTED,
+                                      started.reason)
+        self._audit.record(AuditRecord(
+            f"promotion.{PromotionAction.STARTED.value}", "promote", started.reason, started.event_id,
+            {"model": model, "endpoint": started.endpoint, "deployment": started.deployment,
+             "champion": started.champion_model}, at=started.started_at or self._clock()))
+        self._schedule(started, 0)
+        log.info("rollout event=%s rollout=%s started: %s on %s (%s)", started.event_id, started.rollout_id, model,
+                 started.endpoint, started.reason)
+
+    def _reschedule(self, name: str, version: str, event_id: str, endpoint: str) -> PromotionOutcome:
+        """The row kept changing (a burst of racing deliveries): look at the candidate again later.
+
+        Raises ClaimInProgressError (the platform retries the event) only if no retry queue was given.
+        """
+        model = f"{name}:{version}"
+        if self._retries is None:
+            raise ClaimInProgressError(f"rollout row of {endpoint} kept changing; retry the event")
+        self._retries.send(CandidateRetry(name, version, event_id), RETRY_DELAY_SECONDS)
+        reason = (f"the rollout row of {endpoint} kept changing while {model} was decided; deciding again in "
+                  f"{RETRY_DELAY_SECONDS:.0f} s")
+        log.warning("promotion event=%s model=%s: %s", event_id, model, reason)
+        return PromotionOutcome(PromotionAction.RESCHEDULED, reason)
 
     # -- a rollout step is due -------------------------------------------------------------------------
     def on_tick(self, tick: RolloutTick, dequeue_count: int) -> TickOutcome:
@@ -233,6 +306,12 @@ class Promoter:
         """
         record = self._ledger.get_rollout(tick.endpoint)
         if record is None or record.rollout_id != tick.rollout_id:
+            if record is not None and dequeue_count > 1 and record.active and record.due_at is None:
+                # This message's earlier run may have handed over to the queued candidate and died before
+                # that rollout's first step was queued: send it (a duplicate first step is harmless).
+                self._announce(record)
+                return TickOutcome(TickAction.RESUMED, f"first step of {record.candidate} re-sent after a failed "
+                                   "delivery")
             return TickOutcome(TickAction.STALE, f"rollout {tick.rollout_id} is not {tick.endpoint}'s current rollout")
         if tick.seq != record.seq:
             return self._behind(record, tick, dequeue_count)
@@ -248,13 +327,15 @@ class Promoter:
         """A tick for an older step: stale, unless it is the redelivery of the step just taken."""
         if dequeue_count > 1 and tick.seq == record.seq - 1:
             # This message's earlier run wrote the next state but may have died before what follows it:
-            # sending the next tick, or (for the last step) handing over to the queued candidate.
+            # sending the next tick, or (for the last step) the outcome's records and the hand-over to the
+            # queued candidate. All of it is idempotent, so it is simply done again.
             if record.active:
                 self._schedule(record, self._remaining(record))
                 return TickOutcome(TickAction.RESENT, f"step {record.seq} re-scheduled after a failed delivery")
-            if record.queued_name:
-                self._finished(record)
-                return TickOutcome(TickAction.RESUMED, "handed over to the queued candidate after a failed delivery")
+            self._audit_transition(record)
+            self._finished(record)
+            return TickOutcome(TickAction.RESUMED, f"end of the rollout ({record.state}) re-done after a failed "
+                               "delivery")
         return TickOutcome(TickAction.STALE, f"tick {tick.seq} is behind step {record.seq}")
 
     def _step(self, record: RolloutRecord, policy: PromotionPolicy) -> TickOutcome:
@@ -306,13 +387,19 @@ class Promoter:
         log.info("rollout event=%s rollout=%s step=%d %s -> %s: %s", record.event_id, record.rollout_id, record.seq,
                  record.state, updated.state, transition.reason)
         if moved:
-            self._audit.record(AuditRecord(f"rollout.{updated.state}", updated.state, transition.reason,
-                                           record.event_id, self._assets(updated)))
+            self._audit_transition(updated)
         if updated.active:
             self._schedule(updated, transition.delay_seconds)
             return TickOutcome(TickAction.ADVANCED, transition.reason)
         self._finished(updated)
         return TickOutcome(TickAction.FINISHED, f"{updated.state}: {updated.failure or transition.reason}")
+
+    def _audit_transition(self, record: RolloutRecord) -> None:
+        """Audit the phase `record` entered at its last step, from the row alone, so a retry rewrites the
+        same record (a phase entered again later, e.g. the next canary step, is another step: another record)."""
+        self._audit.record(AuditRecord(f"rollout.{record.state}", f"{record.state} (step {record.seq - 1})",
+                                       record.reason, record.event_id, self._assets(record),
+                                       at=record.phase_since or self._clock()))
 
     def _finished(self, record: RolloutRecord) -> None:
         """Remember the outcome, then put the queued candidate (if any) through the gate."""
@@ -331,6 +418,64 @@ class Promoter:
         if latest is not None and not latest.active and latest.queued_name:
             self._ledger.update_rollout(dataclasses.replace(latest, queued_name="", queued_version="",
                                                             queued_event=""))
+
+    # -- the reconciler ------------------------------------------------------------------------------
+    def reconcile(self, now: datetime) -> list[TickOutcome]:
+        """Re-drive every rollout that stalled, idempotently; each re-drive is audited as `rollout.redriven`.
+
+        The rollout partition holds one row per endpoint, so it is the index of open work. Stalled is:
+        an active rollout whose step is overdue by `STALL_POLL_INTERVALS` poll intervals (at least
+        `STALL_FLOOR`: its message was poisoned or lost; a waiting rollout has a future `due_at`), or
+        whose first step was never queued; or a finished rollout whose outcome was not recorded or
+        whose queued candidate was not handed over. A failure on one endpoint is logged and the others
+        go on; the next pass retries it.
+        """
+        outcomes = []
+        for record in self._ledger.rollouts():
+            try:
+                outcome = self._redrive(record, now)
+            except TransientError as exc:
+                log.warning("rollout event=%s rollout=%s: re-drive on %s failed, next pass retries: %s",
+                            record.event_id, record.rollout_id, record.endpoint, exc)
+                continue
+            if outcome is not None:
+                self._audit.record(AuditRecord(f"rollout.{TickAction.REDRIVEN.value}",
+                                               f"redrive {record.state} (step {record.seq})", outcome.detail,
+                                               record.event_id, self._assets(record), at=now))
+                log.info("rollout event=%s rollout=%s redriven: %s", record.event_id, record.rollout_id,
+                         outcome.detail)
+                outcomes.append(outcome)
+        return outcomes
+
+    def _redrive(self, record: RolloutRecord, now: datetime) -> TickOutcome | None:
+        """Re-drive one endpoint's row if it is stuck; None if it is moving, waiting, or done."""
+        if record.state not in _KNOWN_PHASES:
+            log.warning("rollout event=%s rollout=%s on %s has unknown state %r; not re-driven", record.event_id,
+                        record.rollout_id, record.endpoint, record.state)
+            return None
+        if not record.active:
+            earlier = self._ledger.promotion_outcome(record.rollout_id)
+            if record.queued_name or earlier is None or earlier[0] != record.state:
+                self._finished(record)
+                return TickOutcome(TickAction.REDRIVEN, f"end of {record.candidate}'s rollout ({record.state}) "
+                                   "recorded again and any queued candidate handed over")
+            return None
+        policy = next((m.promotion for m in self._policy.models if m.promotion.endpoint == record.endpoint), None)
+        if policy is None:
+            log.warning("rollout event=%s rollout=%s: no model in the policy promotes onto %s any more; its "
+                        "steps are rejected, so it is not re-driven", record.event_id, record.rollout_id,
+                        record.endpoint)
+            return None
+        since = record.due_at or record.started_at
+        patience = max(STALL_FLOOR, timedelta(seconds=policy.poll_interval_seconds * STALL_POLL_INTERVALS))
+        if since is not None and now - since <= patience:
+            return None
+        if record.due_at is None:
+            self._announce(record)
+            return TickOutcome(TickAction.REDRIVEN, f"first step of {record.candidate} was never queued; sent it")
+        self._schedule(record, 0)
+        return TickOutcome(TickAction.REDRIVEN, f"step {record.seq} ({record.state}) of {record.candidate} was due "
+                           f"at {record.due_at.isoformat()} and never taken; re-sent it")
 
     # -- actions ----------------------------------------------------------------------------------
     def _execute(self, action: RolloutAction, record: RolloutRecord, policy: PromotionPolicy) -> None:
@@ -360,18 +505,26 @@ class Promoter:
         )
 
     def _smoke_test(self, action: SmokeTest, policy: PromotionPolicy) -> None:
-        """Score the sample request on the candidate alone; raises SmokeTestFailedError on any failure."""
+        """Score the sample request on the candidate alone.
+
+        A request that fails or times out raises OperationFailedError: the step is retried with backoff
+        and the rollout rolls back after `MAX_STEP_ATTEMPTS`, so one lost or throttled request (a 429, a
+        503 while the deployment warms up) does not roll back a good candidate. A reply that is not what
+        the policy expects raises SmokeTestFailedError: the candidate answered, wrongly; it rolls back.
+        """
         smoke = policy.smoke_test
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         try:
             reply = pool.submit(self._endpoints.score, action.endpoint, action.deployment, smoke.request).result(
                 timeout=smoke.timeout_seconds)
         except concurrent.futures.TimeoutError as exc:
-            raise SmokeTestFailedError(f"smoke test: {action.deployment} did not answer within "
+            raise OperationFailedError(f"smoke test: {action.deployment} did not answer within "
                                        f"{smoke.timeout_seconds:.0f} s") from exc
-        except (OperationFailedError, ValueError) as exc:
+        except OperationFailedError as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise SmokeTestFailedError(f"smoke test: {action.deployment} failed the sample request: {first}") from exc
+            raise OperationFailedError(f"smoke test: {action.deployment} failed the sample request: {first}") from exc
+        except ValueError as exc:
+            raise SmokeTestFailedError(f"smoke test: {action.deployment} failed the sample request: {exc}") from exc
         finally:
             pool.shutdown(wait=False)
         missing = [k for k in smoke.expect_keys if not isinstance(reply, dict) or k not in reply]

@@ -18,6 +18,11 @@ Idempotence, so a run cut short by a crash can simply run again:
   day does not write a decision whose action key (`Action.key`) is already in the log. So a crash
   between the record and the action re-executes the action without a second record, and a crash
   after the action leaves its record behind.
+
+Fail closed: the addresses of assets are read through one `AddressBook` per run (the workspace's
+datastores and the data account). Rules the planner suspended because an address in use could not
+be read are audited (`retention.suspended`, with why). A blob changed since it was listed is
+skipped (status 'skipped', 'changed since listed') and audited (`retention.skipped`).
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ from datetime import datetime
 from shared.config.retention import RetentionPolicy, RuleType
 from shared.domain.audit import AuditRecord
 from shared.domain.records import RolloutRecord, utcnow
+from shared.domain.retention.addresses import AddressBook
 from shared.domain.retention.inventory import Inventory, ModelKey, Rollout
 from shared.domain.retention.planner import Action, ActionKind, RetentionPlan, plan_retention
 from shared.domain.retention.render import render_plan_table
+from shared.domain.workspace import model_ref
 from shared.errors import EvergreenError
 from shared.ports import AuditLog, Clock, RetentionBlobs, RetentionWorkspace
 
@@ -47,6 +54,8 @@ AUDIT_PREFIX = "retention."
 _WORKSPACE_KINDS = frozenset({ActionKind.ARCHIVE_DATA, ActionKind.ARCHIVE_MODEL, ActionKind.DELETE_DATA,
                               ActionKind.DELETE_MODEL, ActionKind.DELETE_DEPLOYMENT})
 _BLOB_KINDS = frozenset({ActionKind.DELETE_BLOB, ActionKind.TIER_BLOB})
+CHANGED = "changed"  # what a blob port answers for a blob changed since it was listed
+SKIPPED_CHANGED = "changed since listed"
 
 RolloutSource = Callable[[], Sequence[RolloutRecord]]
 """The ledger's rollout rows (`Ledger.rollouts`): retention protects what an active one references."""
@@ -55,8 +64,8 @@ RolloutSource = Callable[[], Sequence[RolloutRecord]]
 @dataclass(frozen=True)
 class Outcome:
     action: Action
-    status: str  # done | already | failed
-    error: str = ""
+    status: str  # done | already | skipped | failed
+    error: str = ""  # why it failed or was skipped
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,7 @@ class RetentionSummary:
             "actions": [{"kind": a.kind.value, "target": str(a.target), "reason": a.reason, "rule": a.rule,
                          "tier": a.tier.value if a.tier else None, "key": a.key} for a in self.plan.actions],
             "protected": [{"target": str(p.target), "reason": p.reason} for p in self.plan.protected],
+            "suspended": [{"rule": s.rule, "reason": s.reason} for s in self.plan.suspended],
             "outcomes": [{"target": str(o.action.target), "status": o.status, "error": o.error}
                          for o in self.outcomes],
         }, indent=2)
@@ -113,12 +123,17 @@ class RetentionIncomplete(EvergreenError):
 
 
 def rollouts_from(records: Sequence[RolloutRecord]) -> tuple[Rollout, ...]:
-    """The ledger's active rollouts (the ledger and retention share `rollout_finished`), as the planner sees them."""
-    return tuple(
-        Rollout(r.endpoint, ModelKey(r.candidate_name, r.candidate_version), r.state, r.deployment or None)
-        for r in records
-        if r.active and r.candidate_name
-    )
+    """The ledger's active rollouts (the ledger and retention share `rollout_finished`), as the planner sees them,
+    each with its rollback target (the champion's deployment and model when it started)."""
+    out = []
+    for r in records:
+        if not (r.active and r.candidate_name):
+            continue
+        champion = model_ref(r.champion_model) if r.champion_model else None
+        out.append(Rollout(r.endpoint, ModelKey(r.candidate_name, r.candidate_version), r.state, r.deployment or None,
+                           champion_deployment=r.champion_deployment or None,
+                           champion_model=ModelKey(*champion) if champion else None))
+    return tuple(out)
 
 
 class RetentionRunner:
@@ -150,15 +165,15 @@ class RetentionRunner:
         blobs = self._blobs.list(self.watched_containers())
         timings["list_blobs"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        containers = self._workspace.datastore_containers()
-        data = self._workspace.data_versions(containers)
+        book = AddressBook.of(self._workspace.datastores(), self._blobs.account_names())
+        data = self._workspace.data_versions(book)
         timings["list_data"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        models = self._workspace.model_versions(containers)
+        models = self._workspace.model_versions(book)
         timings["list_models"] = time.perf_counter() - mark
         mark = time.perf_counter()
         deployments = self._workspace.deployments()
-        jobs = self._workspace.jobs(containers)
+        jobs = self._workspace.jobs(book)
         rollouts = rollouts_from(self._rollouts())
         timings["list_deployments_jobs_rollouts"] = time.perf_counter() - mark
         log.info("retention run=%s listed %d data version(s), %d model version(s), %d deployment(s), %d job(s), "
@@ -182,8 +197,13 @@ class RetentionRunner:
                   "rollouts": len(inventory.rollouts), "blobs": len(inventory.blobs)}
         log.info("retention run=%s planned %d action(s), %d protected, dry_run=%s", run_id, len(plan.actions),
                  len(plan.protected), dry_run)
+        for suspended in plan.suspended:
+            log.warning("retention run=%s %s", run_id, suspended)
         if dry_run:
             return RetentionSummary(run_id, True, plan, (), listed, timings)
+        for suspended in plan.suspended:
+            self._audit.record(AuditRecord(kind=f"{AUDIT_PREFIX}suspended", decision=f"suspended rule {suspended.rule}",
+                                           reason=suspended.reason, event_id=run_id, assets={"rule": suspended.rule}))
         mark = time.perf_counter()
         outcomes = self.apply(plan, run_id)
         timings["apply"] = time.perf_counter() - mark
@@ -233,5 +253,12 @@ class RetentionRunner:
             self._audit.record(AuditRecord(kind=f"{AUDIT_PREFIX}failed", decision=f"failed {action.kind.value} "
                                            f"{action.target}", reason=error, event_id=run_id, assets=assets))
             return Outcome(action, "failed", error)
+        if status == CHANGED:
+            log.warning("retention run=%s %s %s skipped: %s", run_id, action.kind.value, action.target,
+                        SKIPPED_CHANGED)
+            self._audit.record(AuditRecord(kind=f"{AUDIT_PREFIX}skipped", decision=f"skipped {action.kind.value} "
+                                           f"{action.target}", reason=SKIPPED_CHANGED, event_id=run_id,
+                                           assets=assets))
+            return Outcome(action, "skipped", SKIPPED_CHANGED)
         log.info("retention run=%s %s %s: %s", run_id, action.kind.value, action.target, status)
         return Outcome(action, status)

@@ -131,3 +131,41 @@ def test_listed_facts_match_the_properties(blobs: Blobs) -> None:
 def test_listing_an_unknown_container_or_prefix_is_empty(blobs: Blobs) -> None:
     assert list(blobs.store.list(blobs.container, "nothing/")) == []
     assert list(blobs.store.list(f"missing{uuid.uuid4().hex[:8]}", "")) == []
+
+
+# -- copy: how a data version's snapshot is made (issue 12) -------------------------------------------------
+def test_a_copy_at_the_current_etag_holds_the_same_bytes_under_the_new_name(blobs: Blobs) -> None:
+    data = bytes(range(256)) * 40
+    blobs.uploader.put(blobs.container, "drop/a.csv", data)
+    facts = blobs.store.properties(blobs.container, "drop/a.csv")
+    assert facts is not None
+    blobs.store.copy(blobs.container, "drop/a.csv", facts.etag, "_evergreen/snapshots/d/abc/a.csv")
+    copied = blobs.store.properties(blobs.container, "_evergreen/snapshots/d/abc/a.csv")
+    assert copied is not None and copied.size == len(data) and copied.etag != facts.etag
+    assert b"".join(blobs.store.read(blobs.container, copied.name, copied.etag)) == data
+    blobs.uploader.put(blobs.container, "drop/a.csv", b"overwritten")  # the landing blob changes; the copy does not
+    assert b"".join(blobs.store.read(blobs.container, copied.name, copied.etag)) == data
+
+
+def test_a_copy_overwrites_what_is_at_the_target(blobs: Blobs) -> None:
+    blobs.uploader.put(blobs.container, "src.csv", b"the content")
+    blobs.uploader.put(blobs.container, "dst.csv", b"a partial left-over")
+    facts = blobs.store.properties(blobs.container, "src.csv")
+    assert facts is not None
+    blobs.store.copy(blobs.container, "src.csv", facts.etag, "dst.csv")
+    target = blobs.store.properties(blobs.container, "dst.csv")
+    assert target is not None and b"".join(blobs.store.read(blobs.container, "dst.csv", target.etag)) == b"the content"
+
+
+def test_a_copy_after_an_overwrite_or_delete_fails_with_blob_changed_and_copies_nothing(blobs: Blobs) -> None:
+    blobs.uploader.put(blobs.container, "a.csv", b"old")
+    facts = blobs.store.properties(blobs.container, "a.csv")
+    assert facts is not None
+    blobs.uploader.put(blobs.container, "a.csv", b"new")
+    with pytest.raises(BlobChangedError, match=r"a\.csv"):
+        blobs.store.copy(blobs.container, "a.csv", facts.etag, "copy-1.csv")
+    assert blobs.store.properties(blobs.container, "copy-1.csv") is None
+    blobs.uploader.delete(blobs.container, "a.csv")
+    with pytest.raises(BlobChangedError):
+        blobs.store.copy(blobs.container, "a.csv", facts.etag, "copy-2.csv")
+    assert blobs.store.properties(blobs.container, "copy-2.csv") is None

@@ -182,6 +182,8 @@ def test_a_deployment_provisions_scores_takes_traffic_and_is_deleted(ws: Workspa
     # score the deployment alone (no traffic yet): its reply
     reply = ws.endpoints.score(endpoint, deployment, SAMPLE)
     assert isinstance(reply, dict) and len(reply["predictions"]) == len(SAMPLE["input_data"])
+    with pytest.raises(OperationFailedError):  # a deployment that is not there never falls back to routing
+        ws.endpoints.score(endpoint, "nosuchdeployment", SAMPLE)
 
     # traffic: reflected once the update settles
     ws.endpoints.begin_set_traffic(endpoint, {deployment: 100})

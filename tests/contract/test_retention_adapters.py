@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from shared.adapters.memory.retention import MemoryRetentionBlobs, MemoryRetentionWorkspace
+from shared.domain.retention.addresses import AddressBook
 from shared.domain.retention.inventory import (
     BlobKey,
     BlobPath,
@@ -86,13 +87,14 @@ class Side:
             client.create_container()
         client.upload_blob(name, b"a,b\n1,2\n", overwrite=True, tags=tags)
 
+    def book(self) -> AddressBook:
+        return AddressBook.of(self.workspace.datastores(), self.blobs.account_names())
+
     def data(self, name: str) -> dict[str, DataVersion]:
-        containers = self.workspace.datastore_containers()
-        return {v.version: v for v in self.workspace.data_versions(containers) if v.name == name}
+        return {v.version: v for v in self.workspace.data_versions(self.book()) if v.name == name}
 
     def models(self, name: str) -> dict[str, ModelVersion]:
-        containers = self.workspace.datastore_containers()
-        return {m.version: m for m in self.workspace.model_versions(containers) if m.name == name}
+        return {m.version: m for m in self.workspace.model_versions(self.book()) if m.name == name}
 
     def blob_names(self, container: str = LANDING) -> dict[str, BlobTier | None]:
         return {b.name: b.tier for b in self.blobs.list([container]) if b.name.startswith(f"{self.uid}/")}
@@ -118,14 +120,29 @@ def side(request: pytest.FixtureRequest) -> Iterator[Side]:
     yield Side(uid, AmlRetention(azureml), BlobRetention(service), memory=False, info=aml, blob_service=service)
 
 
-def act(kind: ActionKind, target: Any, tier: BlobTier | None = None) -> Action:
-    return Action(kind, target, "contract", "contract", tier=tier)
+def act(kind: ActionKind, target: Any, tier: BlobTier | None = None, *, etag: str = "") -> Action:
+    return Action(kind, target, "contract", "contract", tier=tier, etag=etag)
 
 
-def test_the_datastores_map_to_their_containers(side: Side) -> None:
-    containers = side.workspace.datastore_containers()
-    assert containers["landing"] == "landing"
-    assert containers["workspaceblobstore"] == "azureml-blobstore"
+def test_the_datastores_map_to_their_containers_on_the_data_account(side: Side) -> None:
+    book = side.book()
+    assert book.datastores["landing"].container == "landing"
+    assert book.datastores["workspaceblobstore"].container == "azureml-blobstore"
+    assert side.blobs.account_names() == {"devstoreaccount1"}
+    assert book.locate("azureml://datastores/landing/paths/x/") == BlobPath(LANDING, "x/")
+
+
+def test_defect5_a_blob_changed_since_it_was_listed_is_not_deleted_or_tiered(side: Side) -> None:
+    side.upload(LANDING, f"{side.uid}/raced.csv")
+    [listed] = [b for b in side.blobs.list([LANDING]) if b.name == f"{side.uid}/raced.csv"]
+    assert listed.etag
+    side.upload(LANDING, f"{side.uid}/raced.csv")  # a new upload after the listing
+    for action in (act(ActionKind.DELETE_BLOB, listed.key, etag=listed.etag),
+                   act(ActionKind.TIER_BLOB, listed.key, BlobTier.COOL, etag=listed.etag)):
+        assert side.blobs.execute(action) == "changed"
+    assert side.blob_names() == {f"{side.uid}/raced.csv": BlobTier.HOT}
+    [fresh] = [b for b in side.blobs.list([LANDING]) if b.name == f"{side.uid}/raced.csv"]
+    assert side.blobs.execute(act(ActionKind.DELETE_BLOB, fresh.key, etag=fresh.etag)) == "done"
 
 
 def test_listing_returns_what_was_seeded_archived_versions_included(side: Side) -> None:

@@ -1,11 +1,19 @@
-"""Polling helpers for the end-to-end tests."""
+"""Helpers for the end-to-end tests: polling, reading the workspace, a stack of one's own, chaos switches."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
+
 from devstack import polling
+from devstack.host import start_host
+from devstack.procs import REPO_ROOT, Service, free_port
+from devstack.stack import Ports, Stack, applied_env, start_stack, stop_stack
 
 T = TypeVar("T")
 
@@ -25,3 +33,60 @@ def versions(ml: Any, name: str) -> list[Any]:
 
 def with_tag(ml: Any, name: str, tag: str, value: str) -> list[Any]:
     return [d for d in versions(ml, name) if (d.tags or {}).get(tag) == value]
+
+
+# -- a whole stack of its own, the host killed and restarted, the emulators' admin routes (chaos runs) ----
+@contextmanager
+def own_stack(state_dir: Path) -> Iterator[Stack]:
+    """A fresh local stack on free ports in `state_dir`, its environment applied; stopped at the end.
+
+    For a test that must compare two runs from the same empty start (the session's `local_stack` is shared).
+    """
+    ports = Ports(blob=free_port(), queue=free_port(), table=free_port(), aml=free_port(),
+                  eventgrid=free_port(), host=free_port())
+    stack = start_stack(state_dir, ports)
+    try:
+        with applied_env(stack.env):
+            yield stack
+    finally:
+        stop_stack(stack)
+
+
+def kill_and_restart_host(stack: Stack, *, down_seconds: float = 0.0) -> Service:
+    """SIGKILL the stack's Functions host (no drain: a function may die between any two I/O calls), wait
+    `down_seconds`, start it again on the same port and state, and wait until it serves.
+
+    Raises `devstack.procs.ServiceStartError` if the new host does not come up.
+    """
+    index, host = next((i, s) for i, s in enumerate(stack.services) if s.name == "functions-host")
+    host.process.kill()
+    host.process.wait(timeout=10)
+    if down_seconds:
+        time.sleep(down_seconds)
+    restarted = start_host(REPO_ROOT, stack.ports.host, state_dir=stack.state_dir, env=stack.env)
+    stack.services[index] = restarted
+    restarted.wait_ready(timeout=60)
+    return restarted
+
+
+def host_log(stack: Stack) -> Path:
+    """The Functions host's log (appended to across restarts)."""
+    return next(s for s in stack.services if s.name == "functions-host").log_path
+
+
+def emulator_admin(env: Mapping[str, str], method: str, path: str, body: Any = None) -> Any:
+    """Call an Azure ML emulator admin route (`/_emulator/...`, Bearer token required); the JSON answer."""
+    from azure.identity import DefaultAzureCredential
+
+    token = DefaultAzureCredential().get_token("https://management.azure.com/.default").token
+    reply = httpx.request(method, f"{env['AZUREML_DEV_URL_MFE'].rstrip('/')}{path}", json=body,
+                          headers={"Authorization": f"Bearer {token}"}, verify=env["REQUESTS_CA_BUNDLE"], timeout=30)
+    reply.raise_for_status()
+    return reply.json()
+
+
+def eventgrid_admin(env: Mapping[str, str], method: str, path: str, body: Any = None) -> Any:
+    """Call a local Event Grid admin/inspection route (`/faults`, `/deliveries`, `/deadletters`, …)."""
+    reply = httpx.request(method, f"{env['EVERGREEN_EVENTGRID_URL']}{path}", json=body, timeout=30)
+    reply.raise_for_status()
+    return reply.json()

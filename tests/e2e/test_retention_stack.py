@@ -117,3 +117,51 @@ def test_the_demo_step_previews_then_applies_and_shows_what_and_why(local_stack:
     audit_section = text.split("the audit log")[1]
     assert any("retention.delete_blob" in line and f"blob:landing/history/{stamp}/1/part-0000.csv" in line
                for line in audit_section.splitlines())
+
+
+def test_defect1_every_datastore_kind_and_path_form_protects_its_landing_blobs_in_a_far_future_dry_run(
+        local_stack: Stack, ml: Any) -> None:
+    """Data versions at abfss://, wasbs://, https://…dfs… and azureml:// paths, on an ADLS Gen2 and a blob
+    datastore of the data account: a dry run three years ahead plans none of their blobs (issue 12)."""
+    from azure.ai.ml.entities import AzureBlobDatastore, AzureDataLakeGen2Datastore, Data
+    from azure.storage.blob import BlobServiceClient
+
+    uid = uuid.uuid4().hex[:6]
+    account = BlobServiceClient.from_connection_string(local_stack.env["DATA_STORAGE"]).account_name
+    ml.datastores.create_or_update(AzureDataLakeGen2Datastore(name=f"lake{uid}", account_name=account,
+                                                              filesystem="landing"))
+    ml.datastores.create_or_update(AzureBlobDatastore(name=f"raw{uid}", account_name=account,
+                                                      container_name="landing"))
+    paths = {
+        "abfss": f"abfss://landing@{account}.dfs.core.windows.net/e2e-{uid}/abfss/",
+        "wasbs": f"wasbs://landing@{account}.blob.core.windows.net/e2e-{uid}/wasbs/",
+        "dfs": f"https://{account}.dfs.core.windows.net/landing/e2e-{uid}/dfs/",
+        "lake": f"azureml://datastores/lake{uid}/paths/e2e-{uid}/lake/",
+        "raw": f"azureml://datastores/raw{uid}/paths/e2e-{uid}/raw/",
+    }
+    landing = BlobServiceClient.from_connection_string(local_stack.env["DATA_STORAGE"]).get_container_client("landing")
+    for form, path in paths.items():
+        landing.upload_blob(f"e2e-{uid}/{form}/part-0.csv", b"a,b\n1,2\n", overwrite=True)
+        ml.data.create_or_update(Data(name=f"e2e-forms-{uid}", version=form, path=path, type="uri_folder"))
+    landing.upload_blob(f"e2e-{uid}/stray/part-0.csv", b"a,b\n1,2\n", overwrite=True)  # referenced by nothing
+
+    env = {**os.environ, **local_stack.env}
+    future = (datetime.now(UTC) + timedelta(days=3 * 365)).isoformat()
+    dry = subprocess.run([sys.executable, "-m", "shared.cli", "retention", "--dry-run", "--json", "--as-of", future],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert plan["suspended"] == []  # every address was read: the blob rule ran
+    planned = {a["target"] for a in plan["actions"]}
+    assert f"blob:landing/e2e-{uid}/stray/part-0.csv" in planned  # the rule would act on an unused blob
+    for form in paths:
+        assert f"blob:landing/e2e-{uid}/{form}/part-0.csv" not in planned, form
+    protected = {p["target"]: p["reason"] for p in plan["protected"]}
+    assert f"referenced by non-archived data:e2e-forms-{uid}:abfss" in protected[
+        f"blob:landing/e2e-{uid}/abfss/part-0.csv"]
+
+    applied = subprocess.run([sys.executable, "-m", "shared.cli", "retention", "--as-of", future], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert applied.returncode == 2 and "requires --dry-run" in applied.stderr  # a preview never applies
+    assert {b.name for b in landing.list_blobs(name_starts_with=f"e2e-{uid}/")} == {
+        f"e2e-{uid}/{form}/part-0.csv" for form in [*paths, "stray"]}

@@ -1,6 +1,7 @@
 """Data version → retraining, end to end: the drop's DataVersionRegistered event starts the pipeline
 (ml/pipeline.yml) under a deterministic job name; the emulator runs prep → train → evaluate → register;
-the model carries its lineage; RunCompleted reaches on_run_event."""
+the model carries its lineage; RunCompleted reaches on_run_event. A re-check message on the
+retraining queue reaches `retrain_due` through the host (the minimum interval's and the leases' path)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import uuid
 import pytest
 
 from devstack.demo import churn_rows
-from shared.domain.retrain import job_name_for
+from shared.composition import RETRAIN_QUEUE
+from shared.domain.retrain import RetrainCheck, job_name_for, retrain_check_to_json
 from tests.e2e.helpers import wait_for, with_tag
 
 pytestmark = pytest.mark.e2e
@@ -48,3 +50,24 @@ def test_a_new_data_version_retrains_and_registers_a_model_with_lineage(local_st
     assert model.tags["evergreen.data_asset"] == "churn-training"
     assert model.tags["evergreen.data_version"] == str(data.version)
     assert float(model.tags["evergreen.metric.roc_auc"]) > 0.5
+
+
+def test_a_retrain_recheck_message_is_handled_by_the_host_and_audited(local_stack):
+    """The queue trigger is wired: name, encoding, parser and service (a dataset with nothing waiting)."""
+    from azure.data.tables import TableServiceClient
+    from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+
+    from shared.adapters.azure.tables import AzureTable
+    from shared.services.audit import AUDIT_TABLE, TableAuditLog
+
+    storage = local_stack.env["AzureWebJobsStorage"]
+    dataset = f"nothing-{uuid.uuid4().hex[:8]}"
+    queue = QueueClient.from_connection_string(storage, RETRAIN_QUEUE, message_encode_policy=TextBase64EncodePolicy())
+    sent = queue.send_message(retrain_check_to_json(RetrainCheck(dataset, "e2e")))
+    audit = TableAuditLog(AzureTable(TableServiceClient.from_connection_string(storage).get_table_client(AUDIT_TABLE)))
+
+    def audited():
+        return [r for r in audit.query(kind_prefix="retrain.skipped") if r.event_id == sent.id] or None
+
+    (record,) = wait_for(audited, "the re-check's audit record")
+    assert record.assets["data"] == dataset and "nothing is known" in record.reason

@@ -28,7 +28,11 @@ def test_a_folder_drop_becomes_one_data_version_and_an_event(local_stack, ml, la
                           "the drop's data version")
     assert version.type == "uri_folder"
     assert version.tags["evergreen.files"] == "40"
-    assert version.path.endswith(f"/datastores/landing/paths/{folder.replace(' ', '%20')}")
+    # the version is its generation's immutable snapshot, not the (overwritable) landing folder
+    snapshot = f"_evergreen/snapshots/churn-training/{version.tags['evergreen.sha256']}/"
+    assert version.path.endswith(f"/datastores/landing/paths/{snapshot}")
+    assert sorted(b.name for b in landing.list_blobs(name_starts_with=snapshot)) == sorted(
+        f"{snapshot}{name[len(folder):]}" for name in names)
 
     def event_for_version() -> list[dict[str, Any]]:
         return [e for e in published(local_stack)
@@ -53,3 +57,26 @@ def test_same_content_again_registers_nothing_new(local_stack, ml, landing):
                       if f"{tag}-copy.csv" in str(d) and d.get("status") == "delivered"], "the copy's delivery")
     assert len(versions(ml, "churn-reference")) == before
     assert with_tag(ml, "churn-reference", "evergreen.source_url", first.url)
+
+
+def test_defect8_a_marker_mid_way_through_a_drop_loses_no_file_and_fails_no_execution(local_stack, ml, landing):
+    """The marker lands while files still arrive: files seen during the seal go to the next generation, and
+    every file ends up in the folder's newest version, with no failed (retried) delivery on the way."""
+    folder = f"churn/mid-{uuid.uuid4().hex[:8]}/"
+    names = [f"{folder}part-{i:03d}.csv" for i in range(30)]
+    for name in names[:15]:
+        landing.upload_blob(name, f"customer_id,churned\n{name},0\n", overwrite=True)
+    landing.upload_blob(f"{folder}_SUCCESS", b"", overwrite=True)
+    for name in names[15:]:
+        landing.upload_blob(name, f"customer_id,churned\n{name},1\n", overwrite=True)
+
+    def all_files_versioned() -> list[Any]:
+        found = with_tag(ml, "churn-training", "evergreen.source_folder", f"landing/{folder}")
+        return [v for v in found if v.tags.get("evergreen.files") == str(len(names))]
+
+    holding = wait_for(all_files_versioned, "a version holding every file of the drop", timeout=180)
+    assert len(holding) == 1
+    eventgrid = local_stack.env["EVERGREEN_EVENTGRID_URL"]
+    ours = [d for d in httpx.get(f"{eventgrid}/deliveries").json() if folder in str(d)]
+    assert len(ours) >= len(names) + 1
+    assert [d for d in ours if d["attempts"] != 1 or d["status"] != "delivered"] == []

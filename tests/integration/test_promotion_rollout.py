@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import sys
 import threading
 import time
 import uuid
@@ -259,10 +260,87 @@ def test_a_failing_candidate_is_rolled_back_and_the_champion_keeps_serving(
     assert results["failed"] == 0 and results["ok"] > 0
 
 
+def provisioned(rig: Rig, endpoint: str, deployment: str, model: str, version: str, *,
+                tags: dict[str, str] | None = None, timeout: float = 180) -> None:
+    """Create `deployment` of model:version on `endpoint` and wait until it is Succeeded."""
+    rig.endpoints.begin_create_deployment(DeploymentSpec(
+        endpoint=endpoint, name=deployment, model_name=model, model_version=version,
+        instance_type="Standard_DS3_v2", instance_count=1, environment="azureml:AzureML-sklearn-1.5@latest",
+        code_path=str(REPO / "ml" / "src"), scoring_script="score.py", tags=tags or {}))
+    deadline = time.monotonic() + timeout
+    while deployment_state(rig, endpoint, deployment) != "Succeeded":
+        assert time.monotonic() < deadline, f"{deployment} on {endpoint} never provisioned"
+        time.sleep(0.25)
+
+
+def test_defect7_concurrent_smoke_tests_on_two_endpoints_each_reach_the_deployment_asked_for(
+        rig: Rig, ml_client: Any, model_uri: str, names: tuple[str, str]) -> None:
+    """azure-ai-ml's `invoke` keeps the deployment and key headers in one class-level dict, so two smoke tests
+    in one process raced: a request could go out without its header (routed by traffic, to the champion)
+    or with the other endpoint's. On each of two endpoints the champion (all traffic) answers every request
+    with an error and the candidate (no traffic) answers correctly: a request that reaches anything but the
+    candidate it names fails."""
+    model, endpoint = names
+    endpoints = (endpoint, f"{endpoint}-b")
+    champion = register(ml_client, model, model_uri, "0.80")
+    candidate = register(ml_client, model, model_uri, "0.90")
+    for name in endpoints:
+        rig.endpoints.begin_create_endpoint(name, {Tag.MANAGED.value: "true"})
+    for name in endpoints:
+        deadline = time.monotonic() + 60
+        while (view := rig.endpoints.endpoint(name)) is None or view.state != "Succeeded":
+            assert time.monotonic() < deadline, f"endpoint {name} never became ready"
+            time.sleep(0.25)
+        provisioned(rig, name, "champion", model, str(champion.version), tags={"EVERGREEN_FAULT": "smoke"})
+        provisioned(rig, name, f"candidate-{name[-1]}", model, str(candidate.version))
+        rig.endpoints.begin_set_traffic(name, {"champion": 100})
+    for name in endpoints:
+        deadline = time.monotonic() + 60
+        while (view := rig.endpoints.endpoint(name)) is None or view.busy or view.traffic.get("champion") != 100:
+            assert time.monotonic() < deadline, f"traffic of {name} never settled"
+            time.sleep(0.25)
+        with pytest.raises(OperationFailedError):  # the champion really is broken: misrouting would show
+            rig.endpoints.score(name, "champion", SAMPLE)
+
+    rounds, per_endpoint = 30, 2
+    barrier = threading.Barrier(len(endpoints) * per_endpoint)
+    failures: list[str] = []
+    answered: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def smoke(name: str) -> None:
+        deployment = f"candidate-{name[-1]}"
+        barrier.wait()
+        for _ in range(rounds):
+            try:
+                reply = rig.endpoints.score(name, deployment, SAMPLE)
+            except OperationFailedError as exc:
+                failures.append(str(exc).splitlines()[0])
+                continue
+            with lock:
+                if isinstance(reply, dict) and len(reply.get("predictions", ())) == len(SAMPLE["input_data"]):
+                    answered[name] = answered.get(name, 0) + 1
+                else:
+                    failures.append(f"{name}: unexpected reply {str(reply)[:200]}")
+
+    threads = [threading.Thread(target=smoke, args=(name,)) for name in endpoints for _ in range(per_endpoint)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: a shared header dict cannot hide
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+    finally:
+        sys.setswitchinterval(switch)
+    assert not failures, failures[:5]
+    assert answered == {name: rounds * per_endpoint for name in endpoints}
+
+
 def test_scoring_one_deployment_does_not_make_later_invokes_stick_to_it(
         rig: Rig, aml: AmlInfo, ml_client: Any, model_uri: str, names: tuple[str, str], tmp_path: Path) -> None:
-    """azure-ai-ml keeps the `azureml-model-deployment` header in a class-level dict: without the adapter's
-    workaround, the smoke test's header would route every later invoke in the process to the candidate."""
+    """azure-ai-ml keeps the `azureml-model-deployment` header in a class-level dict: the adapter never uses
+    `invoke`, so a smoke test's header cannot route any later invoke in the process to the candidate."""
     from azure.ai.ml.constants._endpoint import EndpointInvokeFields
 
     model, endpoint = names

@@ -22,7 +22,7 @@ from azure.storage.blob import BlobServiceClient
 
 from devstack.testing.aml import AmlInfo
 from devstack.testing.azurite import AzuriteInfo
-from shared.adapters.azure.aml_retention import AmlRetention, blob_path
+from shared.adapters.azure.aml_retention import AmlRetention
 from shared.adapters.azure.azureml import AzureML
 from shared.adapters.azure.blob_retention import BlobRetention
 from shared.adapters.azure.tables import AzureTable
@@ -34,8 +34,10 @@ from shared.domain.retention import (
     DataKey,
     ModelKey,
     RetentionPlan,
+    Unreadable,
     parse_retention,
 )
+from shared.domain.retention.addresses import AddressBook
 from shared.services.audit import TableAuditLog
 from shared.services.ledger import Ledger
 from shared.services.retention import RetentionRunner
@@ -174,19 +176,26 @@ def seed_world(w: World) -> None:
 
 
 def test_datastore_uris_map_to_containers_read_once(world: World) -> None:
-    containers = AmlRetention(world.azureml).datastore_containers()
-    assert containers["landing"] == "landing"
+    book = _book(world)
+    assert book.datastores["landing"].container == "landing"
     long = "azureml://subscriptions/s/resourcegroups/r/workspaces/w/datastores/landing/paths/churn/drop-1/"
-    assert blob_path(long, containers) == BlobPath("landing", "churn/drop-1/")
-    assert blob_path("azureml://datastores/LANDING/paths/x.csv", containers) == BlobPath("landing", "x.csv")
-    assert blob_path("azureml://datastores/unknown/paths/x.csv", containers) is None
-    assert blob_path("https://acct.blob.core.windows.net/raw/a/b.csv", containers) == BlobPath("raw", "a/b.csv")
+    assert book.locate(long) == BlobPath("landing", "churn/drop-1/")
+    assert book.locate("azureml://datastores/LANDING/paths/x.csv") == BlobPath("landing", "x.csv")
+    assert isinstance(book.locate("azureml://datastores/unknown/paths/x.csv"), Unreadable)  # fails closed
+    account = BlobRetention(world.blobs).account_names()
+    assert account == {"devstoreaccount1"}
+    assert book.locate("https://devstoreaccount1.blob.core.windows.net/raw/a/b.csv") == BlobPath("raw", "a/b.csv")
+    assert book.locate("https://acct.blob.core.windows.net/raw/a/b.csv") is None  # another account
+
+
+def _book(world: World) -> AddressBook:
+    return AddressBook.of(AmlRetention(world.azureml).datastores(), BlobRetention(world.blobs).account_names())
 
 
 def test_listing_sees_archived_versions_lineage_and_metrics_across_pages(world: World) -> None:
     seed_world(world)
     aml = AmlRetention(world.azureml)
-    containers = aml.datastore_containers()
+    containers = _book(world)
     data = {v.version: v for v in aml.data_versions(containers) if v.name == world.data}
     assert set(data) == {"1", "2", "3", "4", "5"}  # 5 versions > the test page size of 3: paging is followed
     assert data["5"].archived and not data["1"].archived

@@ -32,6 +32,7 @@ from shared.domain.retention import (
     parse_retention,
     plan_retention,
 )
+from shared.domain.retention.addresses import AddressBook
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +59,7 @@ def test_a_running_jobs_inputs_and_outputs_are_listed_and_protected(ml_client: A
         environment=CURATED, compute="cpu-cluster", experiment_name="evergreen-tests"))
     try:
         aml_side = adapter(aml)
-        containers = aml_side.datastore_containers()
+        containers = AddressBook.of(aml_side.datastores(), ["devstoreaccount1"])  # Azurite's account
         jobs = {j.name: j for j in aml_side.jobs(containers)}
         job = jobs[name]
         assert not job.finished and job.finished_at is None
@@ -153,6 +154,6 @@ def test_a_pipeline_jobs_data_input_is_recognised_next_to_its_literal_inputs(ml_
     job.name = f"inuse-pipe-job-{uid}"
     ml_client.jobs.create_or_update(job)
     aml_side = adapter(aml)
-    listed = {j.name: j for j in aml_side.jobs(aml_side.datastore_containers())}[job.name]
+    listed = {j.name: j for j in aml_side.jobs(AddressBook.of(aml_side.datastores(), ["devstoreaccount1"]))}[job.name]
     assert listed.inputs == (DataKey(data, "1"),)  # the literal `factor` references nothing
     assert set(listed.outputs) == {"final"}

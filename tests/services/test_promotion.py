@@ -10,13 +10,14 @@ clock on when nothing is due. So steps can run twice, concurrently, or through a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -24,15 +25,22 @@ from shared.adapters.memory.endpoints import MemoryEndpoints
 from shared.adapters.memory.queues import MemoryDelayedQueue, QueuedMessage
 from shared.adapters.memory.tables import MemoryTable
 from shared.config.policy import Policy
+from shared.domain.audit import AuditRecord
 from shared.domain.events import ModelVersionEvent
-from shared.domain.records import RolloutRecord
-from shared.domain.rollout import RolloutTick, deployment_name
+from shared.domain.records import RolloutRecord, Row
+from shared.domain.rollout import CandidateRetry, RolloutTick, candidate_retry_from_json, deployment_name
 from shared.domain.vocabulary import Phase, PromotionAction, Tag, TickAction, metric_tag
 from shared.domain.workspace import DeploymentSpec, ModelInfo
-from shared.errors import OperationFailedError
+from shared.errors import OperationFailedError, TransientError
 from shared.services.audit import TableAuditLog
 from shared.services.ledger import Ledger
-from shared.services.promotion import MAX_STEP_ATTEMPTS, Promoter, TickOutcome
+from shared.services.promotion import (
+    MAX_STEP_ATTEMPTS,
+    RETRY_DELAY_SECONDS,
+    STALL_FLOOR,
+    Promoter,
+    TickOutcome,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL, ENDPOINT = "churn", "churn-online"
@@ -438,3 +446,309 @@ def test_the_ledger_writes_only_records_it_read_and_only_known_phases(rig: Rig) 
     assert moved is not None and moved.seq == record.seq + 1
     assert rig.ledger.update_rollout(dataclasses.replace(record, seq=record.seq + 5)) is None  # stale ETag
     assert rig.ledger.create_rollout(record) is None  # the row exists: insert conflicts
+
+
+# -- recovery from any single failure (issue 11) ---------------------------------------------------------------
+class FailOnce:
+    """A switch for one injected failure: `hit(where)` raises once when `where` is armed.
+
+    `after=True` models a lost reply: the call takes effect, then the caller sees the error.
+    """
+
+    def __init__(self, where: str, *, after: bool = False) -> None:
+        self.where, self.after, self.fired = where, after, False
+
+    def hit(self, where: str, call: Callable[[], Any]) -> Any:
+        if where != self.where or self.fired:
+            return call()
+        self.fired = True
+        if self.after:
+            call()
+        raise TransientError(f"injected failure at {where}" + (" (after it took effect)" if self.after else ""))
+
+
+class FlakyTable(MemoryTable):
+    def __init__(self, fault: FailOnce) -> None:
+        super().__init__()
+        self.fault = fault
+
+    def insert(self, entity: Mapping[str, Any]) -> Row | None:
+        return cast("Row | None", self.fault.hit(f"insert:{entity['PartitionKey']}", lambda: super(
+            FlakyTable, self).insert(entity)))
+
+    def upsert(self, entity: Mapping[str, Any], *, merge: bool = False) -> Row:
+        return cast(Row, self.fault.hit(f"upsert:{entity['PartitionKey']}", lambda: super(
+            FlakyTable, self).upsert(entity, merge=merge)))
+
+
+class FlakyAudit(TableAuditLog):
+    def __init__(self, fault: FailOnce) -> None:
+        super().__init__(MemoryTable())
+        self.fault = fault
+
+    def record(self, rec: AuditRecord) -> None:
+        self.fault.hit(f"audit:{rec.kind}", lambda: super(FlakyAudit, self).record(rec))
+
+
+class FlakyQueue(MemoryDelayedQueue[RolloutTick]):
+    def __init__(self, fault: FailOnce, clock: FakeClock) -> None:
+        super().__init__(clock=clock)
+        self.fault = fault
+
+    def send(self, item: RolloutTick, delay_seconds: float) -> None:
+        self.fault.hit("send", lambda: super(FlakyQueue, self).send(item, delay_seconds))
+
+
+def flaky_rig(fault: FailOnce, policy: Policy | None = None) -> Rig:
+    """A Rig whose ledger table, audit log and rollout queue fail where `fault` says, once."""
+    rig = Rig(policy=policy)
+    rig.table = FlakyTable(fault)
+    rig.ledger = Ledger(rig.table, clock=rig.clock)
+    rig.audit = FlakyAudit(fault)
+    rig.queue = FlakyQueue(fault, rig.clock)
+    rig.promoter = rig.instance()
+    return rig
+
+
+START_FAULTS = [
+    pytest.param("audit:promotion.started", False, id="audit-fails"),
+    pytest.param("audit:promotion.started", True, id="audit-lost-reply"),
+    pytest.param("send", False, id="first-step-not-queued"),
+    pytest.param("send", True, id="first-step-queued-lost-reply"),
+    pytest.param("upsert:promotion", False, id="promotion-record-fails"),
+    pytest.param("insert:rollout", True, id="rollout-row-lost-reply"),
+]
+
+
+@pytest.mark.parametrize(("where", "after"), START_FAULTS)
+def test_defect3_a_start_that_fails_after_taking_the_row_is_resumed_by_the_redelivered_event(
+        where: str, after: bool) -> None:
+    """The row is written active before the first step is queued; a failure after it used to leave the
+    endpoint held forever (the redelivery answered "duplicate"). The redelivery now re-sends the first step,
+    and the audit and promotion records are rewritten, never duplicated."""
+    rig = flaky_rig(FailOnce(where, after=after))
+    v1 = rig.register("0.80")
+    with pytest.raises(TransientError):
+        rig.deliver(v1)
+    held = rig.ledger.get_rollout(ENDPOINT)
+    assert held is not None and held.active and held.due_at is None  # the row is taken, no step taken yet
+
+    again = rig.deliver(v1)  # Event Grid redelivers the same event
+    assert again.action is PromotionAction.STARTED, again
+    done = rig.run()
+    assert done.phase is Phase.SUCCEEDED, done.failure
+    assert rig.serving_model() == f"{MODEL}:1"
+    assert rig.endpoints.calls.count("begin_create_deployment") == 1  # a second first step was stale
+    started = list(rig.audit.query(kind_prefix="promotion.started", now=rig.clock()))
+    assert len(started) == 1, started
+    assert rig.ledger.promotion_outcome(done.rollout_id) == (Phase.SUCCEEDED.value, done.reason)
+    # the endpoint is free: the next better candidate starts (it is not merely "queued" behind a dead rollout)
+    assert rig.deliver(rig.register("0.90")).action is PromotionAction.STARTED
+
+
+def test_defect3_a_hand_over_that_dies_before_the_first_step_is_resumed_by_the_redelivered_tick() -> None:
+    """The last step hands over to the queued candidate, whose start dies before its first step is queued:
+    the redelivered last tick (now foreign to the row) re-sends that first step."""
+    rig = flaky_rig(FailOnce("never"))
+    v1, v2 = rig.register("0.80"), rig.register("0.90")
+    rig.deliver(v1)
+    assert rig.deliver(v2).action is PromotionAction.QUEUED
+    fault = FailOnce("audit:promotion.started")
+    outcomes: list[TickAction] = []
+    while (message := rig.next_due()) is not None:
+        record = rig.ledger.get_rollout(ENDPOINT)
+        if record is not None and record.phase is Phase.GRACE and record.candidate_version == v1.version:
+            assert isinstance(rig.audit, FlakyAudit)
+            rig.audit.fault = fault  # the hand-over's audit write fails once
+        try:
+            outcomes.append(rig.promoter.on_tick(message.item, message.dequeue_count).action)
+        except TransientError:
+            continue  # not completed: it reappears with dequeue count 2
+        rig.queue.complete(message)
+    assert fault.fired and TickAction.RESUMED in outcomes
+    done = rig.ledger.get_rollout(ENDPOINT)
+    assert done is not None and done.candidate_version == v2.version and done.phase is Phase.SUCCEEDED, done
+
+
+def drop_next_tick(rig: Rig) -> RolloutTick:
+    """Take the next due message off the queue without handling it: it was poisoned (or lost)."""
+    message = rig.next_due()
+    assert message is not None
+    assert rig.queue.complete(message)
+    return message.item
+
+
+def test_defect4_a_poisoned_step_is_redriven_by_reconcile_and_the_rollout_finishes(rig: Rig) -> None:
+    rig.deliver(rig.register("0.80"))
+    for _ in range(3):  # endpoint, deploy, provisioning: a few steps go well
+        message = rig.next_due()
+        assert message is not None
+        rig.promoter.on_tick(message.item, message.dequeue_count)
+        rig.queue.complete(message)
+    lost = drop_next_tick(rig)
+    stuck = rig.ledger.get_rollout(ENDPOINT)
+    assert stuck is not None and stuck.active and stuck.seq == lost.seq and not len(rig.queue)
+
+    assert rig.promoter.reconcile(rig.clock()) == []  # merely late is not stalled
+    rig.clock.advance(STALL_FLOOR.total_seconds() + 1)
+    (outcome,) = rig.promoter.reconcile(rig.clock())
+    assert outcome.action is TickAction.REDRIVEN and f"step {stuck.seq}" in outcome.detail
+    (audited,) = rig.audit.query(kind_prefix="rollout.redriven", now=rig.clock())
+    assert audited.event_id == stuck.event_id and audited.assets["endpoint"] == ENDPOINT
+    done = rig.run()
+    assert done.phase is Phase.SUCCEEDED, done.failure
+    assert rig.promoter.reconcile(rig.clock()) == []  # nothing left to re-drive
+
+
+def test_defect4_reconcile_leaves_a_waiting_rollout_alone() -> None:
+    rig = Rig(policy=policy_for(grace_period_seconds=3600))
+    first_model(rig)
+    rig.deliver(rig.register("0.90"))
+    while (record := rig.ledger.get_rollout(ENDPOINT)) is not None and record.phase is not Phase.GRACE:
+        message = rig.next_due()
+        assert message is not None
+        rig.promoter.on_tick(message.item, message.dequeue_count)
+        rig.queue.complete(message)
+    rig.clock.advance(1800)  # half the grace period: its step is due in the future
+    assert rig.promoter.reconcile(rig.clock()) == []
+    assert rig.run(max_ticks=5000).phase is Phase.SUCCEEDED
+
+
+def test_defect4_a_first_step_that_was_never_queued_is_sent_by_reconcile() -> None:
+    """The start failed after taking the row and its event was never redelivered (dead-lettered)."""
+    rig = flaky_rig(FailOnce("send"))
+    with pytest.raises(TransientError):
+        rig.deliver(rig.register("0.80"))
+    assert not len(rig.queue)
+    assert rig.promoter.reconcile(rig.clock()) == []
+    rig.clock.advance(STALL_FLOOR.total_seconds() + 1)
+    (outcome,) = rig.promoter.reconcile(rig.clock())
+    assert outcome.action is TickAction.REDRIVEN and "never queued" in outcome.detail
+    assert rig.run().phase is Phase.SUCCEEDED
+
+
+def test_defect4_reconcile_hands_over_to_the_queued_candidate_when_the_last_step_was_poisoned() -> None:
+    rig = Rig(FlakyRegistry)
+    endpoints = rig.endpoints
+    assert isinstance(endpoints, FlakyRegistry)
+    v1, v2 = rig.register("0.80"), rig.register("0.90")
+    rig.deliver(v1)
+    assert rig.deliver(v2).action is PromotionAction.QUEUED
+    while (message := rig.next_due()) is not None:
+        record = rig.ledger.get_rollout(ENDPOINT)
+        if record is not None and record.phase is Phase.GRACE:
+            endpoints.fail_once = v2.version  # gating the queued candidate fails...
+        with contextlib.suppress(OperationFailedError):
+            rig.promoter.on_tick(message.item, message.dequeue_count)
+        rig.queue.complete(message)  # ...and the message is poisoned (here: dropped at once)
+    finished = rig.ledger.get_rollout(ENDPOINT)
+    assert finished is not None and finished.phase is Phase.SUCCEEDED and finished.queued_version == v2.version
+    (outcome,) = rig.promoter.reconcile(rig.clock())
+    assert outcome.action is TickAction.REDRIVEN
+    done = rig.run()
+    assert done.candidate_version == v2.version and done.phase is Phase.SUCCEEDED, done
+    assert rig.serving_model() == f"{MODEL}:{v2.version}"
+
+
+class BusyTable(MemoryTable):
+    """Another instance writes the rollout row between every read and conditional write of ours."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.busy = True
+
+    def replace_if(self, row: Row, entity: Mapping[str, Any]) -> Row | None:
+        if self.busy and entity.get("PartitionKey") == "rollout":
+            self.upsert(dict(row.data))  # the same data, a new ETag: our write loses
+        return super().replace_if(row, entity)
+
+
+def test_defect5_a_row_that_keeps_changing_reschedules_the_candidate_instead_of_failing() -> None:
+    rig = Rig()
+    table = BusyTable()
+    rig.table, rig.ledger = table, Ledger(table, clock=rig.clock)
+    retries: MemoryDelayedQueue[CandidateRetry] = MemoryDelayedQueue(clock=rig.clock)
+    promoter = Promoter(policy=rig.policy, endpoints=rig.endpoints, ledger=rig.ledger, ticks=rig.queue,
+                        audit=rig.audit, app_root=REPO, clock=rig.clock, retries=retries)
+    assert promoter.on_model_version(event(MODEL, rig.register("0.80").version)).action is PromotionAction.STARTED
+    v2 = rig.register("0.90")
+    outcome = promoter.on_model_version(event(MODEL, v2.version))  # used to raise ClaimInProgressError
+    assert outcome.action is PromotionAction.RESCHEDULED, outcome
+    assert retries.items() == [CandidateRetry(MODEL, v2.version, f"evt-{MODEL}-{v2.version}")]
+    table.busy = False
+    message = retries.receive(now=rig.clock() + timedelta(seconds=RETRY_DELAY_SECONDS))
+    assert message is not None
+    assert candidate_retry_from_json(message.item.to_json()) == message.item
+    assert promoter.on_candidate_retry(message.item).action is PromotionAction.QUEUED
+    done = rig.run(promoter=promoter)
+    assert done.candidate_version == v2.version and done.phase is Phase.SUCCEEDED, done
+
+
+def test_defect5_concurrent_racing_deliveries_never_raise() -> None:
+    rig = Rig()
+    retries: MemoryDelayedQueue[CandidateRetry] = MemoryDelayedQueue(clock=rig.clock)
+    models = [rig.register(f"0.{80 + i}") for i in range(8)]
+    barrier = threading.Barrier(len(models) * 2)
+    errors: list[BaseException] = []
+    actions: list[PromotionAction] = []
+
+    def deliver(model: ModelInfo) -> None:
+        promoter = Promoter(policy=rig.policy, endpoints=rig.endpoints, ledger=Ledger(rig.table, clock=rig.clock),
+                            ticks=rig.queue, audit=rig.audit, app_root=REPO, clock=rig.clock, retries=retries)
+        barrier.wait()
+        try:
+            actions.append(promoter.on_model_version(event(MODEL, model.version)).action)
+        except Exception as exc:  # the assertion below reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=deliver, args=(m,)) for m in models for _ in range(2)]  # each twice
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert actions.count(PromotionAction.STARTED) >= 1
+    for message in retries.due(rig.clock() + timedelta(seconds=RETRY_DELAY_SECONDS)):
+        rig.promoter.on_candidate_retry(message.item)
+    final = rig.run()
+    assert final.phase is Phase.SUCCEEDED and final.candidate_version == models[-1].version, final
+
+
+def test_defect6_an_unscored_champion_is_kept_unless_the_policy_allows_replacing_it() -> None:
+    for allow in (False, True):
+        rig = Rig(policy=policy_for(replace_unscored_champion=allow))
+        first_model(rig)
+        rig.endpoints.add_model(MODEL, "1", {})  # the champion's metric tag was removed
+        outcome = rig.deliver(rig.register("0.90"))
+        if allow:
+            assert outcome.action is PromotionAction.STARTED and "replace_unscored_champion" in outcome.detail
+            assert rig.run().phase is Phase.SUCCEEDED and rig.serving_model() == f"{MODEL}:2"
+        else:
+            assert outcome.action is PromotionAction.SKIPPED and "carries no 'roc_auc' metric" in outcome.detail
+            (skipped,) = rig.audit.query(kind_prefix="promotion.skipped", now=rig.clock())
+            assert skipped.decision == "skip:champion_unscored"
+            assert rig.serving_model() == f"{MODEL}:1" and not len(rig.queue)
+
+
+class OneFailedScore(MemoryEndpoints):
+    """The first scoring request fails (a 503 while the deployment warms up); later ones are answered."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.failed = False
+
+    def score(self, endpoint: str, deployment: str, request: dict[str, Any]) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise OperationFailedError(f"scoring deployment {deployment} of {endpoint}: (503) upstream not ready")
+        return super().score(endpoint, deployment, request)
+
+
+def test_one_failed_smoke_request_is_retried_and_does_not_roll_back_a_good_candidate() -> None:
+    """A single transient failure must not change the outcome: one lost scoring request used to roll back."""
+    rig = Rig(OneFailedScore)
+    rig.deliver(rig.register("0.80"))
+    done = rig.run()
+    assert done.phase is Phase.SUCCEEDED, done.failure
+    assert isinstance(rig.endpoints, OneFailedScore) and rig.endpoints.failed  # the failure did happen
+    assert rig.endpoints.calls.count("score") >= 1 and rig.serving_model() == f"{MODEL}:1"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -21,7 +21,9 @@ from shared.adapters.memory.retention import MemoryRetentionBlobs, MemoryRetenti
 from shared.adapters.memory.tables import MemoryTable
 from shared.config.retention import parse_retention
 from shared.domain.audit import AuditRecord
+from shared.domain.retention.addresses import Datastore
 from shared.domain.retention.inventory import (
+    Blob,
     BlobKey,
     BlobPath,
     BlobTier,
@@ -235,7 +237,7 @@ def test_a_throttled_action_fails_only_while_throttled(world: World) -> None:
     assert {o.status for o in world.runner().run(run_id="t2", dry_run=False).outcomes} == {"done"}
 
 
-@pytest.mark.parametrize("operation", ["datastore_containers", "data_versions", "model_versions", "deployments",
+@pytest.mark.parametrize("operation", ["datastores", "data_versions", "model_versions", "deployments",
                                        "jobs"])
 def test_a_failed_listing_plans_and_changes_nothing(world: World, operation: str) -> None:
     world.workspace.faults.throttle(1, operation=operation)
@@ -314,3 +316,77 @@ rules:
     assert w.workspace.deployment(DeploymentKey("ep", "green")) is None
     assert w.workspace.deployment(DeploymentKey("ep", "blue")) is not None
     assert w.blobs.names("azureml-blobstore") == ["azureml/running/out/a.bin"]
+
+
+# -- issue 12: retention fails closed ---------------------------------------------------------------------
+RAW_BLOBS = """
+rules:
+  - {name: raw, type: blobs, filters: {prefixes: [landing/]}, actions: {delete: {daysAfterModificationGreaterThan: 5}}}
+  - {name: idle, type: deployments, actions: {deleteIdle: {hoursAtZeroTrafficGreaterThan: 24}}}
+"""
+
+
+def test_defect1_training_data_on_adls_gen2_and_every_url_form_keeps_its_blobs() -> None:
+    w = World()
+    account = "devstoreaccount1"
+    w.workspace.add_datastore(Datastore("lake", "AzureDataLakeGen2", account, "landing"))
+    forms = [f"abfss://landing@{account}.dfs.core.windows.net/t/abfss/",
+             f"wasbs://landing@{account}.blob.core.windows.net/t/wasbs/",
+             f"https://{account}.dfs.core.windows.net/landing/t/dfs/", "azureml://datastores/lake/paths/t/lake/"]
+    for i, address in enumerate(forms, start=1):
+        w.workspace.put_addressed(DataVersion("churn", str(i), ago(90)), address)
+        w.workspace.put(ModelVersion("m", str(i), ago(90), data_asset="churn", data_version=str(i)),
+                        Deployment(f"ep{i}", "blue", 100, None, "m", str(i)))
+        w.blobs.put("landing", f"{address.rstrip('/').rsplit('/', 1)[1]}.csv")  # a raw drop nobody uses
+        w.blobs.put("landing", f"t/{address.rstrip('/').rsplit('/', 1)[1]}/part-0.csv")
+    w.workspace.put_addressed(DataVersion("elsewhere", "1", ago(1)), "azureml://datastores/nowhere/paths/t/")
+    summary = w.runner(RAW_BLOBS).run(run_id="fail-closed", dry_run=False)
+    assert summary.outcomes == () and [s.rule for s in summary.plan.suspended] == ["raw"]
+    [suspended] = w.records("suspended")
+    assert "datastore nowhere is not in the workspace" in suspended.reason and suspended.assets["rule"] == "raw"
+    w.workspace.put(DataVersion("elsewhere", "1", ago(1), archived=True))  # archived: it no longer protects
+    summary = w.runner(RAW_BLOBS).run(run_id="known", dry_run=False)
+    assert sorted(str(o.action.target) for o in summary.outcomes) == [
+        "blob:landing/abfss.csv", "blob:landing/dfs.csv", "blob:landing/lake.csv", "blob:landing/wasbs.csv"]
+    assert w.blobs.names("landing", "t/") == [f"t/{f}/part-0.csv" for f in ("abfss", "dfs", "lake", "wasbs")]
+
+
+def test_defect5_a_blob_overwritten_after_it_was_listed_is_skipped_reported_and_audited(world: World) -> None:
+    class Racing(MemoryRetentionBlobs):
+        """A new upload of the blob lands between the listing and the apply."""
+
+        def list(self, containers: Iterable[str]) -> list[Blob]:
+            listed = super().list(containers)
+            self.put("landing", "churn/d5/part-0.csv")
+            return listed
+
+    racing = Racing(clock=lambda: NOW)
+    for name in world.blobs.names("landing"):
+        racing.put("landing", name)
+    world.blobs = racing
+    summary = world.runner().run(run_id="race", dry_run=False)
+    outcome = {str(o.action.target): o for o in summary.outcomes}["blob:landing/churn/d5/part-0.csv"]
+    assert (outcome.status, outcome.error) == ("skipped", "changed since listed")
+    assert "churn/d5/part-0.csv" in racing.names("landing")  # the new upload survives
+    assert "churn/d5/part-1.csv" not in racing.names("landing")
+    [skipped] = world.records("skipped")
+    assert skipped.reason == "changed since listed" and skipped.assets["target"] == "blob:landing/churn/d5/part-0.csv"
+    assert "skipped delete_blob        blob:landing/churn/d5/part-0.csv  (changed since listed)" in summary.render()
+
+
+def test_defect6_the_previous_champion_survives_the_grace_period_of_an_in_flight_rollout(world: World) -> None:
+    world.workspace.put(Deployment("churn-ep", "green", 100, None, "churn-model", "4"),
+                        Deployment("churn-ep", "blue", 0, ago(3), "churn-model", "1"))
+    table = MemoryTable()
+    row = {"PartitionKey": "rollout", "RowKey": "churn-ep", "Endpoint": "churn-ep", "State": "grace",
+           "CandidateName": "churn-model", "CandidateVersion": "4", "Deployment": "green",
+           "ChampionDeployment": "blue", "ChampionModel": "churn-model:1"}
+    table.insert(row)
+    world.ledger = Ledger(table)
+    summary = world.runner(RAW_BLOBS).run(run_id="grace", dry_run=False)
+    assert world.workspace.deployment(DeploymentKey("churn-ep", "blue")) is not None
+    spared = {p.target: p.reason for p in summary.plan.protected}
+    assert spared[DeploymentKey("churn-ep", "blue")] == "rollback target of the grace rollout on churn-ep"
+    table.upsert({**row, "State": "succeeded"})
+    world.runner(RAW_BLOBS).run(run_id="after", dry_run=False)
+    assert world.workspace.deployment(DeploymentKey("churn-ep", "blue")) is None

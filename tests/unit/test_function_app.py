@@ -83,12 +83,16 @@ print(json.dumps(out))
     expected = {
         "on_blob_created": ("blobTrigger", "client", "BlobClient"),
         "seal_batch": ("queueTrigger", "msg", "QueueMessage"),
+        "retry_blob": ("queueTrigger", "msg", "QueueMessage"),
         "on_data_version_registered": ("eventGridTrigger", "event", "EventGridEvent"),
         "on_run_event": ("eventGridTrigger", "event", "EventGridEvent"),
+        "retrain_due": ("queueTrigger", "msg", "QueueMessage"),
         "on_model_registered": ("eventGridTrigger", "event", "EventGridEvent"),
         "registry_webhook": ("httpTrigger", "req", "HttpRequest"),
         "advance_rollout": ("queueTrigger", "msg", "QueueMessage"),
+        "retry_candidate": ("queueTrigger", "msg", "QueueMessage"),
         "retention": ("timerTrigger", "timer", "TimerRequest"),
+        "reconcile": ("timerTrigger", "timer", "TimerRequest"),
     }
     assert set(functions) == set(expected)
     for name, (trigger, binds, annotation) in expected.items():

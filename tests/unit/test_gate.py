@@ -94,10 +94,24 @@ def test_candidate_without_the_metric_is_skipped():
     assert plan_promotion(model("1"), None, HIGHER).code is SkipCode.MISSING_METRIC
 
 
-def test_champion_without_the_metric_is_replaced():
+def test_defect6_unscored_champion_is_kept_with_a_coded_reason():
+    """A champion without the metric is not replaced blind: the gate skips and says what to do."""
     d = plan_promotion(model("2", auc="0.7"), model("1"), HIGHER)
+    assert isinstance(d, Skip) and d.code is SkipCode.CHAMPION_UNSCORED and d.code.value == "champion_unscored"
+    assert "champion churn:1 carries no 'auc' metric" in d.reason
+    assert "replace_unscored_champion" in d.reason and "evergreen.metric.auc" in d.reason
+
+
+def test_defect6_unscored_champion_is_replaced_only_when_the_policy_says_so():
+    rule = PromotionRule("auc", Direction.HIGHER_IS_BETTER, "churn-online", replace_unscored_champion=True)
+    d = plan_promotion(model("2", auc="0.7"), model("1"), rule)
     assert isinstance(d, Promote) and d.code is PromoteCode.CHAMPION_UNSCORED
     assert "champion churn:1 carries no 'auc' metric" in d.reason and d.champion_value is None
+    # the candidate's own checks still apply: no metric, or below the threshold, is still skipped
+    assert plan_promotion(model("2"), model("1"), rule).code is SkipCode.MISSING_METRIC
+    strict = PromotionRule("auc", Direction.HIGHER_IS_BETTER, "churn-online", threshold=0.8,
+                           replace_unscored_champion=True)
+    assert plan_promotion(model("2", auc="0.7"), model("1"), strict).code is SkipCode.BELOW_THRESHOLD
 
 
 def test_model_of_another_endpoint_is_skipped():
@@ -193,6 +207,9 @@ def test_policy_defaults_and_rule():
     p = PromotionPolicy.model_validate(policy())
     assert p.canary_steps == (10, 50, 100) and p.grace_period_seconds == 300
     assert p.rule() == PromotionRule("auc", Direction.HIGHER_IS_BETTER, "churn-online", min_improvement=0.01)
+    assert p.replace_unscored_champion is False and p.rule().replace_unscored_champion is False
+    opted_in = PromotionPolicy.model_validate(policy(replace_unscored_champion=True))
+    assert opted_in.rule().replace_unscored_champion is True
     with pytest.raises(ValidationError, match="frozen"):
         p.metric = "loss"  # type: ignore[misc]
 
@@ -216,6 +233,7 @@ def test_policy_defaults_and_rule():
          "greater than or equal to 1"),
         ({"smoke_test": {"request": {}}}, ("smoke_test", "request"), "non-empty JSON object"),
         ({"surprise": 1}, ("surprise",), "Extra inputs are not permitted"),
+        ({"replace_unscored_champion": "sometimes"}, ("replace_unscored_champion",), "valid boolean"),
     ],
 )
 def test_policy_validation_messages_name_the_field(overrides, loc, fragment):

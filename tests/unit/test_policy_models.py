@@ -46,6 +46,7 @@ def test_defaults_are_safe_for_azure() -> None:
     rule = parse({"name": "m", "promotion": promotion()}).models[0].promotion
     assert rule.poll_interval_seconds == 30 and rule.grace_period_seconds == 300
     assert rule.canary_steps == (10, 50, 100)
+    assert rule.replace_unscored_champion is False  # an unscored champion is kept unless the policy opts in
 
 
 @pytest.mark.parametrize(("override", "path", "fragment"), [
@@ -59,6 +60,8 @@ def test_defaults_are_safe_for_azure() -> None:
     ({"deployment": {"instance_type": "Standard_DS3_v2", "code": "../x", "scoring_script": "s.py"}},
      "models[0].promotion.deployment", "relative to the app root"),
     ({"smoke_test": {"request": {}}}, "models[0].promotion.smoke_test.request", "non-empty"),
+    ({"replace_unscored_champion": "yes please"}, "models[0].promotion.replace_unscored_champion",
+     "valid boolean"),
 ])
 def test_bad_promotion_rules_name_their_path(override: dict[str, Any], path: str, fragment: str) -> None:
     with pytest.raises(ConfigurationError) as caught:

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 import random
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -11,11 +12,13 @@ from shared.domain.retention import (
     EXAMPLE_YAML,
     Action,
     ActionKind,
+    AddressBook,
     Blob,
     BlobKey,
     BlobPath,
     BlobTier,
     DataKey,
+    Datastore,
     DataVersion,
     Deployment,
     DeploymentKey,
@@ -28,9 +31,11 @@ from shared.domain.retention import (
     RetentionRule,
     Rollout,
     RuleType,
+    Unreadable,
     parse_retention,
     plan_retention,
     protected_assets,
+    read_job_input,
     render_plan_table,
 )
 from shared.domain.vocabulary import Direction
@@ -363,7 +368,7 @@ def test_outputs_of_old_finished_jobs_are_deleted_unless_something_uses_them():
     assert kinds(p) == {(ActionKind.DELETE_JOB_OUTPUT, JobOutputKey("done", "model", BlobPath("runs", "done/")))}
     why = {k.job: v for k, v in spared(p).items()}
     assert why == {"registered": "model model:m:1 was registered from this job",
-                   "as-data": "referenced by non-archived data:d:1"}
+                   "as-data": "referenced by non-archived data:d:1; shared: registered as data:d:1"}
 
 
 # -- several rules ----------------------------------------------------------------------------------------
@@ -544,3 +549,135 @@ def test_the_dry_run_table_lists_actions_then_what_was_spared():
     assert "Protected:" in text and "one of the latest 2 versions of d (rule data)" in text
     empty = render_plan_table(RetentionPlan(NOW, (), ()))
     assert "Nothing to retire." in empty and "Protected: 0 asset(s)" in empty
+
+
+# -- issue 12: retention fails closed (regression tests, one per defect) ------------------------------------
+ACCOUNT = "evergreendata"
+BOOK = AddressBook.of([Datastore("lake", "AzureDataLakeGen2", ACCOUNT, "landing"),
+                       Datastore("landing", "AzureBlob", ACCOUNT, "landing"),
+                       Datastore("elsewhere", "AzureBlob", "otheraccount", "landing"),
+                       Datastore("workspaceartifactstore", "AzureBlob", ACCOUNT, "azureml"),
+                       Datastore("share", "AzureFile", ACCOUNT, "")], [ACCOUNT])
+DELETE_BLOBS = rule("blobs", {"delete": {"daysAfterModificationGreaterThan": 1}}, name="raw")
+ADDRESS_FORMS = [
+    f"abfss://landing@{ACCOUNT}.dfs.core.windows.net/churn/v1/",
+    f"wasbs://landing@{ACCOUNT}.blob.core.windows.net/churn/v1/",
+    f"https://{ACCOUNT}.dfs.core.windows.net/landing/churn/v1/",
+    f"https://{ACCOUNT}.blob.core.windows.net/landing/churn/v1/?sv=2024&sig=secret",
+    "azureml://datastores/lake/paths/churn/v1/",
+    "azureml://subscriptions/s/resourcegroups/r/workspaces/w/datastores/landing/paths/churn/v1/",
+]
+
+
+def _champion_trained_on(address: str) -> dict[str, Any]:
+    where = BOOK.locate(address)
+    version = DataVersion("churn", "1", ago(90), archived=True, blob_paths=(where,) if where else ())
+    return {"data_versions": (version,), "model_versions": (model("m", 1, 90, trained_on=("churn", "1")),),
+            "deployments": (deployment("e", "blue", 100, model_=("m", "1")),),
+            "blobs": (blob("churn/v1/part-0.csv", 90), blob("churn/v2/part-0.csv", 90))}
+
+
+@pytest.mark.parametrize("address", ADDRESS_FORMS)
+def test_defect1_every_address_form_protects_the_champions_training_blobs(address: str) -> None:
+    p = plan([DELETE_BLOBS], **_champion_trained_on(address))
+    assert {str(a.target) for a in p.actions} == {"blob:landing/churn/v2/part-0.csv"}
+    assert "trained model:m:1, champion of endpoint e" in spared(p)[BlobKey("landing", "churn/v1/part-0.csv")]
+
+
+@pytest.mark.parametrize("address", [
+    "azureml://datastores/deleted-datastore/paths/churn/v1/",  # a datastore retention does not know
+    "s3://bucket/churn/v1/",  # a scheme it does not read
+    "azureml://registries/shared/data/churn/versions/1",  # an azureml form without a datastore
+])
+def test_defect1_an_address_without_a_container_suspends_the_blob_rules(address: str) -> None:
+    p = plan([DELETE_BLOBS, rule("jobOutputs", {"delete": {"daysAfterCompletionGreaterThan": 1}}, name="outs")],
+             jobs=(Job("old", "Completed", outputs={"o": BlobPath("landing", "old/")}, finished_at=ago(90)),),
+             **_champion_trained_on(address))
+    assert p.actions == ()
+    assert [s.rule for s in p.suspended] == ["raw", "outs"]
+    assert address in p.suspended[0].reason and "champion of endpoint e" in p.suspended[0].reason
+    assert "Suspended (fail closed): 2 rule(s)" in render_plan_table(p)
+
+
+def test_defect1_a_known_datastore_with_an_unknown_path_form_protects_its_whole_container() -> None:
+    address = "azureml://datastores/landing/ExperimentRun/dcid.x"
+    assert BOOK.locate(address) == Unreadable(address, "path form not understood", "landing")
+    p = plan([DELETE_BLOBS], **_champion_trained_on(address))
+    assert p.actions == () and p.suspended == ()
+    assert "all of container landing is kept" in spared(p)[BlobKey("landing", "churn/v2/part-0.csv")]
+
+
+def test_defect1_another_account_protects_nothing_here_and_never_maps_onto_our_container() -> None:
+    for address in ("abfss://landing@otheraccount.dfs.core.windows.net/churn/v1/",
+                    "https://otheraccount.blob.core.windows.net/landing/churn/v1/",
+                    "azureml://datastores/elsewhere/paths/churn/v1/", "azureml://datastores/share/paths/churn/v1/"):
+        assert BOOK.locate(address) is None, address
+    p = plan([DELETE_BLOBS], **_champion_trained_on("https://otheraccount.blob.core.windows.net/landing/churn/v1/"))
+    assert p.suspended == () and len(p.actions) == 2  # the champion's bytes are elsewhere: ours are not its
+    # a job output on another account is never ours to delete either
+    assert BOOK.locate("azureml://datastores/elsewhere/paths/azureml/j/out/") is None
+
+
+def test_defect1_a_label_input_of_a_running_job_protects_every_version_of_the_asset_or_suspends() -> None:
+    versions = (data("churn", 1, 90, archived=True, paths=["churn/v1/"]), data("churn", 2, 90, archived=True,
+                                                                               paths=["churn/v2/"]))
+    job = Job("train", "Running", inputs=(read_job_input("azureml:churn@latest", "uri_folder", BOOK),))
+    blobs = (blob("churn/v1/a.csv", 90), blob("churn/v2/a.csv", 90))
+    p = plan([DELETE_BLOBS], data_versions=versions, jobs=(job,), blobs=blobs)
+    assert p.actions == ()
+    assert "(as azureml:churn@latest)" in spared(p)[BlobKey("landing", "churn/v2/a.csv")]
+    unknown = Job("train", "Running", inputs=(read_job_input("azureml:nobody@prod", "uri_folder", BOOK),))
+    p = plan([DELETE_BLOBS], data_versions=versions, jobs=(unknown,), blobs=blobs)
+    assert p.actions == () and "no version of nobody is listed" in p.suspended[0].reason
+
+
+def test_defect2_a_job_output_is_deleted_only_when_the_job_owns_it_alone() -> None:
+    old = Job("old", "Completed", outputs={"out": BlobPath("runs", "exp/")}, finished_at=ago(90))
+    newer = Job("newer", "Completed", outputs={"out": BlobPath("runs", "exp/newer/")}, finished_at=ago(2))
+    alone = Job("alone", "Completed", outputs={"out": BlobPath("runs", "alone/")}, finished_at=ago(90))
+    reader = Job("reader", "Completed", inputs=(BlobPath("runs", "alone/part.csv"),), finished_at=ago(90))
+    registered = Job("registered", "Failed", outputs={"out": BlobPath("runs", "reg/")}, finished_at=ago(90))
+    archived_data = data("d", 1, 90, archived=True)
+    archived_data = dataclasses.replace(archived_data, blob_paths=(BlobPath("runs", "reg/part/"),))
+    outputs = rule("jobOutputs", {"delete": {"daysAfterCompletionGreaterThan": 30}})
+    p = plan([outputs], jobs=(old, newer, alone, registered), data_versions=(archived_data,))
+    assert {str(a.target) for a in p.actions} == {"job-output:alone/out"}
+    why = {k.job: v for k, v in spared(p).items()}
+    assert why["old"] == "shared: output out of job newer"
+    assert why["registered"] == "shared: registered as data:d:1"
+    p = plan([outputs], jobs=(alone, reader))
+    assert p.actions == () and spared(p)[JobOutputKey("alone", "out", BlobPath("runs", "alone/"))] == (
+        "shared: input of job reader")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("direction", ["higher_is_better", "lower_is_better"])
+def test_defect3_nan_and_infinite_metrics_rank_last_and_never_keep_a_version(bad: float, direction: str) -> None:
+    best = 0.95 if direction == "higher_is_better" else 0.05
+    models = (model("m", 1, 90, metrics={"auc": best}), model("m", 2, 80, metrics={"auc": bad}),
+              model("m", 3, 70, metrics={"auc": 0.5}))
+    r = rule("modelVersions", {"keepTopK": {"k": 1, "metric": "auc", "direction": direction},
+                               "archive": {"daysAfterCreationGreaterThan": 30}})
+    p = plan([r], model_versions=models)
+    assert {str(a.target) for a in p.actions} == {"model:m:2", "model:m:3"}
+    assert "in the top 1 of m by auc" in spared(p)[ModelKey("m", "1")]
+
+
+def test_defect6_the_rollback_target_is_protected_until_the_rollout_has_finished() -> None:
+    models = (model("m", 1, 90, trained_on=("d", "1")), model("m", 2, 1))
+    deployments = (deployment("e", "green", 100, model_=("m", "2")),
+                   deployment("e", "blue", 0, idle_hours=48, model_=("m", "1")))
+    every = [*ARCHIVE_ALL, rule("modelVersions", {"archive": {"daysAfterCreationGreaterThan": 0}}, name="old")]
+
+    def in_state(state: str) -> RetentionPlan:
+        rollout = Rollout("e", ModelKey("m", "2"), state, "green", champion_deployment="blue",
+                          champion_model=ModelKey("m", "1"))
+        return plan(every, data_versions=(data("d", 1, 90, paths=["d/1/"]),), model_versions=models,
+                    deployments=deployments, rollouts=(rollout,), blobs=(blob("d/1/x", 90),))
+
+    grace = in_state("grace")
+    assert grace.actions == ()
+    assert spared(grace)[DeploymentKey("e", "blue")] == "rollback target of the grace rollout on e"
+    assert "rollback target of the grace rollout on e" in spared(grace)[DataKey("d", "1")]
+    finished = in_state("succeeded")
+    assert DeploymentKey("e", "blue") in finished.targets() and ModelKey("m", "1") not in finished.targets()

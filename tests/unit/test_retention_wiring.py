@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from shared.adapters.azure.aml_retention import _job_input, blob_path
+from shared.adapters.azure.aml_retention import job_input
 from shared.config.policy import load_policy
 from shared.domain.retention import (
     Action,
     ActionKind,
+    AssetLabel,
     BlobKey,
     BlobPath,
     BlobTier,
@@ -23,13 +24,16 @@ from shared.domain.retention import (
     Protected,
     RetentionPlan,
     RuleType,
+    Unreadable,
 )
+from shared.domain.retention.addresses import AddressBook, Datastore
 from shared.domain.vocabulary import rollout_finished
 from shared.services.retention import Outcome, RetentionSummary, rollouts_from
 from tests.unit.test_function_app import ENV, run
 
 REPO = Path(__file__).resolve().parents[2]
-CONTAINERS = {"landing": "landing", "workspaceblobstore": "azureml-blobstore"}
+BOOK = AddressBook.of([Datastore("landing", "AzureBlob", "acct", "landing"),
+                       Datastore("workspaceblobstore", "AzureBlob", "acct", "azureml-blobstore")], ["acct"])
 
 
 def test_the_timer_runs_on_the_schedule_setting_and_not_on_start_up() -> None:
@@ -60,16 +64,18 @@ def test_the_policy_file_has_rules_for_the_demo_assets() -> None:
     ("azureml://subscriptions/s/resourcegroups/r/workspaces/w/datastores/landing/paths/churn/d1/",
      BlobPath("landing", "churn/d1/")),
     ("azureml://datastores/workspaceblobstore/paths/models/m1", BlobPath("azureml-blobstore", "models/m1")),
-    ("azureml://datastores/elsewhere/paths/x", None),
+    ("azureml://datastores/elsewhere/paths/x", Unreadable("azureml://datastores/elsewhere/paths/x",
+                                                          "datastore elsewhere is not in the workspace")),
     # ingestion percent-encodes blob names in URIs; the path must match the blob's real name again
     ("azureml://datastores/landing/paths/churn/drop%201/part%20%C3%A9.csv",
      BlobPath("landing", "churn/drop 1/part é.csv")),
-    ("https://acct.blob.core.windows.net/raw/2026/a.csv", BlobPath("raw", "2026/a.csv")),
-    ("./local/folder", None),
+    ("https://acct.blob.core.windows.net/raw/2026/a.csv?sv=1&sig=x", BlobPath("raw", "2026/a.csv")),
+    ("https://other.blob.core.windows.net/raw/2026/a.csv", None),  # another account: never ours to delete
+    ("./local/folder", Unreadable("./local/folder", "address form not understood")),
     (None, None),
 ])
 def test_asset_uris_map_to_blob_paths(uri: str | None, expected: BlobPath | None) -> None:
-    assert blob_path(uri, CONTAINERS) == expected
+    assert BOOK.locate(uri) == expected
 
 
 class _Input:
@@ -102,9 +108,11 @@ class _Wrapped:
     (_Wrapped(_Input("azureml:churn-training:5")), DataKey("churn-training", "5")),
     (_Wrapped({"type": "uri_folder", "path": "azureml://datastores/landing/paths/x/"}), BlobPath("landing", "x/")),
     (0.5, None),
+    (_Input("azureml:churn-training@latest"), AssetLabel("churn-training", "latest", "data")),
+    (_Input("azureml:churn-model@prod", "mlflow_model"), AssetLabel("churn-model", "prod", "model")),
 ])
 def test_job_inputs_are_recognised_as_data_models_or_paths(value: Any, expected: Any) -> None:
-    assert _job_input(value, CONTAINERS) == expected
+    assert job_input(value, BOOK) == expected
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,8 @@ class _Rollout:
     candidate_name: str = "churn-model"
     candidate_version: str = "5"
     deployment: str = "green"
+    champion_deployment: str = "blue"
+    champion_model: str = "churn-model:4"
 
     @property
     def active(self) -> bool:
@@ -133,6 +143,7 @@ def test_only_active_rollouts_protect_and_the_ledger_decides_what_is_active() ->
         ("shifting", ModelKey("churn-model", "5"), "green"),
         ("failed", ModelKey("churn-model", "5"), "green")]  # not a phase: active for the ledger, in flight here
     assert all(r.in_flight for r in rollouts)
+    assert {(r.champion_deployment, r.champion_model) for r in rollouts} == {("blue", ModelKey("churn-model", "4"))}
 
 
 def test_the_summary_renders_the_plan_then_the_outcomes_and_serialises_to_json() -> None:
@@ -151,3 +162,17 @@ def test_the_summary_renders_the_plan_then_the_outcomes_and_serialises_to_json()
     assert doc["protected"] == [{"target": "data:churn-training:2", "reason": "tagged evergreen.keep"}]
     dry = RetentionSummary("run-2", True, plan).render()
     assert "Dry run: nothing was changed." in dry and "Applied" not in dry
+
+
+def test_defect4_as_of_without_dry_run_is_a_usage_error_and_applies_nothing(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from shared import cli
+
+    runs: list[dict[str, Any]] = []
+    monkeypatch.setattr(cli, "run_retention", lambda **kwargs: runs.append(kwargs) or 0)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["retention", "--as-of", "2030-01-01T00:00:00+00:00"])
+    assert exit_.value.code == 2 and runs == []
+    assert "--as-of previews a future run and requires --dry-run" in capsys.readouterr().err
+    assert cli.main(["retention", "--dry-run", "--as-of", "2030-01-01"]) == 0
+    assert runs == [{"dry_run": True, "as_json": False, "as_of": datetime(2030, 1, 1, tzinfo=UTC)}]

@@ -1,3 +1,4 @@
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -7,14 +8,21 @@ from shared.domain.events import DataVersionRegistered
 from shared.domain.records import RetrainState, Row
 from shared.domain.retrain import (
     Coalesce,
+    Defer,
+    RetrainCheck,
     RunFinished,
     Skip,
     SubmitRetrain,
+    Wait,
     job_name_for,
     parse_data_version_registered,
     parse_run_event,
     plan_follow_up,
+    plan_recheck,
+    plan_reconcile,
     plan_retrain,
+    retrain_check_from_json,
+    retrain_check_to_json,
 )
 from shared.domain.vocabulary import RunStatus, Tag
 from shared.errors import InvalidEventError
@@ -56,10 +64,82 @@ def test_skips_with_reasons():
     assert "no retraining pipeline" in plan_retrain(event(dataset="ref"), POLICY, None, None, NOW).reason
     exists = plan_retrain(event(), POLICY, None, RunStatus.SUBMITTED, NOW)
     assert isinstance(exists, Skip) and "already exists" in exists.reason
-    recent = plan_retrain(event(), POLICY, state(last=NOW - timedelta(minutes=5)), None, NOW)
-    assert isinstance(recent, Skip) and "minimum interval of 30 min" in recent.reason
     later = plan_retrain(event(), POLICY, state(last=NOW - timedelta(minutes=31)), None, NOW)
     assert isinstance(later, SubmitRetrain)
+
+
+def test_defect9_a_version_inside_the_minimum_interval_waits_for_the_window_end_not_skipped():
+    """Before: Skip('inside the minimum interval') – the version was dropped for good."""
+    recent = plan_retrain(event("3"), POLICY, state(last=NOW - timedelta(minutes=5)), None, NOW)
+    assert isinstance(recent, Defer) and "minimum interval of 30 min" in recent.reason
+    assert (recent.data_version, recent.due) == ("3", NOW + timedelta(minutes=25))
+    waiting = state(last=NOW - timedelta(minutes=5), pending="3")
+    assert isinstance(plan_retrain(event("4"), POLICY, waiting, None, NOW), Defer)  # newest wins
+    older = plan_retrain(event("2"), POLICY, waiting, None, NOW)
+    assert isinstance(older, Defer) and older.data_version == "3"  # the waiting one stays, its re-check ensured
+    due = plan_retrain(event("2"), POLICY, state(last=NOW - timedelta(minutes=40), pending="3"), None, NOW)
+    assert isinstance(due, SubmitRetrain) and due.data_version == "3" and "interval ended" in due.reason
+
+
+def test_defect9_a_recheck_runs_the_waiting_version_once_the_window_has_ended():
+    waiting = state(last=NOW - timedelta(minutes=10), pending="5")
+    early = plan_recheck(waiting, POLICY, NOW)
+    assert isinstance(early, Defer) and early.due == NOW + timedelta(minutes=20)
+    run = plan_recheck(waiting, POLICY, NOW + timedelta(minutes=20))
+    assert isinstance(run, SubmitRetrain) and run.job_name == job_name_for("churn", "5") and not run.resume
+    assert isinstance(plan_recheck(state(last=NOW - timedelta(hours=1)), POLICY, NOW), Skip)
+    assert isinstance(plan_recheck(None, POLICY, NOW), Skip)
+    assert "is active" in plan_recheck(state(active="job-2", active_version="2", pending="5"), POLICY, NOW).reason
+
+
+def test_an_older_late_event_after_a_newer_run_is_skipped():
+    done = replace(state(last=NOW - timedelta(hours=2)), last_version="5")
+    late = plan_retrain(event("4"), POLICY, done, None, NOW)
+    assert isinstance(late, Skip) and "not newer than the last run's 5" in late.reason
+    assert isinstance(plan_retrain(event("6"), POLICY, done, None, NOW), SubmitRetrain)
+
+
+def submitting(until, owner="other/1"):
+    return replace(state(active=job_name_for("churn", "3"), active_version="3"), active_status=RunStatus.SUBMITTING,
+                   lease_owner=owner, lease_until=until, active_asset="churn", active_asset_type="uri_folder",
+                   active_event="e3")
+
+
+def test_defect2_an_unconfirmed_submission_is_waited_for_while_its_lease_lives_then_resumed():
+    held = plan_retrain(event("3"), POLICY, submitting(NOW + timedelta(minutes=1)), None, NOW)
+    assert isinstance(held, Wait) and held.until == NOW + timedelta(minutes=1) and "other/1" in held.reason
+    resumed = plan_retrain(event("3"), POLICY, submitting(NOW), None, NOW)
+    assert isinstance(resumed, SubmitRetrain) and resumed.resume and resumed.trigger_event == "e3"
+    assert resumed.job_name == job_name_for("churn", "3")
+    newer = plan_retrain(event("4"), POLICY, submitting(NOW + timedelta(minutes=1)), None, NOW)
+    assert isinstance(newer, Coalesce)  # a newer version still coalesces behind the submission
+    assert isinstance(plan_recheck(submitting(NOW - timedelta(seconds=1)), POLICY, NOW), SubmitRetrain)
+
+
+def test_reconcile_plans_what_is_stuck_and_leaves_the_rest():
+    assert plan_reconcile(submitting(NOW + timedelta(minutes=1)), None, POLICY, NOW) is None
+    lost = plan_reconcile(submitting(NOW - timedelta(minutes=1)), None, POLICY, NOW)
+    assert isinstance(lost, SubmitRetrain) and lost.resume and "lease expired" in lost.reason
+    confirmed = replace(submitting(None), active_status=RunStatus.SUBMITTED)
+    assert plan_reconcile(confirmed, "Running", POLICY, NOW) is None
+    missing = plan_reconcile(confirmed, None, POLICY, NOW)
+    assert isinstance(missing, SubmitRetrain) and "does not exist" in missing.reason
+    ended = plan_reconcile(confirmed, "Completed", POLICY, NOW)
+    assert isinstance(ended, RunFinished) and ended.succeeded and ended.dataset == "churn"
+    assert ended.tags[Tag.DATA_VERSION.value] == "3"
+    waiting = replace(state(last=NOW - timedelta(hours=1), pending="5"), recheck_at=NOW - timedelta(minutes=1))
+    assert plan_reconcile(waiting, None, POLICY, NOW) is None  # its re-check is (probably) still coming
+    stale = replace(waiting, recheck_at=NOW - timedelta(hours=1))
+    assert isinstance(plan_reconcile(stale, None, POLICY, NOW), SubmitRetrain)
+    assert plan_reconcile(state(last=NOW), None, POLICY, NOW) is None
+
+
+def test_recheck_messages_round_trip_and_reject_garbage():
+    check = RetrainCheck("churn", "the minimum interval ends")
+    assert retrain_check_from_json(retrain_check_to_json(check)) == check
+    for body in ("not json", "[]", "{}", '{"dataset": 3}'):
+        with pytest.raises(InvalidEventError):
+            retrain_check_from_json(body)
 
 
 def test_interrupted_submission_is_resumed():

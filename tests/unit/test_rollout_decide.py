@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from shared.config.promotion import PromotionPolicy
 from shared.domain.records import RolloutRecord
 from shared.domain.rollout import (
+    CandidateRetry,
     CreateDeployment,
     CreateEndpoint,
     DeleteDeployment,
@@ -28,6 +29,7 @@ from shared.domain.rollout import (
     SetTraffic,
     SmokeTest,
     Transition,
+    candidate_retry_from_json,
     decide,
     deployment_name,
     tick_from_json,
@@ -656,3 +658,20 @@ def test_bad_ticks_name_every_problem(text: str, fragments: list[str]) -> None:
     named = {f.split()[0] for f in fragments}
     for key in {"endpoint", "rolloutId", "eventId", "seq"} - named:
         assert f"{key} must" not in message, (key, message)  # only the real problems are named
+
+
+@given(st.text(min_size=1), st.text(min_size=1), st.text(min_size=1))
+def test_candidate_retry_round_trips(model: str, version: str, event_id: str) -> None:
+    retry = CandidateRetry(model, version, event_id)
+    assert candidate_retry_from_json(retry.to_json()) == retry
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [("not json", "not JSON"), ("[1]", "must be a JSON object"), ("[" * 5000, "not JSON"),
+     ('{"modelName": "m", "version": ""}', "version must be a non-empty string; eventId must be")],
+)
+def test_bad_candidate_retries_are_rejected_with_what_is_wrong(text: str, fragment: str) -> None:
+    with pytest.raises(InvalidEventError, match="promotion retry message") as info:
+        candidate_retry_from_json(text)
+    assert fragment in str(info.value)

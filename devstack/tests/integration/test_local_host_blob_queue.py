@@ -76,7 +76,8 @@ class Stack:
             self.results)
         found: dict[str, dict[str, object]] = {}
         for blob in container.list_blobs(name_starts_with=f"{function}/"):
-            found[blob.name[len(function) + 1:].removesuffix(".json")] = json.loads(container.download_blob(blob.name).readall())
+            key = blob.name[len(function) + 1:].removesuffix(".json")
+            found[key] = json.loads(container.download_blob(blob.name).readall())
         return found
 
     def attempts(self, name: str) -> int:
@@ -89,7 +90,8 @@ class Stack:
         except ResourceNotFoundError:
             return []  # nothing was ever poisoned in this account
         bodies = [json.loads(base64.b64decode(m.content)) for m in peeked]
-        return [b for b in bodies if b.get("BlobName") == name and b.get("ContainerName") == self.landing.container_name]
+        container = self.landing.container_name
+        return [b for b in bodies if b.get("BlobName") == name and b.get("ContainerName") == container]
 
     def deliveries(self, name: str) -> list[dict[str, Any]]:
         rows = httpx.get(f"{self.eventgrid_url}/deliveries", params={"limit": 500}).json()
@@ -139,7 +141,8 @@ def stack(azurite: AzuriteInfo, start_function_host: StartFunctionHost,
 def test_a_blob_that_always_fails_ends_in_the_blob_trigger_poison_queue_not_in_dead_letters(stack: Stack) -> None:
     name = f"names/always-fail-{uuid.uuid4().hex[:8]}.csv"
     etag = stack.landing.upload_blob(name, b"x").get_blob_properties().etag
-    (poisoned,) = wait_for(lambda: stack.poison(name), timeout=60, message="the poison message")
+    wait_for(lambda: stack.poison(name), timeout=60, message="the poison message")
+    (poisoned,) = stack.poison(name)
     assert poisoned == {
         "Type": "BlobTrigger", "FunctionId": "Host.Functions.on_name", "BlobType": "Block",
         "ContainerName": stack.landing.container_name, "BlobName": name, "ETag": etag.strip('"'),

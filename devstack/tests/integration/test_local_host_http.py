@@ -82,7 +82,7 @@ def test_status_root_and_function_listing(sample_host: SampleHost) -> None:
     assert {name: f["trigger"] for name, f in listing.items()} == {
         "hello": "httpTrigger", "boom": "httpTrigger", "items": "httpTrigger", "webhook": "httpTrigger",
         "slow": "httpTrigger", "enqueue": "httpTrigger", "on_event": "eventGridTrigger", "on_landing": "blobTrigger",
-        "on_stream": "blobTrigger", "on_work": "queueTrigger", "tick": "timerTrigger",
+        "on_stream": "blobTrigger", "on_name": "blobTrigger", "on_work": "queueTrigger", "tick": "timerTrigger",
     }
     assert listing["hello"]["invoke_url_template"].endswith("/api/hello/{name}")
     # %SETTING% expressions are resolved from the app settings

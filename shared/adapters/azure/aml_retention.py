@@ -6,8 +6,9 @@ generated REST client (`DataVersionsOperations.list`, as `ml_client.data.list` d
 REST objects, because the SDK's `Data` entity drops `isArchived`; two listings (ActiveOnly, then
 ArchivedOnly) could miss a version archived or restored in between, and a missing version would
 leave its blobs unprotected. Endpoints come with their traffic, deployments with their model; jobs
-with their inputs and outputs. Datastore names are resolved to blob containers once per run
-(`datastore_containers`), never per asset.
+with their inputs and outputs. Datastores are read once per run (`datastores`: blob and ADLS Gen2
+alike, with account and container or filesystem) and every address is read through the pure
+`shared.domain.retention.addresses.AddressBook`, which fails closed on what it cannot read.
 
 Idle deployments: Azure ML records no "traffic went to 0% at" time. A deployment's traffic can only
 change through an update of its endpoint, so a deployment at 0% now has been at 0% at least since
@@ -25,21 +26,20 @@ Like shared/adapters/azure/azureml.py, this module imports azure.ai.ml lazily (o
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
+from shared.domain.retention.addresses import AddressBook, Datastore, read_job_input
 from shared.domain.retention.inventory import (
-    BlobPath,
     DataKey,
     DataVersion,
     Deployment,
     DeploymentKey,
     Job,
     JobInput,
+    Location,
     ModelKey,
     ModelVersion,
 )
@@ -55,27 +55,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LIST_WORKERS = 8
-
-_DATASTORE_URI = re.compile(r"^azureml://(?:.*/)?datastores/(?P<ds>[^/]+)/paths/(?P<path>.*)$", re.IGNORECASE)
-_BLOB_URL = re.compile(r"^https://[^/]+\.blob\.[^/]+/(?P<container>[^/?]+)/?(?P<path>[^?]*)")
-_ASSET_ID = re.compile(r"/(?P<kind>data|models)/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$", re.IGNORECASE)
-_SHORT_REF = re.compile(r"^(?:azureml:)?(?P<name>[^:/@]+):(?P<version>[^:/@]+)$")  # the SDK drops 'azureml:'
 DEFAULT_DATASTORE = "workspaceblobstore"
-_MODEL_TYPES = {"custom_model", "mlflow_model", "triton_model"}
 
 
-def blob_path(uri: str | None, containers: Mapping[str, str]) -> BlobPath | None:
-    """An asset URI as a path in a blob container; None when it points elsewhere (unknown datastore, local)."""
-    if not uri:
-        return None
-    m = _DATASTORE_URI.match(uri)
-    if m:  # paths are percent-encoded in URIs (shared.domain.blobnames.azureml_path), blob names are not
-        container = containers.get(m.group("ds").lower())
-        return BlobPath(container, unquote(m.group("path"))) if container else None
-    m = _BLOB_URL.match(uri)
-    if m:  # https://<account>.blob.core.windows.net/<container>/<path>: the data account is the one we watch
-        return BlobPath(m.group("container"), unquote(m.group("path")))
-    return None
+def _located(where: Location | None) -> tuple[Location, ...]:
+    return (where,) if where is not None else ()
 
 
 def _aware(value: datetime | str | None) -> datetime | None:
@@ -116,13 +100,16 @@ class AmlRetention:
         return self._azureml.client
 
     # -- listing ------------------------------------------------------------------------------
-    def datastore_containers(self) -> dict[str, str]:
-        """Datastore name (lower case) -> blob container, read once per run."""
-        out: dict[str, str] = {}
+    def datastores(self) -> list[Datastore]:
+        """Every datastore with its kind, account and container (blob) or filesystem (ADLS Gen2), once per run."""
+        out = []
         for ds in self._client.datastores.list():
-            container = getattr(ds, "container_name", None)
-            if container:
-                out[str(ds.name).lower()] = str(container)
+            kind = getattr(ds, "type", None)
+            out.append(Datastore(
+                name=str(ds.name), kind=str(getattr(kind, "value", kind) or ""),
+                account=str(getattr(ds, "account_name", None) or ""),
+                container=str(getattr(ds, "container_name", None) or getattr(ds, "filesystem", None) or ""),
+            ))
         return out
 
     def _versions(self, rest: Any, names: Iterable[str], convert: Callable[[str, Any], Any]) -> list[Any]:
@@ -144,28 +131,27 @@ class AmlRetention:
 
         return [str(c.name) for c in operations.list(list_view_type=ListViewType.ALL)]
 
-    def data_versions(self, containers: Mapping[str, str]) -> list[DataVersion]:
+    def data_versions(self, book: AddressBook) -> list[DataVersion]:
         def convert(name: str, rest: Any) -> DataVersion:
             props = rest.properties
-            path = blob_path(props.data_uri, containers)
             return DataVersion(name=name, version=str(rest.name), created_at=_created(rest),
                                archived=bool(props.is_archived), tags=dict(props.tags or {}),
-                               blob_paths=(path,) if path else ())
+                               blob_paths=_located(book.locate(props.data_uri)))
 
         rest = self._client.data._operation  # the generated client ml_client.data.list uses
         return list(self._versions(rest, self._names(self._client.data), convert))
 
-    def model_versions(self, containers: Mapping[str, str]) -> list[ModelVersion]:
+    def model_versions(self, book: AddressBook) -> list[ModelVersion]:
         def convert(name: str, rest: Any) -> ModelVersion:
             props = rest.properties
             tags = dict(props.tags or {})
             lineage = {**tags, **dict(props.properties or {})}  # properties are immutable: they win
-            path = blob_path(props.model_uri, containers)
             return ModelVersion(
                 name=name, version=str(rest.name), created_at=_created(rest),
                 archived=bool(props.is_archived) or str(props.stage or "").lower() == "archived",
                 tags=tags, metrics=_metrics(lineage), data_asset=lineage.get(Tag.DATA_ASSET.value) or None,
-                data_version=lineage.get(Tag.DATA_VERSION.value) or None, blob_paths=(path,) if path else (),
+                data_version=lineage.get(Tag.DATA_VERSION.value) or None,
+                blob_paths=_located(book.locate(props.model_uri)),
                 job=props.job_name or lineage.get(Tag.JOB_NAME.value) or None,
             )
 
@@ -199,20 +185,20 @@ class AmlRetention:
         with ThreadPoolExecutor(max_workers=LIST_WORKERS, thread_name_prefix="retention-list") as pool:
             return [d for group in pool.map(of, endpoints) for d in group]
 
-    def jobs(self, containers: Mapping[str, str]) -> list[Job]:
+    def jobs(self, book: AddressBook) -> list[Job]:
         """Top-level jobs with the assets they read and write (pipeline inputs are on the pipeline job)."""
         out = []
         for job in self._client.jobs.list():
             inputs: list[JobInput] = []
             for value in (getattr(job, "inputs", None) or {}).values():
-                ref = _job_input(value, containers)
+                ref = job_input(value, book)
                 if ref is not None:
                     inputs.append(ref)
-            outputs: dict[str, BlobPath] = {}
+            outputs: dict[str, Location] = {}
             for name, value in (getattr(job, "outputs", None) or {}).items():
                 # an output without a path goes to Azure ML's default: <default datastore>/azureml/<job>/<output>/
                 uri = _uri_of(value) or f"azureml://datastores/{DEFAULT_DATASTORE}/paths/azureml/{job.name}/{name}/"
-                path = blob_path(uri, containers)
+                path = book.locate(uri)
                 if path is not None:
                     outputs[str(name)] = path
             status = str(getattr(job.status, "value", job.status) or "Unknown")
@@ -285,16 +271,6 @@ def _uri_of(value: Any) -> str | None:
     return path if isinstance(path, str) and path else None
 
 
-def _job_input(value: Any, containers: Mapping[str, str]) -> JobInput | None:
-    uri = _uri_of(value)
-    if not uri:
-        return None
-    kind = str(getattr(value, "type", "") or "").lower()
-    m = _ASSET_ID.search(uri)
-    if m:
-        key_cls: Any = ModelKey if m.group("kind").lower() == "models" else DataKey
-        return key_cls(m.group("name"), m.group("version"))  # type: ignore[no-any-return]
-    m = _SHORT_REF.match(uri)
-    if m:
-        return (ModelKey if kind in _MODEL_TYPES else DataKey)(m.group("name"), m.group("version"))
-    return blob_path(uri, containers)
+def job_input(value: Any, book: AddressBook) -> JobInput | None:
+    """What a job input (an SDK input, a pipeline input wrapping one, or a literal) reads; None for a literal."""
+    return read_job_input(_uri_of(value), str(getattr(value, "type", "") or ""), book)

@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from azure.core.credentials import TokenCredential
@@ -31,12 +30,15 @@ from shared.domain.workspace import (
     RegisteredDataVersion,
     model_ref,
 )
-from shared.errors import OperationFailedError
+from shared.errors import JobRejectedError, OperationFailedError
 
 log = logging.getLogger(__name__)
 
 PATH_CONFLICT = "Asset paths cannot be updated."
+DEPLOYMENT_HEADER = "azureml-model-deployment"  # routes a scoring request to one deployment; echoed in replies
+SCORE_TIMEOUT_SECONDS = 90.0  # one scoring request (the smoke test's own, shorter limit is the policy's)
 AUTOINCREMENT_ATTEMPTS = 8
+REFUSED_FOR_GOOD = frozenset({400, 413, 422})  # HTTP answers to a job submission that no retry can change
 
 
 class AzureML:
@@ -102,9 +104,14 @@ class AzureML:
         return None
 
     def submit_pipeline(self, submission: PipelineSubmission) -> str:
-        """Submit the pipeline job under its deterministic name; an existing job is returned, never re-run."""
-        from azure.ai.ml import Input, load_job
-        from azure.core.exceptions import ResourceNotFoundError
+        """Submit the pipeline job under its deterministic name; an existing job is returned, never re-run.
+
+        Raises JobRejectedError when the job can never be submitted: its YAML does not load or build
+        (the same input fails the same way every time), or Azure ML answers 400/422 or refuses it in
+        the SDK's own validation. Every other error propagates as azure-core's, to be retried.
+        """
+        from azure.ai.ml.exceptions import ValidationException
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
         try:
             existing = self.client.jobs.get(submission.job_name)
@@ -112,14 +119,16 @@ class AzureML:
             return _state(existing.status)
         except ResourceNotFoundError:
             pass
-        job: Any = load_job(source=submission.yaml_path)
-        job.name = submission.job_name
-        job.experiment_name = submission.experiment
-        job.tags = {**(job.tags or {}), **submission.tags}
-        job.inputs.training_data = Input(type=submission.data_type, path=submission.data_input)
-        for key, value in submission.inputs.items():
-            setattr(job.inputs, key, value)
-        created = self.client.jobs.create_or_update(job)
+        job = _pipeline_job(submission)
+        try:
+            created = self.client.jobs.create_or_update(job)
+        except ValidationException as exc:
+            raise JobRejectedError(f"job {submission.job_name} is invalid: {_first_line(exc)}") from exc
+        except HttpResponseError as exc:
+            if exc.status_code not in REFUSED_FOR_GOOD:
+                raise
+            raise JobRejectedError(f"Azure ML refused job {submission.job_name} "
+                                   f"(HTTP {exc.status_code}): {_first_line(exc)}") from exc
         return _state(created.status)
 
     def job_status(self, name: str) -> str | None:
@@ -130,6 +139,33 @@ class AzureML:
             return _state(self.client.jobs.get(name).status)
         except ResourceNotFoundError:
             return None
+
+
+def _pipeline_job(submission: PipelineSubmission) -> Any:
+    """The job to create: the YAML with the data version as input and the lineage tags.
+
+    Raises JobRejectedError if the YAML does not load or the job cannot be built from it: nothing but
+    a change to the file can help (the failure is deterministic, so any error here counts).
+    """
+    from azure.ai.ml import Input, load_job
+
+    try:
+        job: Any = load_job(source=submission.yaml_path)
+        job.name = submission.job_name
+        job.experiment_name = submission.experiment
+        job.tags = {**(job.tags or {}), **submission.tags}
+        job.inputs.training_data = Input(type=submission.data_type, path=submission.data_input)
+        for key, value in submission.inputs.items():
+            setattr(job.inputs, key, value)
+    except Exception as exc:
+        raise JobRejectedError(f"pipeline {submission.yaml_path} cannot be submitted: "
+                               f"{type(exc).__name__}: {_first_line(exc)}") from exc
+    return job
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _state(value: object) -> str:
@@ -161,8 +197,9 @@ class OnlineEndpoints:
     `shared.errors.OperationFailedError` (chained to the SDK's error).
     """
 
-    def __init__(self, azureml: AzureML) -> None:
+    def __init__(self, azureml: AzureML, *, score_timeout_seconds: float = SCORE_TIMEOUT_SECONDS) -> None:
         self._aml = azureml
+        self._score_timeout = score_timeout_seconds
 
     def get_model(self, name: str, version: str) -> ModelInfo | None:
         """The registered model version, or None if the registry has no such version."""
@@ -238,31 +275,47 @@ class OnlineEndpoints:
             return str(self._aml.client.online_deployments.get_logs(name=name, endpoint_name=endpoint, lines=lines))
 
     def score(self, endpoint: str, deployment: str, request: dict[str, Any]) -> Any:
-        """Send `request` to one deployment (header `azureml-model-deployment`); returns the decoded reply.
+        """Send `request` to one deployment of `endpoint`, bypassing traffic routing; returns the decoded reply.
 
-        Raises OperationFailedError if the call fails or the reply is not JSON. azure-ai-ml 1.35.2
-        stores that header in a class-level dict, so every later invoke in the process would stick to
-        this deployment; it is removed again before and after the call.
+        The request is built here, per call: the scoring URI and key come from the public SDK
+        (`online_endpoints.get`, `get_keys`) and the POST carries its own `azureml-model-deployment`
+        and `Authorization` headers. `online_endpoints.invoke` is not used: azure-ai-ml keeps those
+        headers in a class-level dict (`EndpointInvokeFields.DEFAULT_HEADER`), so two smoke tests in one
+        process would race and a request could reach another deployment (the champion) or endpoint.
+        Raises OperationFailedError if the call fails, times out, is answered by another deployment,
+        or the reply is not JSON.
         """
-        import json
-        import tempfile
+        import requests
 
-        from azure.ai.ml.constants._endpoint import EndpointInvokeFields
-
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as handle:
-            json.dump(request, handle)
+        what = f"scoring deployment {deployment} of {endpoint}"
+        uri, key = self._scoring_target(endpoint)
+        headers = {DEPLOYMENT_HEADER: deployment, "Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         try:
-            EndpointInvokeFields.DEFAULT_HEADER.pop(EndpointInvokeFields.MODEL_DEPLOYMENT, None)
-            with _operation(f"scoring deployment {deployment} of {endpoint}"):
-                raw = self._aml.client.online_endpoints.invoke(
-                    endpoint_name=endpoint, deployment_name=deployment, request_file=handle.name)
-        finally:
-            EndpointInvokeFields.DEFAULT_HEADER.pop(EndpointInvokeFields.MODEL_DEPLOYMENT, None)
-            Path(handle.name).unlink(missing_ok=True)
-        if not isinstance(raw, str | bytes):
-            return raw
+            response = requests.post(uri, json=request, headers=headers, timeout=self._score_timeout)
+        except requests.RequestException as exc:
+            raise OperationFailedError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        answered = response.headers.get(DEPLOYMENT_HEADER)
+        if answered and answered != deployment:
+            raise OperationFailedError(f"{what}: answered by deployment {answered}, not {deployment}")
+        if response.status_code >= 400:
+            raise OperationFailedError(f"{what}: ({response.status_code}) {response.text[:300]}")
         try:
-            return json.loads(raw)
+            return response.json()
         except ValueError as exc:
             raise OperationFailedError(f"deployment {deployment} of {endpoint} replied with no JSON: "
-                                       f"{str(raw)[:200]}") from exc
+                                       f"{response.text[:200]}") from exc
+
+    def _scoring_target(self, endpoint: str) -> tuple[str, str]:
+        """The endpoint's scoring URI and a credential for it (key, or token for token auth modes)."""
+        client = self._aml.client
+        with _operation(f"reading the scoring URI and keys of {endpoint}"):
+            found = client.online_endpoints.get(name=endpoint)
+            keys = client.online_endpoints.get_keys(name=endpoint)
+        uri = str(found.scoring_uri or "")
+        if not uri:
+            raise OperationFailedError(f"endpoint {endpoint} has no scoring URI yet "
+                                       f"({_state(found.provisioning_state)})")
+        key = getattr(keys, "primary_key", None) or getattr(keys, "access_token", None) or ""
+        return uri, str(key)

@@ -3,6 +3,12 @@
 Listing is `list_blobs` (5,000 blobs a page) with the tier and last-modified time each item already
 carries: no per-blob call. Blob index tags come with the listing too (`include=["tags"]`), so the
 protection tag works on blobs as it does on versions.
+
+Deletes are conditional on the ETag listed (`If-Match`): a blob overwritten between the listing and
+the apply answers 412 and is reported as 'changed', untouched. Set Blob Tier takes no ETag
+condition, so a tier reads the blob's properties first and skips a changed blob; the window left is
+milliseconds, and a tier move loses no data. A job output's blobs are each deleted on the ETag of the
+listing that found them.
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, StandardBlobTier
 
 from shared.domain.retention.inventory import Blob, BlobKey, BlobTier, JobOutputKey
@@ -21,11 +28,20 @@ log = logging.getLogger(__name__)
 _TIERS = {t.value.lower(): t for t in BlobTier}
 
 
+def _quoted(etag: str) -> str:
+    """An ETag as HTTP sends it: listings give it bare (0x8D…), properties and headers quoted ("0x8D…")."""
+    return f'"{etag.strip(chr(34))}"'
+
+
 class BlobRetention:
     """Lists blobs of the watched containers and executes blob actions of a plan."""
 
     def __init__(self, blobs: BlobServiceClient) -> None:
         self._blobs = blobs
+
+    def account_names(self) -> frozenset[str]:
+        """The data account: the only one retention deletes in."""
+        return frozenset({str(self._blobs.account_name or "").lower()} - {""})
 
     def list(self, containers: Iterable[str]) -> list[Blob]:
         out: list[Blob] = []
@@ -35,15 +51,17 @@ class BlobRetention:
                 for item in container.list_blobs(include=["tags"]):
                     tier = _TIERS.get(str(item.blob_tier or "").lower())
                     out.append(Blob(container=name, name=str(item.name), last_modified=item.last_modified,
-                                    tier=tier, tags=dict(item.tags or {})))
+                                    tier=tier, tags=dict(item.tags or {}), etag=str(item.etag or "")))
             except ResourceNotFoundError:
                 continue  # a container named by a rule but not created yet holds nothing to retire
         return out
 
     def execute(self, action: Action) -> str:
-        """Delete or tier one blob; 'already' when it is gone (a re-run after a crash) or already in that tier.
+        """Delete or tier one blob if it still has the listed ETag.
 
-        Raises ValueError for an action that is not a blob's; other Azure errors propagate.
+        Returns 'done'; 'already' when it is gone (a re-run after a crash) or already in that tier;
+        'changed' when it was changed since it was listed (nothing is done). Raises ValueError for an
+        action that is not a blob's; other Azure errors propagate.
         """
         target = action.target
         if not isinstance(target, BlobKey) or action.kind not in (ActionKind.DELETE_BLOB, ActionKind.TIER_BLOB):
@@ -51,15 +69,26 @@ class BlobRetention:
         blob = self._blobs.get_blob_client(target.container, target.name)
         try:
             if action.kind is ActionKind.DELETE_BLOB:
-                blob.delete_blob(delete_snapshots="include")
+                if action.etag:
+                    blob.delete_blob(delete_snapshots="include", etag=_quoted(action.etag),
+                                     match_condition=MatchConditions.IfNotModified)
+                else:
+                    blob.delete_blob(delete_snapshots="include")
                 return "done"
             assert action.tier is not None  # a tier_blob action always names its tier
-            current = _TIERS.get(str(blob.get_blob_properties().blob_tier or "").lower())
-            if current is action.tier:
+            props = blob.get_blob_properties()
+            if _TIERS.get(str(props.blob_tier or "").lower()) is action.tier:
                 return "already"
+            if action.etag and _quoted(str(props.etag)) != _quoted(action.etag):
+                return "changed"
             blob.set_standard_blob_tier(StandardBlobTier(action.tier.value))
         except ResourceNotFoundError:
             return "already"
+        except ResourceModifiedError:  # 412: changed since listed, or gone (If-Match on a missing blob)
+            if not blob.exists():
+                return "already"
+            log.info("retention: %s changed since it was listed (ETag %s); left as it is", target, action.etag)
+            return "changed"
         return "done"
 
     def delete_job_output(self, action: Action) -> str:
@@ -72,15 +101,19 @@ class BlobRetention:
 
 
 def delete_prefix(blobs: BlobServiceClient, container: str, prefix: str) -> int:
-    """Delete every blob under `prefix` (a finished job's output folder); 0 when it is already empty."""
+    """Delete every blob under `prefix` (a finished job's output folder); 0 when it is already empty.
+
+    Each blob is deleted on the ETag its listing showed: one rewritten meanwhile is left alone.
+    """
     client = blobs.get_container_client(container)
     deleted = 0
     try:
         for item in client.list_blobs(name_starts_with=prefix):
             try:
-                client.delete_blob(item.name, delete_snapshots="include")
+                client.delete_blob(item.name, delete_snapshots="include", etag=_quoted(str(item.etag)),
+                                   match_condition=MatchConditions.IfNotModified)
                 deleted += 1
-            except ResourceNotFoundError:
+            except (ResourceNotFoundError, ResourceModifiedError):
                 continue
     except ResourceNotFoundError:
         return deleted

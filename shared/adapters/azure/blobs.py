@@ -7,18 +7,22 @@ Every azure-core error that means "this blob is not what you read a moment ago" 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from datetime import datetime
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobProperties, BlobServiceClient
 
 from shared.domain.keys import clean_etag
-from shared.errors import BlobChangedError
+from shared.errors import BlobChangedError, TransientError
 from shared.ports import BlobFacts
 
 log = logging.getLogger(__name__)
+
+COPY_WAIT_SECONDS = 30.0  # how long `copy` waits for an asynchronous (pending) copy before a retry takes over
+COPY_POLL_SECONDS = 0.5
 
 
 def _tier(value: object) -> str | None:
@@ -59,10 +63,7 @@ class AzureBlobStore:
             stream = client.download_blob(etag=f'"{clean_etag(etag)}"', match_condition=MatchConditions.IfNotModified)
             yield from stream.chunks()
         except (ResourceModifiedError, ResourceNotFoundError) as exc:
-            raise BlobChangedError(
-                f"blob {container}/{name} changed or vanished since it was read at eTag {etag}; "
-                "its own event brings the new content"
-            ) from exc
+            raise _changed(container, name, etag) from exc
 
     def list(self, container: str, prefix: str) -> Iterator[BlobFacts]:
         """Every blob under `prefix`, in name order (the service lists in name order, paged); none if no container."""
@@ -71,3 +72,35 @@ class AzureBlobStore:
                 yield _facts(container, item)
         except ResourceNotFoundError:
             log.info("container %s does not exist: nothing under %r", container, prefix)
+
+    def copy(self, container: str, name: str, etag: str, to_name: str) -> None:
+        """Server-side Copy Blob of `name` at `etag` (If-Match on the source) to `to_name`, waited for.
+
+        A copy inside one account usually completes at once; a pending one is polled for up to
+        COPY_WAIT_SECONDS. Raises BlobChangedError if the source changed or vanished (412/404),
+        TransientError if the copy failed, was aborted or is still pending (a retry copies again).
+        """
+        source = self._service.get_blob_client(container, name)
+        target = self._service.get_blob_client(container, to_name)
+        try:  # a SAS client's url carries its token: that authorizes the source read, and is never logged
+            started = target.start_copy_from_url(source.url, source_etag=f'"{clean_etag(etag)}"',
+                                                 source_match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError) as exc:
+            raise _changed(container, name, etag) from exc
+        except HttpResponseError as exc:
+            if exc.status_code in (404, 412):  # SourceConditionNotMet is not mapped by the SDK
+                raise _changed(container, name, etag) from exc
+            raise
+        status = str(started.get("copy_status") or "success")
+        deadline = time.monotonic() + COPY_WAIT_SECONDS
+        while status == "pending" and time.monotonic() < deadline:
+            time.sleep(COPY_POLL_SECONDS)
+            status = str(target.get_blob_properties().copy.status or "success")
+        if status != "success":
+            raise TransientError(f"copy of {container}/{name} to {to_name} is {status}; a retry copies again")
+        log.info("copied %s/%s (eTag %s) to %s", container, name, etag, to_name)
+
+
+def _changed(container: str, name: str, etag: str) -> BlobChangedError:
+    return BlobChangedError(f"blob {container}/{name} changed or vanished since it was read at eTag {etag}; "
+                            "its own event brings the new content")

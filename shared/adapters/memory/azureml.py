@@ -2,7 +2,8 @@
 
 Data versions are numbered by the registry (1, 2, 3, … per asset) and keep their tags; a pipeline
 job is keyed by its name, so submitting the same name twice returns the existing job's status and
-runs nothing new. Tests move jobs to a terminal status with `set_job_status`. Thread-safe.
+runs nothing new. Tests move jobs to a terminal status with `set_job_status`, and make Azure ML refuse
+a job for good (`JobRejectedError`, as for a HTTP 400) with `reject_job`. Thread-safe.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, replace
 from shared.domain.retrain import PipelineSubmission
 from shared.domain.vocabulary import version_order
 from shared.domain.workspace import DataVersionSpec, RegisteredDataVersion
+from shared.errors import JobRejectedError
 
 NEW_JOB_STATUS = "NotStarted"  # what Azure ML answers for a pipeline job just created
 
@@ -35,6 +37,7 @@ class MemoryWorkspace:
     def __init__(self) -> None:
         self._data: dict[str, list[MemoryDataVersion]] = {}
         self._jobs: dict[str, MemoryJob] = {}
+        self._rejections: dict[str, str] = {}  # job name -> why Azure ML refuses it
         self._lock = threading.Lock()
 
     # -- DataRegistry ----------------------------------------------------------------------------
@@ -63,11 +66,16 @@ class MemoryWorkspace:
 
     # -- JobRunner -------------------------------------------------------------------------------
     def submit_pipeline(self, submission: PipelineSubmission) -> str:
-        """Create the job under its deterministic name; an existing job's status is returned, never re-run."""
+        """Create the job under its deterministic name; an existing job's status is returned, never re-run.
+
+        Raises JobRejectedError for a job `reject_job` named (Azure ML refusing it for good).
+        """
         with self._lock:
             existing = self._jobs.get(submission.job_name)
             if existing is not None:
                 return existing.status
+            if submission.job_name in self._rejections:
+                raise JobRejectedError(self._rejections[submission.job_name])
             self._jobs[submission.job_name] = MemoryJob(submission.job_name, submission, NEW_JOB_STATUS)
             return NEW_JOB_STATUS
 
@@ -80,6 +88,11 @@ class MemoryWorkspace:
         """Every job, in submission order."""
         with self._lock:
             return list(self._jobs.values())
+
+    def reject_job(self, name: str, reason: str = "(BadRequest) the pipeline job is invalid") -> None:
+        """Make every submission of job `name` fail as Azure ML's HTTP 400 would."""
+        with self._lock:
+            self._rejections[name] = reason
 
     def set_job_status(self, name: str, status: str) -> MemoryJob:
         """Move a job on (Running, Completed, Failed, …), as the service would. KeyError if there is no such job."""

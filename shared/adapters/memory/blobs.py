@@ -83,3 +83,23 @@ class MemoryBlobStore:
                            if c == container and name.startswith(prefix))
         for _, facts in found:
             yield facts
+
+    def copy(self, container: str, name: str, etag: str, to_name: str) -> None:
+        """Copy the content at `etag` to `to_name` (a new eTag, like any write); done at once.
+
+        Raises BlobChangedError if the source changed or vanished.
+        """
+        with self._lock:
+            blob = self._blobs.get((container, name))
+            if blob is None or blob.facts.etag != etag:
+                raise BlobChangedError(f"blob {container}/{name} changed or vanished since it was read at eTag "
+                                       f"{etag}; its own event brings the new content")
+            facts = BlobFacts(container=container, name=to_name, etag=f"0x8D{next(self._etags):013X}",
+                              size=blob.facts.size, last_modified=self._clock(), tier="Hot")
+            self._blobs[(container, to_name)] = _Blob(facts, blob.data)
+
+    def content(self, container: str, name: str) -> bytes | None:
+        """A blob's bytes (a test helper: what a reader of the path would get); None if it does not exist."""
+        with self._lock:
+            blob = self._blobs.get((container, name))
+            return blob.data if blob else None

@@ -5,7 +5,10 @@ hold the inventory values directly (`DataVersion`, `Blob`, ...) and execute acti
 semantics, as `tests/contract/test_retention_adapters.py` checks against the Azure adapters:
 archive marks a version archived, delete removes it, tier moves a blob (never changing its
 last-modified time), a job output is deleted by prefix; doing it again answers 'already'. A
-deployment that takes traffic cannot be deleted (Azure ML answers 400).
+deployment that takes traffic cannot be deleted (Azure ML answers 400). Every upload gives a blob a
+new ETag, and a blob action carrying another ETag than the blob's answers 'changed' (as Azure's 412).
+A version may be `put_addressed` with raw Azure ML addresses, read through the run's `AddressBook`
+when listed, as the Azure adapter reads them.
 
 Every port call goes through `faults.check(operation, target)`, so a test (or the fault-injection
 harness) can make the next N calls fail: `faults.throttle(2)` answers 429 twice, `faults.fail(...)`
@@ -16,6 +19,7 @@ actions on a thread pool.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -24,6 +28,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from shared.domain.records import utcnow
+from shared.domain.retention.addresses import AddressBook, Datastore
 from shared.domain.retention.inventory import (
     Blob,
     BlobKey,
@@ -44,7 +49,10 @@ from shared.ports import Clock
 K = TypeVar("K", DataKey, ModelKey)
 V = TypeVar("V", DataVersion, ModelVersion)
 
+DATA_ACCOUNT = "devstoreaccount1"  # as Azurite's, so the contract suite sees the same names on both sides
 DEFAULT_CONTAINERS = {"workspaceblobstore": "azureml-blobstore", "landing": "landing"}
+DEFAULT_DATASTORES = tuple(Datastore(name, "AzureBlob", DATA_ACCOUNT, container)
+                           for name, container in DEFAULT_CONTAINERS.items())
 
 
 class ThrottledError(TransientError):
@@ -104,11 +112,12 @@ class Faults:
 class MemoryRetentionWorkspace:
     """Azure ML's versions, deployments and jobs as retention sees them; fill it with `put`."""
 
-    def __init__(self, *, containers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, *, datastores: Iterable[Datastore] | None = None) -> None:
         self._lock = threading.Lock()
-        self._containers = dict(DEFAULT_CONTAINERS if containers is None else containers)
+        self._datastores = list(DEFAULT_DATASTORES if datastores is None else datastores)
         self._data: dict[DataKey, DataVersion] = {}
         self._models: dict[ModelKey, ModelVersion] = {}
+        self._addresses: dict[DataKey | ModelKey, tuple[str, ...]] = {}
         self._deployments: dict[DeploymentKey, Deployment] = {}
         self._jobs: dict[str, Job] = {}
         self.faults = Faults()
@@ -127,6 +136,23 @@ class MemoryRetentionWorkspace:
                 else:
                     self._jobs[asset.name] = asset
 
+    def put_addressed(self, asset: DataVersion | ModelVersion, *addresses: str) -> None:
+        """Register a version at raw Azure ML addresses (`abfss://…`, `azureml://…`), read when listed."""
+        with self._lock:
+            self._addresses[asset.key] = addresses
+        self.put(asset)
+
+    def add_datastore(self, datastore: Datastore) -> None:
+        with self._lock:
+            self._datastores.append(datastore)
+
+    def _read(self, item: V, book: AddressBook) -> V:
+        raw = self._addresses.get(item.key)
+        if raw is None:
+            return item
+        located = tuple(where for where in (book.locate(a) for a in raw) if where is not None)
+        return dataclasses.replace(item, blob_paths=located)
+
     def data_version(self, key: DataKey) -> DataVersion | None:
         with self._lock:
             return self._data.get(key)
@@ -140,27 +166,28 @@ class MemoryRetentionWorkspace:
             return self._deployments.get(key)
 
     # -- the port -------------------------------------------------------------------------------
-    def datastore_containers(self) -> dict[str, str]:
-        self.faults.check("datastore_containers")
-        return dict(self._containers)
+    def datastores(self) -> list[Datastore]:
+        self.faults.check("datastores")
+        with self._lock:
+            return list(self._datastores)
 
-    def data_versions(self, containers: Mapping[str, str]) -> list[DataVersion]:
-        """Every version, archived or not (blob paths are already resolved when put)."""
+    def data_versions(self, book: AddressBook) -> list[DataVersion]:
+        """Every version, archived or not; raw addresses (`put_addressed`) are read through `book`."""
         self.faults.check("data_versions")
         with self._lock:
-            return [self._data[k] for k in sorted(self._data, key=DataKey.sort_key)]
+            return [self._read(self._data[k], book) for k in sorted(self._data, key=DataKey.sort_key)]
 
-    def model_versions(self, containers: Mapping[str, str]) -> list[ModelVersion]:
+    def model_versions(self, book: AddressBook) -> list[ModelVersion]:
         self.faults.check("model_versions")
         with self._lock:
-            return [self._models[k] for k in sorted(self._models, key=ModelKey.sort_key)]
+            return [self._read(self._models[k], book) for k in sorted(self._models, key=ModelKey.sort_key)]
 
     def deployments(self) -> list[Deployment]:
         self.faults.check("deployments")
         with self._lock:
             return [self._deployments[k] for k in sorted(self._deployments, key=DeploymentKey.sort_key)]
 
-    def jobs(self, containers: Mapping[str, str]) -> list[Job]:
+    def jobs(self, book: AddressBook) -> list[Job]:
         self.faults.check("jobs")
         with self._lock:
             return [self._jobs[name] for name in sorted(self._jobs)]
@@ -210,17 +237,20 @@ def _version_action(store: dict[K, V], key: K, *, delete: bool) -> str:
 class MemoryRetentionBlobs:
     """The data account's blobs as retention sees them; fill it with `put`."""
 
-    def __init__(self, *, clock: Clock = utcnow) -> None:
+    def __init__(self, *, clock: Clock = utcnow, account: str = DATA_ACCOUNT) -> None:
         self._lock = threading.Lock()
         self._blobs: dict[tuple[str, str], Blob] = {}
         self._clock = clock
+        self._account = account
+        self._etags = itertools.count(1)
         self.faults = Faults()
 
     # -- what people and pipelines do (not part of the port) -----------------------------------
     def put(self, container: str, name: str, *, last_modified: datetime | None = None,
             tier: BlobTier | None = BlobTier.HOT, tags: Mapping[str, str] | None = None) -> Blob:
-        """Upload (or overwrite) a blob; `last_modified` defaults to the clock (tests may backdate it)."""
-        blob = Blob(container, name, last_modified or self._clock(), tier, dict(tags or {}))
+        """Upload (or overwrite) a blob, with a new ETag; `last_modified` defaults to the clock (tests may backdate)."""
+        blob = Blob(container, name, last_modified or self._clock(), tier, dict(tags or {}),
+                    etag=f'"0x{next(self._etags):08X}"')
         with self._lock:
             self._blobs[(container, name)] = blob
         return blob
@@ -234,6 +264,9 @@ class MemoryRetentionBlobs:
             return sorted(n for c, n in self._blobs if c == container and n.startswith(prefix))
 
     # -- the port -------------------------------------------------------------------------------
+    def account_names(self) -> frozenset[str]:
+        return frozenset({self._account.lower()})
+
     def list(self, containers: Iterable[str]) -> list[Blob]:
         """Blobs of the containers, by container then name (a container that does not exist holds none)."""
         self.faults.check("list")
@@ -242,7 +275,8 @@ class MemoryRetentionBlobs:
             return [self._blobs[k] for k in sorted(self._blobs) if k[0] in wanted]
 
     def execute(self, action: Action) -> str:
-        """Delete or tier one blob; 'already' when it is gone or already in that tier. Raises ValueError otherwise."""
+        """Delete or tier one blob if it has the action's ETag; 'already' when it is gone or already in that
+        tier, 'changed' when its ETag differs (nothing done). Raises ValueError for another action."""
         self.faults.check("execute", str(action.target))
         target = action.target
         if not isinstance(target, BlobKey) or action.kind not in (ActionKind.DELETE_BLOB, ActionKind.TIER_BLOB):
@@ -251,6 +285,8 @@ class MemoryRetentionBlobs:
             current = self._blobs.get((target.container, target.name))
             if current is None:
                 return "already"
+            if action.etag and current.etag != action.etag:
+                return "changed"
             if action.kind is ActionKind.DELETE_BLOB:
                 del self._blobs[(target.container, target.name)]
                 return "done"

@@ -3,6 +3,8 @@
 Pure (no I/O), in four small modules:
 
 - `inventory`: typed keys of every asset kind and the `Inventory` snapshot adapters list;
+- `addresses`: reading Azure ML data paths (every datastore kind and URI form) into blob paths,
+  failing closed on what it cannot read;
 - `protection`: what is never touched and why (deployed, champions and their lineage, unfinished
   jobs, in-flight rollouts, the protection tag) and which blobs versions still reference;
 - `planner`: the plan types and `plan_retention`, inventory + rules -> `RetentionPlan`;
@@ -28,9 +30,11 @@ from shared.config.retention import (
     RuleType,
     parse_retention,
 )
+from shared.domain.retention.addresses import AddressBook, Datastore, read_job_input
 from shared.domain.retention.inventory import (
     TIER_RANK,
     AssetKey,
+    AssetLabel,
     Blob,
     BlobKey,
     BlobPath,
@@ -43,11 +47,13 @@ from shared.domain.retention.inventory import (
     Job,
     JobInput,
     JobOutputKey,
+    Location,
     ModelKey,
     ModelVersion,
     Rollout,
+    Unreadable,
 )
-from shared.domain.retention.planner import Action, ActionKind, Protected, RetentionPlan, plan_retention
+from shared.domain.retention.planner import Action, ActionKind, Protected, RetentionPlan, Suspended, plan_retention
 from shared.domain.retention.protection import champions, protected_assets
 from shared.domain.retention.render import render_plan_table
 
@@ -57,15 +63,18 @@ __all__ = [
     "TIER_RANK",
     "Action",
     "ActionKind",
+    "AddressBook",
     "AfterCreation",
     "AfterModification",
     "AssetKey",
+    "AssetLabel",
     "Blob",
     "BlobKey",
     "BlobPath",
     "BlobTier",
     "DataKey",
     "DataVersion",
+    "Datastore",
     "DeleteCondition",
     "DeleteIdle",
     "Deployment",
@@ -75,6 +84,7 @@ __all__ = [
     "JobInput",
     "JobOutputKey",
     "KeepTopK",
+    "Location",
     "ModelKey",
     "ModelVersion",
     "Protected",
@@ -85,9 +95,12 @@ __all__ = [
     "RuleActions",
     "RuleFilters",
     "RuleType",
+    "Suspended",
+    "Unreadable",
     "champions",
     "parse_retention",
     "plan_retention",
     "protected_assets",
+    "read_job_input",
     "render_plan_table",
 ]

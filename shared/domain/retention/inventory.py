@@ -2,7 +2,9 @@
 
 Adapters list the workspace and the data account into these values; the planner reads nothing else.
 Unknown job statuses and rollout states count as running (fail closed): what retention cannot read
-must protect, not expose.
+must protect, not expose. The same holds for addresses: an asset's address is a `BlobPath` on the
+data account, or an `Unreadable` (see `addresses`) that protects its whole container or, when even
+the container is unknown, suspends the blob rules.
 """
 
 from __future__ import annotations
@@ -82,6 +84,35 @@ class BlobPath:
 
 
 @dataclass(frozen=True)
+class Unreadable:
+    """An address that may point into the data account, but retention cannot tell where: it fails closed.
+
+    With a `container` (a known datastore, a path form not understood) it protects that whole
+    container; without one (an unknown datastore, scheme or label) every blob and jobOutputs rule is
+    suspended for the run, and the plan says why.
+    """
+
+    address: str
+    why: str
+    container: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.address} ({self.why})"
+
+
+@dataclass(frozen=True)
+class AssetLabel:
+    """A job input `azureml:<name>@<label>`: which version it reads is decided by Azure ML at run time."""
+
+    name: str
+    label: str
+    kind: str = ""  # "data", "model", or "" when the input's type does not say
+
+    def __str__(self) -> str:
+        return f"azureml:{self.name}@{self.label}"
+
+
+@dataclass(frozen=True)
 class JobOutputKey:
     job: str
     output: str
@@ -95,7 +126,8 @@ class JobOutputKey:
 
 
 AssetKey = DataKey | ModelKey | BlobKey | DeploymentKey | JobOutputKey
-JobInput = DataKey | ModelKey | BlobPath
+Location = BlobPath | Unreadable
+JobInput = DataKey | ModelKey | AssetLabel | BlobPath | Unreadable
 
 
 # == the inventory: one snapshot, listed by adapters =================================================
@@ -123,7 +155,7 @@ class DataVersion:
     created_at: datetime
     archived: bool = False
     tags: Mapping[str, str] = field(default_factory=dict)
-    blob_paths: tuple[BlobPath, ...] = ()
+    blob_paths: tuple[Location, ...] = ()
 
     def __post_init__(self) -> None:
         _require_aware(self, "created_at", self.created_at)
@@ -143,7 +175,7 @@ class ModelVersion:
     metrics: Mapping[str, float] = field(default_factory=dict)
     data_asset: str | None = None  # lineage: the data version it was trained from
     data_version: str | None = None
-    blob_paths: tuple[BlobPath, ...] = ()  # its artifacts, when they live in a watched container
+    blob_paths: tuple[Location, ...] = ()  # its artifacts, when they may live in the data account
     job: str | None = None  # the job whose outputs it was registered from
 
     def __post_init__(self) -> None:
@@ -167,6 +199,7 @@ class Blob:
     last_modified: datetime
     tier: BlobTier | None = BlobTier.HOT  # None: the account default (Hot)
     tags: Mapping[str, str] = field(default_factory=dict)  # blob index tags
+    etag: str = ""  # as listed: deletes and tiers are conditional on it (a changed blob is skipped)
 
     def __post_init__(self) -> None:
         _require_aware(self, "last_modified", self.last_modified)
@@ -210,7 +243,7 @@ class Job:
     name: str
     status: str  # Azure ML job status: Queued, Running, Completed, Failed, Canceled, ...
     inputs: tuple[JobInput, ...] = ()
-    outputs: Mapping[str, BlobPath] = field(default_factory=dict)
+    outputs: Mapping[str, Location] = field(default_factory=dict)
     finished_at: datetime | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
 
@@ -229,6 +262,8 @@ class Rollout:
     candidate: ModelKey
     state: str  # the ledger's stored phase (shared.domain.vocabulary.Phase value)
     deployment: str | None = None  # the candidate's deployment, when already created
+    champion_deployment: str | None = None  # the rollback target: the deployment serving when it started
+    champion_model: ModelKey | None = None  # and its model
 
     @property
     def in_flight(self) -> bool:

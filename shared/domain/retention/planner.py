@@ -8,10 +8,17 @@ A plan is computed against one snapshot and never counts on its own actions: blo
 version archived in this run are retired on the next run, and a model becomes archivable only once
 its last deployment is gone. The price is that retention converges over a few runs; the gain is that
 any subset of a plan, applied in any order or concurrently, or cut short by a crash, is safe.
+
+It fails closed. An address that protects but cannot be read, with no container to keep instead,
+suspends every blob and jobOutputs rule for the run (`RetentionPlan.suspended` says which and why).
+A `keepTopK` metric that is NaN or infinite ranks last and is never in the top. A blob action carries
+the ETag listed, so a blob changed since is not touched. A job output is deleted only when the job
+owns it alone (no other job's output or input, no registered version overlaps it).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,13 +39,15 @@ from shared.domain.retention.inventory import (
     TIER_RANK,
     AssetKey,
     Blob,
+    BlobPath,
     BlobTier,
     DataVersion,
     Inventory,
+    Job,
     JobOutputKey,
     ModelVersion,
 )
-from shared.domain.retention.protection import models_by_job, protect, references, tagged
+from shared.domain.retention.protection import claims, models_by_job, own_output, protect, references, tagged
 from shared.domain.vocabulary import Direction, version_order
 
 
@@ -64,11 +73,13 @@ class Action:
     reason: str
     rule: str
     tier: BlobTier | None = None  # for tier_blob: the tier to move to
+    etag: str = ""  # for blob actions: the ETag listed; the action applies only if the blob still has it
 
     @property
     def key(self) -> str:
-        """Idempotency key for the audit log: the same decision on the same asset gives the same key."""
-        return digest(self.kind.value, str(self.target), self.tier.value if self.tier else "")
+        """Idempotency key for the audit log: the same decision on the same asset (and blob ETag), the same key."""
+        parts = [self.kind.value, str(self.target), self.tier.value if self.tier else ""]
+        return digest(*parts, self.etag) if self.etag else digest(*parts)
 
     def sort_key(self) -> tuple[Any, ...]:
         return (_KIND_ORDER[self.kind], self.target.sort_key())
@@ -83,10 +94,22 @@ class Protected:
 
 
 @dataclass(frozen=True)
+class Suspended:
+    """A rule not applied this run because an address in use could not be read (fail closed)."""
+
+    rule: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"rule {self.rule} suspended: {self.reason}"
+
+
+@dataclass(frozen=True)
 class RetentionPlan:
     now: datetime
     actions: tuple[Action, ...]
     protected: tuple[Protected, ...]
+    suspended: tuple[Suspended, ...] = ()  # rules not applied this run (fail closed), each with why
 
     @property
     def is_empty(self) -> bool:
@@ -117,8 +140,11 @@ class _Planner:
         self.guard = protect(inventory, protect_tag)
         self.references = references(inventory)  # paths of non-archived data versions and models
         self.models_from_job = models_by_job(inventory)
+        self.claims = claims(inventory)  # who else reads, writes or registers each path (job outputs)
+        self.unreadable = sorted(set(self.guard.paths.unreadable + self.references.unreadable))
         self.actions: dict[AssetKey, Action] = {}
         self.spared: dict[AssetKey, list[str]] = defaultdict(list)
+        self.suspended: list[Suspended] = []
 
     # -- bookkeeping --
     def act(self, action: Action) -> None:
@@ -169,8 +195,18 @@ class _Planner:
         else:
             self.act(Action(kind, v.key, why + _beyond(acts, name), rule.name))
 
+    def suspend(self, rule: RetentionRule, why: Sequence[str]) -> bool:
+        """Fail closed: a rule that deletes blobs does nothing while an address in use cannot be read."""
+        if not why:
+            return False
+        shown = "; ".join(why[:3]) + (f"; and {len(why) - 3} more" if len(why) > 3 else "")
+        self.suspended.append(Suspended(rule.name, f"an address in use cannot be read: {shown}"))
+        return True
+
     # -- blobs --
     def blobs(self, rule: RetentionRule) -> None:
+        if self.suspend(rule, self.unreadable):
+            return
         for blob in self.inv.blobs:
             if not _blob_selected(blob, rule.filters):
                 continue
@@ -193,13 +229,14 @@ class _Planner:
         current = blob.tier or BlobTier.HOT
         days = f"modified {age.days} days ago"
         if acts.delete is not None and age > timedelta(days=acts.delete.days):
-            return Action(ActionKind.DELETE_BLOB, blob.key, f"{days} (> {acts.delete.days})", rule.name)
+            return Action(ActionKind.DELETE_BLOB, blob.key, f"{days} (> {acts.delete.days})", rule.name,
+                          etag=blob.etag)
         for cond, tier in ((acts.tier_to_archive, BlobTier.ARCHIVE), (acts.tier_to_cool, BlobTier.COOL)):
             if cond is None or TIER_RANK[current] >= TIER_RANK[tier]:
                 continue  # never move a blob to a hotter tier (that would rehydrate it)
             if age > timedelta(days=cond.days_after_modification_greater_than):
                 why = f"{days} (> {cond.days_after_modification_greater_than}); now {current.value}"
-                return Action(ActionKind.TIER_BLOB, blob.key, why, rule.name, tier=tier)
+                return Action(ActionKind.TIER_BLOB, blob.key, why, rule.name, tier=tier, etag=blob.etag)
         return None
 
     # -- deployments --
@@ -224,6 +261,8 @@ class _Planner:
     # -- job outputs --
     def job_outputs(self, rule: RetentionRule) -> None:
         assert rule.actions.delete is not None  # guaranteed by the rule's validation
+        if self.suspend(rule, sorted(set(self.unreadable + self.claims.unreadable))):
+            return
         days = rule.actions.delete.days
         for job in self.inv.jobs:
             if not job.finished or job.finished_at is None or not _name_selected(job.name, rule.filters):
@@ -233,17 +272,23 @@ class _Planner:
             age = self.age(job.finished_at)
             if age <= timedelta(days=days):
                 continue
+            why = f"job {job.name} {job.status.lower()} {age.days} days ago (> {days})"
             for output, path in sorted(job.outputs.items()):
-                key = JobOutputKey(job.name, output, path)
-                reasons = self.guard.paths.overlapping(path) + self.references.overlapping(path)
-                reasons += [f"model {m} was registered from this job" for m in self.models_from_job.get(job.name, [])]
-                if tagged(job.tags, self.protect_tag):
-                    reasons.append(f"job tagged {self.protect_tag}")
-                if reasons:
-                    self.spare(key, reasons)
-                else:
-                    why = f"job {job.name} {job.status.lower()} {age.days} days ago (> {days})"
-                    self.act(Action(ActionKind.DELETE_JOB_OUTPUT, key, why, rule.name))
+                if isinstance(path, BlobPath):  # an unreadable output is never deleted
+                    self.job_output(rule, job, JobOutputKey(job.name, output, path), why)
+
+    def job_output(self, rule: RetentionRule, job: Job, key: JobOutputKey, why: str) -> None:
+        """Delete an output only if the job owns it alone and nothing protects or references it."""
+        own = {own_output(job.name, o) for o in job.outputs}
+        reasons = self.guard.paths.overlapping(key.path) + self.references.overlapping(key.path)
+        reasons += [f"shared: {r}" for r in self.claims.overlapping(key.path) if r not in own]
+        reasons += [f"model {m} was registered from this job" for m in self.models_from_job.get(job.name, [])]
+        if tagged(job.tags, self.protect_tag):
+            reasons.append(f"job tagged {self.protect_tag}")
+        if reasons:
+            self.spare(key, reasons)
+        else:
+            self.act(Action(ActionKind.DELETE_JOB_OUTPUT, key, why, rule.name))
 
     def plan(self, rules: Sequence[RetentionRule]) -> RetentionPlan:
         for rule in rules:
@@ -265,7 +310,7 @@ class _Planner:
             for key, why in sorted(self.spared.items(), key=lambda kv: kv[0].sort_key())
             if key not in self.actions  # a keep in one rule does not stop another rule (Azure semantics)
         )
-        return RetentionPlan(now=self.now, actions=actions, protected=protected)
+        return RetentionPlan(now=self.now, actions=actions, protected=protected, suspended=tuple(self.suspended))
 
 
 def _kept(rule: RetentionRule, name: str, group: Sequence[DataVersion | ModelVersion]) -> dict[str, str]:
@@ -278,7 +323,9 @@ def _kept(rule: RetentionRule, name: str, group: Sequence[DataVersion | ModelVer
             kept.setdefault(v.version, f"one of the latest {acts.keep_latest} versions of {name} (rule {rule.name})")
     if acts.keep_top_k is not None:
         top = acts.keep_top_k
-        scored = [v for v in group if isinstance(v, ModelVersion) and top.metric in v.metrics]
+        # NaN and ±inf rank last: never in the top (NaN would break the sort, +inf would always win)
+        scored = [v for v in group
+                  if isinstance(v, ModelVersion) and math.isfinite(v.metrics.get(top.metric, math.nan))]
         scored.sort(key=lambda v: (_score(v, top), v.created_at, version_order(v.version)), reverse=True)
         for v in scored[: top.k]:
             kept.setdefault(v.version, f"in the top {top.k} of {name} by {top.metric} "

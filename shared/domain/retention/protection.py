@@ -4,7 +4,12 @@ One function per protection: what is deployed or taking traffic, each endpoint's
 lineage (the data version it was trained from and that version's blobs), inputs and outputs of
 unfinished jobs, models and data of in-flight rollouts, and anything tagged with the protection tag.
 Apart from those, `references` answers which blobs a non-archived data version or model still
-points at: such a blob is never deleted or tiered either.
+points at: such a blob is never deleted or tiered either. `claims` answers what a job's output shares
+with anything else (another job's output or input, a registered version): only what a job owns
+alone is ever deleted as its output.
+
+Addresses fail closed: an `Unreadable` one with a known container protects the whole container; one
+without a container is noted in `PathIndex.unreadable`, and the planner then suspends the blob rules.
 """
 
 from __future__ import annotations
@@ -17,11 +22,15 @@ from dataclasses import dataclass, field
 from shared.config.retention import DEFAULT_PROTECT_TAG
 from shared.domain.retention.inventory import (
     AssetKey,
+    AssetLabel,
     BlobPath,
     DataKey,
     Deployment,
+    DeploymentKey,
     Inventory,
+    Location,
     ModelKey,
+    Unreadable,
 )
 
 _NO = frozenset({"false", "0", "no"})
@@ -40,8 +49,16 @@ class PathIndex:
         self._folders: dict[tuple[str, str], list[str]] = defaultdict(list)
         self._sorted: dict[str, list[tuple[str, str]]] = defaultdict(list)
         self._dirty = False
+        self.unreadable: list[str] = []  # addresses whose container is unknown: they protect everything
 
-    def add(self, path: BlobPath, why: str) -> None:
+    def add(self, path: Location, why: str) -> None:
+        """Index a referenced path; an unreadable address protects its container, or everything (noted)."""
+        if isinstance(path, Unreadable):
+            if not path.container:
+                self.unreadable.append(f"{why}: cannot read {path}")
+                return
+            why = f"{why}; cannot read {path}, so all of container {path.container} is kept"
+            path = BlobPath(path.container, "")
         if path.path == "" or path.path.endswith("/"):
             self._folders[(path.container, path.path)].append(why)
         else:
@@ -118,12 +135,32 @@ class _Lineage:
         self.guard = guard
         self._data = {v.key: v for v in inventory.data_versions}
         self._models = {m.key: m for m in inventory.model_versions}
+        self._data_by_name: dict[str, list[DataKey]] = defaultdict(list)
+        self._models_by_name: dict[str, list[ModelKey]] = defaultdict(list)
+        for v in inventory.data_versions:
+            self._data_by_name[v.name].append(v.key)
+        for m in inventory.model_versions:
+            self._models_by_name[m.name].append(m.key)
 
     def data(self, key: DataKey, why: str) -> None:
         self.guard.protect(key, why)
         version = self._data.get(key)
         for path in version.blob_paths if version else ():
             self.guard.paths.add(path, f"referenced by {key} ({why})")
+
+    def label(self, ref: AssetLabel, why: str) -> None:
+        """Every version of a labelled asset (the label moves); a name with no version listed fails closed."""
+        found = False
+        if ref.kind in ("", "data"):
+            for key in self._data_by_name.get(ref.name, ()):
+                self.data(key, f"{why} (as {ref})")
+                found = True
+        if ref.kind in ("", "model"):
+            for mkey in self._models_by_name.get(ref.name, ()):
+                self.model(mkey, f"{why} (as {ref})", with_data=False)
+                found = True
+        if not found:
+            self.guard.paths.add(Unreadable(str(ref), f"no version of {ref.name} is listed"), why)
 
     def model(self, key: ModelKey, why: str, *, with_data: bool) -> None:
         self.guard.protect(key, why)
@@ -171,6 +208,8 @@ def _protect_unfinished_jobs(inventory: Inventory, lineage: _Lineage) -> None:
                 lineage.data(item, why)
             elif isinstance(item, ModelKey):
                 lineage.model(item, why, with_data=False)
+            elif isinstance(item, AssetLabel):
+                lineage.label(item, why)
             else:
                 lineage.guard.paths.add(item, why)
         for name, path in sorted(job.outputs.items()):
@@ -178,7 +217,8 @@ def _protect_unfinished_jobs(inventory: Inventory, lineage: _Lineage) -> None:
 
 
 def _protect_in_flight_rollouts(inventory: Inventory, lineage: _Lineage) -> None:
-    """An in-flight rollout's candidate with its data, and the deployments taking part in it."""
+    """An in-flight rollout's candidate with its data, the deployments taking part in it, and its rollback
+    target (the champion's deployment and model, with its data) until the rollout has finished."""
     for rollout in inventory.rollouts:
         if not rollout.in_flight:
             continue
@@ -187,6 +227,11 @@ def _protect_in_flight_rollouts(inventory: Inventory, lineage: _Lineage) -> None
         for d in inventory.deployments:
             if d.endpoint == rollout.endpoint and (d.name == rollout.deployment or d.model == rollout.candidate):
                 lineage.guard.protect(d.key, f"part of the {rollout.state} rollout on {rollout.endpoint}")
+        target = f"rollback target of the {rollout.state} rollout on {rollout.endpoint}"
+        if rollout.champion_deployment:
+            lineage.guard.protect(DeploymentKey(rollout.endpoint, rollout.champion_deployment), target)
+        if rollout.champion_model is not None:
+            lineage.model(rollout.champion_model, target, with_data=True)
 
 
 def _protect_tagged(inventory: Inventory, lineage: _Lineage, protect_tag: str) -> None:
@@ -227,6 +272,33 @@ def references(inventory: Inventory) -> PathIndex:
             for path in m.blob_paths:
                 index.add(path, f"artifact of non-archived {m.key}")
     return index
+
+
+def claims(inventory: Inventory) -> PathIndex:
+    """Every path a job reads or writes and every path a version (archived or not) is registered at.
+
+    A job output is deleted only if nothing here but that job's own outputs overlaps it. Reasons name
+    the job as `output <name> of job <job>` so the planner can leave the job's own out.
+    """
+    index = PathIndex()
+    for job in inventory.jobs:
+        for item in job.inputs:
+            if isinstance(item, BlobPath | Unreadable):
+                index.add(item, f"input of job {job.name}")
+        for name, path in sorted(job.outputs.items()):
+            index.add(path, own_output(job.name, name))
+    for v in inventory.data_versions:
+        for path in v.blob_paths:
+            index.add(path, f"registered as {v.key}")
+    for m in inventory.model_versions:
+        for path in m.blob_paths:
+            index.add(path, f"registered as {m.key}")
+    return index
+
+
+def own_output(job: str, output: str) -> str:
+    """How `claims` names a job's own output (so it can be told apart from everything else)."""
+    return f"output {output} of job {job}"
 
 
 def models_by_job(inventory: Inventory) -> dict[str, list[ModelKey]]:

@@ -27,6 +27,10 @@ def render_plan_table(plan: RetentionPlan) -> str:
         out += _table(("KIND", "TARGET", "REASON", "RULE"), rows)
     else:
         out.append("Nothing to retire.")
+    if plan.suspended:
+        out.append("")
+        out.append(f"Suspended (fail closed): {len(plan.suspended)} rule(s)")
+        out += [f"  {s}" for s in plan.suspended]
     out.append("")
     out.append(f"Protected: {len(plan.protected)} asset(s) a rule selected but retention spared")
     if plan.protected:
