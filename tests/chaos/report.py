@@ -53,13 +53,15 @@ def summary_lines() -> list[str]:
         tallies = dict(TALLY)
     lines = []
     for flow, tally in tallies.items():
-        lines.append(f"  {flow:<34} {tally.run:>6,} schedules {tally.converged:>6,} converged "
+        lines.append(f"  {flow:<48} {tally.run:>6,} schedules {tally.converged:>6,} converged "
                      f"({_percent(tally.converged, tally.run)})")
         lines += [f"      not converged: {failure}" for failure in tally.failures[:SHOWN]]
         if len(tally.failures) > SHOWN:
             lines.append(f"      … and {len(tally.failures) - SHOWN} more")
     run = sum(t.run for t in tallies.values())
     converged = sum(t.converged for t in tallies.values())
-    lines.append(f"chaos: {len(tallies)} flows, {run:,} schedules, {converged:,} converged "
-                 f"({_percent(converged, run)})")
+    flows = sum(1 for name in tallies if not name.startswith("stall: "))
+    stalls = len(tallies) - flows
+    lines.append(f"chaos: {flows} flows" + (f" + {stalls} stall scenarios" if stalls else "")
+                 + f", {run:,} schedules, {converged:,} converged ({_percent(converged, run)})")
     return lines

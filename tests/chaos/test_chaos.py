@@ -14,12 +14,14 @@ summary at the end of the run counts schedules run and converged per flow.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from shared.adapters.memory.faults import Fault, FaultKind
+from shared.adapters.memory.faults import Call, Fault, FaultKind
+from shared.services.promotion import ROLLOUT_QUEUE
 from tests.chaos.flows import FLOWS, QUEUED_FLOWS
 from tests.chaos.harness import EndState, Flow, differences, run_flow
 from tests.chaos.platform import MAX_DEQUEUE
@@ -109,6 +111,59 @@ def test_work_whose_message_is_poisoned_by_a_burst_of_failures_is_still_finished
             failed[name] = problems
     assert poisoning, f"{flow.name}: no burst poisoned a message; it does not belong in QUEUED_FLOWS"
     assert not failed, report(flow, failed, poisoning)
+
+
+@dataclass(frozen=True)
+class Stall:
+    """One of issue 11's stall scenarios, found by its port call rather than by a call number that drifts."""
+
+    name: str
+    flow: str
+    port: str
+    method: str
+    burst: bool = False  # MAX_DEQUEUE failures in a row from that call: the message is poisoned
+    after: tuple[str, str] | None = None  # the first such call after this (port, method) one
+
+    def find(self, log: tuple[Call, ...]) -> int | None:
+        """The index of the scenario's call in a fault-free run's log."""
+        start = 0
+        if self.after is not None:
+            start = next((c.index + 1 for c in log if (c.port, c.method) == self.after), len(log))
+        return next((c.index for c in log[start:] if (c.port, c.method) == (self.port, self.method)), None)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+STALLS = (
+    Stall("defect 1, seal: Azure ML fails", "batch-sealed-by-marker", "registry", "register_data_version"),
+    Stall("defect 1, seal: announcement fails", "batch-sealed-by-marker", "publisher", "data_version_registered"),
+    Stall("defect 2, retrain: submit fails", "retrain-submit", "jobs", "submit_pipeline"),
+    Stall("defect 3, rollout start: step not queued", "model-registered-to-100-percent", ROLLOUT_QUEUE, "send"),
+    Stall("defect 4, rollout step poisoned", "model-registered-to-100-percent", "endpoints", "endpoint",
+          burst=True, after=(ROLLOUT_QUEUE, "send")),
+)
+
+
+@pytest.mark.parametrize("stall", STALLS, ids=str)
+def test_the_stall_scenarios_of_issue_11_converge(stall: Stall) -> None:
+    """Each stall that once stopped a flow for good, hit at its own port call in every fault kind."""
+    flow = next(f for f in FLOWS if f.name == stall.flow)
+    base = baseline(flow)
+    at = stall.find(base.log)
+    assert at is not None, f"{flow.name} never calls {stall.port}.{stall.method}: the scenario is not reached"
+    kinds = [FaultKind.FAIL] if stall.burst else list(FaultKind)
+    failed: dict[str, list[str]] = {}
+    for kind in kinds:
+        faults = tuple(Fault(at + i, kind) for i in range(MAX_DEQUEUE if stall.burst else 1))
+        end = run_flow(flow, faults)
+        if stall.burst:
+            assert end.poisoned, f"{stall}: the burst {schedule_name(faults)} poisoned nothing"
+        problems = differences(base, end, poison_allowed=stall.burst)
+        record(f"stall: {stall}", schedule_name(faults), problems)
+        if problems:
+            failed[schedule_name(faults)] = problems
+    assert not failed, report(flow, failed, len(kinds))
 
 
 def schedules(calls: int) -> st.SearchStrategy[tuple[Fault, ...]]:
