@@ -19,12 +19,13 @@ from shared.domain.retention.planner import plan_retention
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 RULES = [
-    RetentionRule.model_validate({"name": "data", "type": "dataVersions", "actions": {
-        "keepLatest": 10, "archive": {"daysAfterCreationGreaterThan": 30}}}),
-    RetentionRule.model_validate({"name": "models", "type": "modelVersions", "actions": {
-        "keepLatest": 5, "keepTopK": {"k": 3, "metric": "auc"}, "archive": {"daysAfterCreationGreaterThan": 0}}}),
+    RetentionRule.model_validate({"name": "data", "type": "data_versions", "actions": {
+        "keep_latest": 10, "archive": {"days_after_creation_greater_than": 30}}}),
+    RetentionRule.model_validate({"name": "models", "type": "model_versions", "actions": {
+        "keep_latest": 5, "keep_top_k": {"k": 3, "metric": "auc"},
+        "archive": {"days_after_creation_greater_than": 0}}}),
     RetentionRule.model_validate({"name": "blobs", "type": "blobs", "filters": {"prefixes": ["landing/"]},
-                                  "actions": {"delete": {"daysAfterModificationGreaterThan": 30}}}),
+                                  "actions": {"delete": {"days_after_modification_greater_than": 30}}}),
 ]
 
 

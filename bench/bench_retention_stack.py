@@ -42,15 +42,17 @@ MODEL_NAMES = 4
 RULES = yaml.safe_load("""
 rules:
   - name: data
-    type: dataVersions
-    actions: {keepLatest: 100, archive: {daysAfterCreationGreaterThan: 30}}
+    type: data_versions
+    actions: {keep_latest: 100, archive: {days_after_creation_greater_than: 30}}
   - name: models
-    type: modelVersions
-    actions: {keepLatest: 10, keepTopK: {k: 3, metric: auc}, archive: {daysAfterCreationGreaterThan: 30}}
+    type: model_versions
+    actions: {keep_latest: 10, keep_top_k: {k: 3, metric: auc}, archive: {days_after_creation_greater_than: 30}}
   - name: raw
     type: blobs
     filters: {prefixes: [landing/]}
-    actions: {tierToCool: {daysAfterModificationGreaterThan: 30}, delete: {daysAfterModificationGreaterThan: 90}}
+    actions:
+      tier_to_cool: {days_after_modification_greater_than: 30}
+      delete: {days_after_modification_greater_than: 90}
 """)
 
 

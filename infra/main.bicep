@@ -28,8 +28,17 @@ param dataStorageAccountName string
 @description('Resource group of the existing data storage account.')
 param dataStorageResourceGroupName string
 
-@description('Container of the data account that receives training data. Must match the subjectBeginsWith of the storage subscriptions in eventgrid-subscriptions.json.')
+@description('Container of the data account that receives training data. The storage subscriptions of eventgrid-subscriptions.json get it in their subject filters (the file names the local stack\'s container).')
 param landingContainerName string = 'landing'
+
+@description('Other containers of the data account that blob retention rules of the policy name, comma-separated. Evergreen gets Storage Blob Data Contributor on these and on the landing container only.')
+param retentionContainerNames string = ''
+
+@description('Existing Event Grid system topic of the data account (in its resource group) to reuse: Azure allows one per source. It must have a system-assigned identity (dead-lettering). Empty: Evergreen creates one.')
+param dataSystemTopicName string = ''
+
+@description('Existing Event Grid system topic of the workspace (in its resource group) to reuse: Azure allows one per source. It must have a system-assigned identity (dead-lettering). Empty: Evergreen creates one.')
+param workspaceSystemTopicName string = ''
 
 @description('NCRONTAB schedule of the retention function (six fields, UTC).')
 param retentionSchedule string = '0 0 3 * * *'
@@ -44,14 +53,16 @@ param webhookSecret string = ''
 @description('Create the Event Grid subscriptions. They point at functions, so they can only be created after the code is deployed: azd runs the postdeploy hook, which sets this to true and provisions again.')
 param deployEventSubscriptions bool = false
 
-@description('Upper bound of Flex Consumption instances (cost guard).')
-@minValue(40)
+@description('Upper bound of Flex Consumption instances (cost guard). It applies to each per-function scale group (the HTTP functions together, the blob trigger, each queue/timer/Event Grid function on its own), not to the app as a whole.')
+@minValue(1)
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName, application: 'evergreen' }
 var functionAppName = 'func-evergreen-${resourceToken}'
+// The landing container first: it holds the drops and the versions' snapshots (_evergreen/).
+var dataContainerNames = union([landingContainerName], map(filter(split(retentionContainerNames, ','), name => !empty(trim(name))), name => trim(name)))
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : 'rg-evergreen-${environmentName}'
@@ -86,7 +97,9 @@ module dataAccess 'modules/data-access.bicep' = {
   params: {
     dataStorageAccountName: dataStorageAccountName
     identityPrincipalId: app.outputs.identityPrincipalId
+    containerNames: dataContainerNames
     systemTopicName: 'evgt-evergreen-data-${resourceToken}'
+    existingSystemTopicName: dataSystemTopicName
     tags: tags
   }
 }
@@ -99,6 +112,7 @@ module workspaceAccess 'modules/workspace-access.bicep' = {
     workspaceName: workspaceName
     identityPrincipalId: app.outputs.identityPrincipalId
     systemTopicName: 'evgt-evergreen-ws-${resourceToken}'
+    existingSystemTopicName: workspaceSystemTopicName
     tags: tags
   }
 }
@@ -128,6 +142,7 @@ module storageSubscriptions 'modules/event-subscriptions.bicep' = if (deployEven
     functionAppName: functionAppName
     functionAppResourceGroupName: rg.name
     deadLetterStorageAccountId: app.outputs.appStorageAccountId
+    landingContainerName: landingContainerName
   }
   dependsOn: [deadLetterAccess]
 }
@@ -142,6 +157,7 @@ module workspaceSubscriptions 'modules/event-subscriptions.bicep' = if (deployEv
     functionAppName: functionAppName
     functionAppResourceGroupName: rg.name
     deadLetterStorageAccountId: app.outputs.appStorageAccountId
+    landingContainerName: landingContainerName
   }
   dependsOn: [deadLetterAccess]
 }
@@ -156,6 +172,7 @@ module evergreenSubscriptions 'modules/event-subscriptions.bicep' = if (deployEv
     functionAppName: functionAppName
     functionAppResourceGroupName: rg.name
     deadLetterStorageAccountId: app.outputs.appStorageAccountId
+    landingContainerName: landingContainerName
   }
   dependsOn: [deadLetterAccess]
 }

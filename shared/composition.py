@@ -9,9 +9,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from azure.core.credentials import AzureKeyCredential, TokenCredential
 from azure.data.tables import TableServiceClient
@@ -33,6 +33,7 @@ from shared.domain.rollout import CandidateRetry, RolloutTick
 from shared.services.audit import AUDIT_TABLE, TableAuditLog
 from shared.services.ingest import Ingestor
 from shared.services.ledger import Ledger
+from shared.services.operator import Operator
 from shared.services.promotion import PROMOTION_RETRY_QUEUE, ROLLOUT_QUEUE, Promoter
 from shared.services.reconcile import Reconciler
 from shared.services.redrive import Redriver
@@ -40,6 +41,7 @@ from shared.services.retention import RetentionRunner
 from shared.services.retrain import Retrainer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LEDGER_TABLE = "evergreenledger"
 SEAL_QUEUE = "evergreen-batch-seal"
@@ -81,43 +83,67 @@ class Services:
     audit: TableAuditLog  # the edge records rejected events here
 
 
+class _Clients:
+    """The clients and adapters every builder below shares, each created once, on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.credential = credential_for(settings.client_id)
+
+    @functools.cached_property
+    def _tables(self) -> TableServiceClient:
+        return table_service(self.settings.app_storage, self.credential)
+
+    @functools.cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(AzureTable(self._tables.create_table_if_not_exists(LEDGER_TABLE)))
+
+    @functools.cached_property
+    def audit(self) -> TableAuditLog:
+        return TableAuditLog(AzureTable(self._tables.create_table_if_not_exists(AUDIT_TABLE)))
+
+    @functools.cached_property
+    def azureml(self) -> AzureML:
+        s = self.settings
+        return AzureML(self.credential, s.subscription_id, s.resource_group, s.workspace_name)
+
+    @functools.cached_property
+    def data_blobs(self) -> BlobServiceClient:
+        return blob_service(self.settings.data_storage, self.credential)
+
+    def queue(self, name: str, encode: Callable[[T], str]) -> AzureDelayedQueue[T]:
+        """One of Evergreen's queues in the app's storage (created if missing)."""
+        return AzureDelayedQueue(queue_client(self.settings.app_storage, self.credential, name), encode)
+
+    def retrainer(self, policy: Policy) -> Retrainer:
+        return Retrainer(policy=policy, app_root=self.settings.policy_path.parent, ledger=self.ledger,
+                         jobs=self.azureml, audit=self.audit, rechecks=self.queue(RETRAIN_QUEUE, retrain_check_to_json))
+
+    def retention(self, policy: Policy) -> RetentionRunner:
+        return RetentionRunner(policy=policy.retention, workspace=AmlRetention(self.azureml),
+                               blobs=BlobRetention(self.data_blobs), rollouts=self.ledger.rollouts, audit=self.audit)
+
+
 def build_services(settings: Settings, policy: Policy) -> Services:
-    credential = credential_for(settings.client_id)
-    tables = table_service(settings.app_storage, credential)
-    ledger_table = tables.create_table_if_not_exists(LEDGER_TABLE)
-    topic_credential: AzureKeyCredential | TokenCredential = (
-        AzureKeyCredential(settings.events_topic_key) if settings.events_topic_key else credential
-    )
-    audit = TableAuditLog(AzureTable(tables.create_table_if_not_exists(AUDIT_TABLE)))
-    ledger = Ledger(AzureTable(ledger_table))
-    azureml = AzureML(credential, settings.subscription_id, settings.resource_group, settings.workspace_name)
-    data_blobs = blob_service(settings.data_storage, credential)
+    """Every service of the Function App, on the Azure adapters."""
+    clients = _Clients(settings)
     ingestor = Ingestor(
         policy=policy,
-        blobs=AzureBlobStore(data_blobs),
-        ledger=ledger,
-        registry=azureml,
-        publisher=EventGridPublisher(settings.events_topic_endpoint, topic_credential),
-        seal_queue=AzureDelayedQueue(queue_client(settings.app_storage, credential, SEAL_QUEUE),
-                                     seal_request_to_json),
-        blob_retry=AzureDelayedQueue(queue_client(settings.app_storage, credential, BLOB_RETRY_QUEUE),
-                                     blob_created_to_json),
-        audit=audit,
+        blobs=AzureBlobStore(clients.data_blobs),
+        ledger=clients.ledger,
+        registry=clients.azureml,
+        publisher=_publisher(settings, clients.credential),
+        seal_queue=clients.queue(SEAL_QUEUE, seal_request_to_json),
+        blob_retry=clients.queue(BLOB_RETRY_QUEUE, blob_created_to_json),
+        audit=clients.audit,
         sleep=time.sleep,
     )
-    retrainer = Retrainer(policy=policy, app_root=settings.policy_path.parent, ledger=ledger, jobs=azureml,
-                          audit=audit, rechecks=AzureDelayedQueue(
-                              queue_client(settings.app_storage, credential, RETRAIN_QUEUE), retrain_check_to_json))
-    promoter = Promoter(policy=policy, endpoints=OnlineEndpoints(azureml), ledger=ledger,
-                        ticks=AzureDelayedQueue(queue_client(settings.app_storage, credential, ROLLOUT_QUEUE),
-                                                RolloutTick.to_json),
-                        audit=audit, app_root=settings.policy_path.parent,
-                        retries=AzureDelayedQueue(queue_client(settings.app_storage, credential, PROMOTION_RETRY_QUEUE),
-                                                  CandidateRetry.to_json))
-    retention = RetentionRunner(policy=policy.retention, workspace=AmlRetention(azureml),
-                                blobs=BlobRetention(data_blobs), rollouts=ledger.rollouts, audit=audit)
-    return Services(settings=settings, policy=policy, ingestor=ingestor, retrainer=retrainer, promoter=promoter,
-                    retention=retention, audit=audit)
+    promoter = Promoter(policy=policy, endpoints=OnlineEndpoints(clients.azureml), ledger=clients.ledger,
+                        ticks=clients.queue(ROLLOUT_QUEUE, RolloutTick.to_json), audit=clients.audit,
+                        app_root=settings.policy_path.parent,
+                        retries=clients.queue(PROMOTION_RETRY_QUEUE, CandidateRetry.to_json))
+    return Services(settings=settings, policy=policy, ingestor=ingestor, retrainer=clients.retrainer(policy),
+                    promoter=promoter, retention=clients.retention(policy), audit=clients.audit)
 
 
 @functools.cache
@@ -182,6 +208,25 @@ def build_redriver(services: Services) -> Redriver:
                   RUN_COMPLETED: run_event, RUN_STATUS_CHANGED: run_event},
         audit=services.audit,
     )
+
+
+def build_retention(settings: Settings, policy: Policy) -> RetentionRunner:
+    """Retention alone (`python -m shared.cli retention`): the workspace, the data account and the app's tables."""
+    return _Clients(settings).retention(policy)
+
+
+def build_operator(settings: Settings, policy: Policy, *, workspace: bool = False) -> Operator:
+    """The operator's commands (`python -m shared.cli status|rollout|retrain`) on only what they need.
+
+    The ledger, the audit log and the rollout queue come from the app's storage; with `workspace`
+    (for `retrain`) also Azure ML and a Retrainer built as the Function App builds it.
+    """
+    clients = _Clients(settings)
+    ticks = clients.queue(ROLLOUT_QUEUE, RolloutTick.to_json)
+    if not workspace:
+        return Operator(policy=policy, ledger=clients.ledger, audit=clients.audit, ticks=ticks)
+    return Operator(policy=policy, ledger=clients.ledger, audit=clients.audit, ticks=ticks,
+                    retrainer=clients.retrainer(policy), registry=clients.azureml)
 
 
 def _publisher(settings: Settings, credential: TokenCredential) -> EventGridPublisher:

@@ -23,6 +23,7 @@ from shared.domain.retention.inventory import Blob, DataVersion, Deployment, Job
 from shared.domain.retention.planner import Action
 from shared.domain.retrain import PipelineSubmission
 from shared.domain.workspace import (
+    DataVersionInfo,
     DataVersionSpec,
     DeploymentSpec,
     EndpointView,
@@ -161,6 +162,10 @@ class DataRegistry(Protocol):
 
     def find_data_version(self, name: str, tag: str, value: str) -> RegisteredDataVersion | None:
         """A version of `name` carrying tag=value (reconciles a registration whose ledger write was lost)."""
+        ...
+
+    def get_data_version(self, name: str, version: str | None = None) -> DataVersionInfo | None:
+        """Version `version` of `name` (its latest when None); None if there is no such asset or version."""
         ...
 
 

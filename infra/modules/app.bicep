@@ -275,8 +275,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       }
     }
   }
-  // The host reads its storage, and the Key Vault reference resolves, with these roles in place.
-  dependsOn: [appStorageBlobOwner, appStorageQueueContributor, appStorageTableContributor, vaultSecretsUser]
+  // The host reads its storage, and the Key Vault reference resolves, with these roles in place. The
+  // deployment container is named by a variable, not referenced, so Bicep would not order it before the site.
+  dependsOn: [deploymentContainer, appStorageBlobOwner, appStorageQueueContributor, appStorageTableContributor, vaultSecretsUser]
 }
 
 resource functionAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {

@@ -4,7 +4,11 @@ import { builtInRoles } from 'roles.bicep'
 param workspaceName string
 param identityPrincipalId string
 param systemTopicName string
+@description('Name of the workspace\'s existing Event Grid system topic (in this resource group) to reuse. Empty: create systemTopicName.')
+param existingSystemTopicName string = ''
 param tags object
+
+var reuseSystemTopic = !empty(existingSystemTopicName)
 
 resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' existing = {
   name: workspaceName
@@ -22,7 +26,9 @@ resource workspaceDataScientist 'Microsoft.Authorization/roleAssignments@2022-04
   }
 }
 
-resource systemTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' = {
+// One system topic per source: reuse the workspace's own if it has one (it needs a system-assigned identity,
+// which writes the dead letters; the deployment fails on the output otherwise).
+resource systemTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' = if (!reuseSystemTopic) {
   name: systemTopicName
   location: workspace.location
   tags: tags
@@ -33,5 +39,9 @@ resource systemTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' = {
   }
 }
 
-output systemTopicName string = systemTopic.name
-output systemTopicPrincipalId string = systemTopic.identity.principalId
+resource existingSystemTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' existing = if (reuseSystemTopic) {
+  name: existingSystemTopicName
+}
+
+output systemTopicName string = reuseSystemTopic ? existingSystemTopic!.name : systemTopic!.name
+output systemTopicPrincipalId string = reuseSystemTopic ? existingSystemTopic!.identity.principalId : systemTopic!.identity.principalId

@@ -11,7 +11,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +43,15 @@ METRICS: dict[str, tuple[Scorer, bool]] = {
 }
 
 
-def parse_metric_names(value: str) -> list[str]:
-    """Validate the `metric` input: one name or a comma-separated list, each supported."""
+def parse_metric_names(value: str, supported: Iterable[str] = METRICS) -> list[str]:
+    """Validate the `metric` input: one name or a comma-separated list, each in `supported`."""
+    known = list(supported)
     names = [n.strip().lower() for n in value.split(",") if n.strip()]
     if not names:
-        raise StepInputError(f"metric: no metric named; choose from {', '.join(METRICS)}")
-    unknown = [n for n in names if n not in METRICS]
+        raise StepInputError(f"metric: no metric named; choose from {', '.join(known)}")
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise StepInputError(f"metric: unknown metric(s) {', '.join(unknown)}; supported: {', '.join(METRICS)}")
+        raise StepInputError(f"metric: unknown metric(s) {', '.join(unknown)}; supported: {', '.join(known)}")
     return list(dict.fromkeys(names))
 
 
@@ -65,6 +66,35 @@ def compute_metrics(y_true: np.ndarray, p_positive: np.ndarray) -> dict[str, dic
     }
 
 
+def load_model_and_split(
+    model_arg: str, test_arg: str, target_type: type[int] | type[float] = int
+) -> tuple[dict[str, Any], Any, np.ndarray, np.ndarray]:
+    """(model_meta.json, the fitted model, X, y of the held-out split in the model's column order).
+
+    Shared by both pipelines' evaluate steps; raises StepInputError naming the input that is unusable.
+    """
+    model_dir = existing_dir(model_arg, "model")
+    meta = read_json(model_dir / MODEL_META_FILE, "model")
+    model_path = model_dir / str(meta.get("model_file", "model.joblib"))
+    if not model_path.is_file():
+        raise StepInputError(f"model: {model_path.name} not found in {model_dir}")
+    schema, x_test, y_test = read_split(existing_dir(test_arg, "test_data"), "test_data", target_type)
+    x_test = align_features(x_test, schema["feature_columns"], meta["feature_columns"], "test_data")
+    return meta, joblib.load(model_path), x_test, y_test
+
+
+def write_metrics(folder: str, primary: list[str], metrics: dict[str, dict[str, Any]], facts: dict[str, Any]) -> None:
+    """Write `metrics.json` in the shape the register step reads, and print the values.
+
+    Shared by both pipelines' evaluate steps; `facts` adds figures of the held-out split (`test_rows`, …).
+    """
+    doc = {"primary_metric": primary[0], "requested_metrics": primary, "metrics": metrics, **facts}
+    write_json(Path(folder) / METRICS_FILE, doc)
+    values = {name: entry["value"] for name, entry in metrics.items()}
+    log.info("metrics on %s held-out rows: %s", facts.get("test_rows"), values)
+    sys.stdout.write(json.dumps(values) + "\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Evaluate the model on the held-out split.")
     parser.add_argument("--model", required=True, help="train's model output folder")
@@ -77,27 +107,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     primary = parse_metric_names(args.metric)
-    model_dir = existing_dir(args.model, "model")
-    meta = read_json(model_dir / MODEL_META_FILE, "model")
-    model_path = model_dir / str(meta.get("model_file", "model.joblib"))
-    if not model_path.is_file():
-        raise StepInputError(f"model: {model_path.name} not found in {model_dir}")
-    schema, x_test, y_test = read_split(existing_dir(args.test_data, "test_data"), "test_data")
-    x_test = align_features(x_test, schema["feature_columns"], meta["feature_columns"], "test_data")
-    model = joblib.load(model_path)
+    meta, model, x_test, y_test = load_model_and_split(args.model, args.test_data)
     p_positive = model.predict_proba(x_test)[:, list(model.classes_).index(1)]
-    metrics = compute_metrics(y_test, p_positive)
-    doc: dict[str, Any] = {
-        "primary_metric": primary[0],
-        "requested_metrics": primary,
-        "metrics": metrics,
+    facts = {
         "test_rows": len(y_test),
         "test_positive_rate": round(float(y_test.mean()), 6),
         "model_code_sha256": meta.get("code_sha256"),
     }
-    write_json(Path(args.metrics) / METRICS_FILE, doc)
-    log.info("metrics on %d held-out rows: %s", len(y_test), {k: v["value"] for k, v in metrics.items()})
-    sys.stdout.write(json.dumps({k: v["value"] for k, v in metrics.items()}) + "\n")
+    write_metrics(args.metrics, primary, compute_metrics(y_test, p_positive), facts)
 
 
 if __name__ == "__main__":

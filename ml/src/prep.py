@@ -43,11 +43,18 @@ def split_names(value: str) -> list[str]:
     return [name.strip() for name in value.split(",") if name.strip()]
 
 
-def read_drop(folder: Path) -> Table:
-    """Read every *.csv under `folder` (sorted by relative path, so row order is deterministic)."""
-    paths = sorted(
-        (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".csv"), key=lambda p: p.as_posix()
-    )
+def read_drop(source: Path) -> Table:
+    """Read every *.csv under a folder (sorted by relative path, so row order is deterministic), or one file.
+
+    A single file is what a `uri_file` data asset mounts as; it is read whatever its extension.
+    """
+    if source.is_file():
+        folder, paths = source.parent, [source]
+    else:
+        folder = source
+        paths = sorted(
+            (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".csv"), key=lambda p: p.as_posix()
+        )
     if not paths:
         others = sorted(p.name for p in folder.rglob("*") if p.is_file())[:MAX_EXAMPLES]
         found = f" (found only: {', '.join(others)})" if others else " (the folder is empty)"
@@ -196,12 +203,20 @@ def encode_features(
     return names, np.hstack(blocks), facts
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Read, validate, encode and split a churn data drop.")
-    parser.add_argument("--training_data", required=True, help="folder with one or more CSV files")
-    parser.add_argument("--target_column", default="churned")
-    parser.add_argument("--categorical_columns", default="contract", help="comma-separated; one-hot encoded")
-    parser.add_argument("--id_columns", default="customer_id", help="comma-separated; dropped when present")
+def parse_args(
+    argv: list[str] | None = None,
+    *,
+    description: str = "Read, validate, encode and split a churn data drop.",
+    target: str = "churned",
+    categorical: str = "contract",
+    ids: str = "customer_id",
+) -> argparse.Namespace:
+    """The prep command line; another pipeline's prep step passes its own description and defaults."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--training_data", required=True, help="folder with one or more CSV files, or one CSV file")
+    parser.add_argument("--target_column", default=target)
+    parser.add_argument("--categorical_columns", default=categorical, help="comma-separated; one-hot encoded")
+    parser.add_argument("--id_columns", default=ids, help="comma-separated; dropped when present")
     parser.add_argument("--max_categories", type=int, default=50, help="undeclared text columns above this are dropped")
     parser.add_argument("--test_fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=42)

@@ -66,13 +66,13 @@ def _number(value: Any, column: str) -> float:
         raise ValueError(f"column '{column}': {value!r} is not a number") from None
 
 
-def _encode_records(records: list[dict[str, Any]]) -> np.ndarray:
+def encode_records(records: list[dict[str, Any]], meta: dict[str, Any]) -> np.ndarray:
     """Build the encoded matrix from named values: encoded names as is, else raw columns encoded."""
-    features: list[str] = _meta["feature_columns"]
+    features: list[str] = meta["feature_columns"]
     if records and all(name in records[0] for name in features):
         return np.array([[_number(r.get(f), f) for f in features] for r in records], dtype=float)
-    categorical: dict[str, list[str]] = _meta.get("categorical_columns", {})
-    needed = list(_meta.get("input_columns", [])) or [f for f in features if "=" not in f]
+    categorical: dict[str, list[str]] = meta.get("categorical_columns", {})
+    needed = list(meta.get("input_columns", [])) or [f for f in features if "=" not in f]
     missing = sorted({c for r in records for c in needed if c not in r})
     if missing:
         raise ValueError(f"missing column(s): {', '.join(missing)}; expected {', '.join(needed)}")
@@ -90,22 +90,25 @@ def _encode_records(records: list[dict[str, Any]]) -> np.ndarray:
     return np.array(rows, dtype=float)
 
 
-def _matrix(payload: Any) -> np.ndarray:
-    """Turn a request payload into the model's encoded feature matrix, or raise ValueError."""
+def request_matrix(payload: Any, meta: dict[str, Any]) -> np.ndarray:
+    """Turn a request payload into the encoded feature matrix `meta` (model_meta.json) describes.
+
+    Shared with score_regression.py (same request shapes). Raises ValueError saying what to send.
+    """
     if not isinstance(payload, dict):
         raise ValueError('request must be a JSON object with "data" or "input_data"')
-    features: list[str] = _meta["feature_columns"]
+    features: list[str] = meta["feature_columns"]
     if "data" in payload:
         rows = payload["data"]
         if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
             raise ValueError('"data" must be a list of rows (lists of values)')
-        raw = list(_meta.get("input_columns", []))
+        raw = list(meta.get("input_columns", []))
         if all(len(r) == len(features) and all(not isinstance(v, str) for v in r) for r in rows):
             return np.array(
                 [[_number(v, f) for v, f in zip(r, features, strict=True)] for r in rows], dtype=float
             ).reshape(len(rows), len(features))
         if raw and all(len(r) == len(raw) for r in rows):
-            return _encode_records([dict(zip(raw, r, strict=True)) for r in rows])
+            return encode_records([dict(zip(raw, r, strict=True)) for r in rows], meta)
         raise ValueError(
             f'each row of "data" must have {len(features)} numbers ({", ".join(features)})'
             + (f" or {len(raw)} raw values ({', '.join(raw)})" if raw else "")
@@ -118,7 +121,7 @@ def _matrix(payload: Any) -> np.ndarray:
             records = data
         else:
             raise ValueError('"input_data" must be {"columns": [...], "data": [[...]]} or a list of records')
-        return _encode_records(records)
+        return encode_records(records, meta)
     raise ValueError('request must have "data" or "input_data"')
 
 
@@ -127,7 +130,7 @@ def run(raw_data: str | bytes | dict[str, Any]) -> dict[str, Any]:
     if _model is None:
         raise RuntimeError("init() was not called")
     payload = json.loads(raw_data) if isinstance(raw_data, (str, bytes)) else raw_data
-    matrix = _matrix(payload)
+    matrix = request_matrix(payload, _meta)
     if matrix.shape[0] == 0:
         return {"predictions": [], "probabilities": []}
     probabilities = _model.predict_proba(matrix)[:, list(_model.classes_).index(1)]

@@ -60,6 +60,14 @@ def existing_dir(path: str | Path, what: str) -> Path:
     return folder
 
 
+def existing_path(path: str | Path, what: str) -> Path:
+    """Return `path` (a file or a folder: a uri_file or uri_folder input), or fail naming the input."""
+    found = Path(path)
+    if not found.exists():
+        raise StepInputError(f"{what}: {found} does not exist")
+    return found
+
+
 def read_json(path: Path, what: str) -> dict[str, Any]:
     """Read a JSON object written by an earlier step, failing clearly when it is absent or broken."""
     if not path.is_file():
@@ -103,17 +111,27 @@ def code_sha256(folder: Path) -> str:
 def write_matrix(
     folder: Path, columns: Sequence[str], rows: np.ndarray, target: np.ndarray, target_column: str
 ) -> None:
-    """Write a prepared split as CSV: encoded feature columns then the 0/1 target; NaN as empty."""
+    """Write a prepared split as CSV: encoded feature columns then the target; NaN as empty.
+
+    An integer target (a 0/1 label) is written as an integer, a float target (a regression) in full precision.
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    as_int = np.issubdtype(np.asarray(target).dtype, np.integer)
     with (folder / DATA_FILE).open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow([*columns, target_column])
         for values, label in zip(rows, target, strict=True):
-            writer.writerow([("" if math.isnan(v) else repr(float(v))) for v in values] + [int(label)])
+            label_text = str(int(label)) if as_int else repr(float(label))
+            writer.writerow([("" if math.isnan(v) else repr(float(v))) for v in values] + [label_text])
 
 
-def read_split(folder: Path, what: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Read a split written by prep: (schema, X, y). Validates the header against schema.json."""
+def read_split(
+    folder: Path, what: str, target_type: type[int] | type[float] = int
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Read a split written by a prep step: (schema, X, y). Validates the header against schema.json.
+
+    `target_type` is `int` for a 0/1 label (churn), `float` for a regression target.
+    """
     schema = read_json(folder / SCHEMA_FILE, what)
     data_path = folder / DATA_FILE
     if not data_path.is_file():
@@ -130,7 +148,7 @@ def read_split(folder: Path, what: str) -> tuple[dict[str, Any], np.ndarray, np.
         raise StepInputError(f"{what}: {data_path} has no rows")
     try:
         matrix = np.array([[float(v) if v != "" else math.nan for v in row[:-1]] for row in rows], dtype=float)
-        target = np.array([int(row[-1]) for row in rows], dtype=int)
+        target = np.array([target_type(row[-1]) for row in rows], dtype=target_type)
     except ValueError as exc:
         raise StepInputError(f"{what}: {data_path} holds a non-numeric value ({exc})") from exc
     return schema, matrix.reshape(len(rows), len(features)), target

@@ -1,22 +1,29 @@
 """The lifecycle policy file (evergreen.yaml), parsed once into frozen typed settings.
 
-Pydantic does the checking; this module turns its errors into one ConfigurationError whose lines
-carry the path of each problem (`datasets[1].prefix: must end with '/'`).
+The models here are the schema (and generate `schema/evergreen.schema.json`); the checks between
+entries and against the pipelines and code run in `shared.config.validate`, over the same document
+in the same pass. `load_policy` and `parse_policy` raise one ConfigurationError whose lines carry
+the path of each problem (`datasets[1].prefix: must end with '/'`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.config.promotion import PromotionPolicy
 from shared.config.retention import RetentionPolicy
 from shared.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from shared.config.validate import Report
+
+log = logging.getLogger(__name__)
 
 _ASSET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 
@@ -95,7 +102,12 @@ class RetrainPolicy(_Frozen):
     experiment: str
     model_name: str
     min_interval_minutes: Annotated[float, Field(ge=0)] = 0
-    inputs: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    inputs: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="extra pipeline inputs set on every submission; the pipeline must "
+        "declare each (Evergreen always sets training_data, model_name, data_asset, data_version)")
+    metrics: tuple[Annotated[str, Field(min_length=1, pattern=r"^\S+$")], ...] = Field(
+        default=(), description="metrics the pipeline writes as evergreen.metric.<name> on the models it "
+        "registers; promotion and keep_top_k metrics are checked against them")
 
     @field_validator("pipeline")
     @classmethod
@@ -116,6 +128,8 @@ class ModelPolicy(_Frozen):
     """A registered model's promotion: which endpoint it serves, and when a new version wins."""
 
     name: str = Field(description="Azure ML model name, as registered by the pipeline")
+    registered_elsewhere: bool = Field(default=False, description="the model is registered by something other "
+                                       "than a retraining entry of this file (no model_name produces it)")
     promotion: PromotionPolicy
 
     @field_validator("name")
@@ -147,45 +161,6 @@ class Policy(_Frozen):
             raise ValueError("declare at least one dataset")
         return value
 
-    @model_validator(mode="after")
-    def _unique_and_disjoint(self) -> Policy:
-        names = [d.name for d in self.datasets]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"dataset names must be unique; repeated: {', '.join(duplicates)}")
-        for i, a in enumerate(self.datasets):
-            for b in self.datasets[i + 1 :]:
-                if a.container == b.container and (a.prefix.startswith(b.prefix) or b.prefix.startswith(a.prefix)):
-                    raise ValueError(
-                        f"datasets {a.name!r} and {b.name!r} watch overlapping prefixes "
-                        f"({a.container}/{a.prefix} and {b.container}/{b.prefix}); a blob must belong to one"
-                    )
-        return self
-
-    @model_validator(mode="after")
-    def _retraining_names_datasets(self) -> Policy:
-        names = {d.name for d in self.datasets}
-        for i, r in enumerate(self.retraining):
-            if r.dataset not in names:
-                raise ValueError(f"retraining[{i}].dataset: {r.dataset!r} is not a declared dataset")
-        seen = [r.dataset for r in self.retraining]
-        if len(seen) != len(set(seen)):
-            raise ValueError("retraining: one entry per dataset")
-        return self
-
-    @model_validator(mode="after")
-    def _one_model_per_endpoint(self) -> Policy:
-        names = [m.name for m in self.models]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"models: one entry per model; repeated: {', '.join(repeated)}")
-        endpoints = [m.promotion.endpoint for m in self.models]
-        shared = sorted({e for e in endpoints if endpoints.count(e) > 1})
-        if shared:
-            raise ValueError(f"models: endpoint(s) {', '.join(shared)} named by more than one model; two models "
-                             "promoting onto one endpoint would keep replacing each other")
-        return self
-
     def model(self, name: str) -> ModelPolicy | None:
         return next((m for m in self.models if m.name == name), None)
 
@@ -199,53 +174,30 @@ class Policy(_Frozen):
         raise KeyError(name)
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
-def _message(error: Any) -> str:
-    msg = str(error["msg"])
-    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-
-
 def parse_policy(document: object, *, source: str = "policy", landing_container: str | None = None) -> Policy:
-    """Validate a parsed YAML document; every problem is reported with its path."""
-    try:
-        policy = Policy.model_validate(document)
-    except ValidationError as exc:
-        problems = [f"{_path(tuple(e['loc']))}: {_message(e)}" for e in exc.errors()]
-        raise ConfigurationError(source, problems) from exc
-    if landing_container is not None:
-        problems = [
-            f"datasets[{i}].container: {d.container!r} is not the landing container {landing_container!r} "
-            "(EVERGREEN_LANDING_CONTAINER); the blob trigger watches one container per app"
-            for i, d in enumerate(policy.datasets)
-            if d.container != landing_container
-        ]
-        if problems:
-            raise ConfigurationError(source, problems)
-    return policy
+    """Validate a parsed YAML document and the consistency of its entries (no files are read).
+
+    Raises ConfigurationError listing every error, each with its path.
+    """
+    from shared.config.validate import check_document  # validate builds on these models
+
+    return _accepted(check_document(document, landing_container=landing_container, source=source))
 
 
 def load_policy(path: Path, *, landing_container: str | None = None) -> Policy:
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(str(path), [f"cannot read the file: {exc}"]) from exc
-    except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: nested too deeply for the parser
-        raise ConfigurationError(str(path), [f"not valid YAML: {exc}"]) from exc
-    policy = parse_policy(document, source=str(path), landing_container=landing_container)
-    missing = [
-        f"retraining[{i}].pipeline: no file at {path.parent / r.pipeline}"
-        for i, r in enumerate(policy.retraining)
-        if not (path.parent / r.pipeline).is_file()
-    ]
-    if missing:
-        raise ConfigurationError(str(path), missing)
-    return policy
+    """Read and check the policy file as `python -m shared.cli validate` does (without a workspace).
+
+    Deprecations are logged as warnings. Raises ConfigurationError listing every error, each with its path.
+    """
+    from shared.config.validate import validate
+
+    return _accepted(validate(path, landing_container=landing_container))
+
+
+def _accepted(report: Report) -> Policy:
+    """The report's policy; its warnings are logged. Raises ConfigurationError listing its errors."""
+    for problem in report.warnings:
+        log.warning("%s: %s", report.source, problem.describe())
+    if report.errors or report.policy is None:
+        raise ConfigurationError(report.source, [p.describe() for p in report.errors])
+    return report.policy

@@ -1,8 +1,11 @@
 """The `retention:` section of the policy file: rules shaped like Azure Storage lifecycle management.
 
-Each rule has a name, a type, filters, and actions gated by `daysAfter…` conditions, but about Azure
-ML assets. This module only validates the section (pydantic, camelCase in the file, snake_case in
-Python); `shared.domain.retention.plan_retention` turns an inventory and these rules into a plan.
+Each rule has a name, a type, filters, and actions gated by `days_after_…` conditions, but about Azure
+ML assets, and spelled snake_case like the rest of the file. This module only validates the section
+(pydantic); `shared.domain.retention.plan_retention` turns an inventory and these rules into a plan.
+The camelCase spellings of earlier releases (`keepLatest`, `daysAfterCreationGreaterThan`,
+`dataVersions`, ...) still parse, each with a deprecation warning naming the new spelling
+(`legacy_spellings` lists them for `python -m shared.cli validate`).
 
 The shape of the section is shown by `EXAMPLE_YAML`; `parse_retention` validates it on its own, and
 `shared.config.policy.Policy` embeds `RetentionPolicy` so the whole file is validated in one go.
@@ -14,48 +17,48 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 
 from shared.domain.vocabulary import Direction, Tag
 from shared.errors import ConfigurationError
 
 EXAMPLE_YAML = """\
 retention:
-  protectTag: evergreen.keep
+  protect_tag: evergreen.keep
   rules:
     - name: archive-old-training-data
-      type: dataVersions
+      type: data_versions
       filters: {names: [churn-training]}
       actions:
-        keepLatest: 5
-        archive: {daysAfterCreationGreaterThan: 30}
+        keep_latest: 5
+        archive: {days_after_creation_greater_than: 30}
     - name: prune-models
-      type: modelVersions
+      type: model_versions
       filters: {prefixes: [churn-]}
       actions:
-        keepLatest: 3
-        keepTopK: {k: 2, metric: auc, direction: higher_is_better}
-        archive: {daysAfterCreationGreaterThan: 14}
-        delete: {daysAfterCreationGreaterThan: 180}
+        keep_latest: 3
+        keep_top_k: {k: 2, metric: auc, direction: higher_is_better}
+        archive: {days_after_creation_greater_than: 14}
+        delete: {days_after_creation_greater_than: 180}
     - name: raw-drops
       type: blobs
       filters: {prefixes: [landing/churn/]}
       actions:
-        tierToCool: {daysAfterModificationGreaterThan: 30}
-        tierToArchive: {daysAfterModificationGreaterThan: 90}
-        delete: {daysAfterModificationGreaterThan: 365}
+        tier_to_cool: {days_after_modification_greater_than: 30}
+        tier_to_archive: {days_after_modification_greater_than: 90}
+        delete: {days_after_modification_greater_than: 365}
     - name: idle-deployments
       type: deployments
       actions:
-        deleteIdle: {hoursAtZeroTrafficGreaterThan: 24}
+        delete_idle: {hours_at_zero_traffic_greater_than: 24}
     - name: old-job-outputs
-      type: jobOutputs
+      type: job_outputs
       enabled: false
       actions:
-        delete: {daysAfterCompletionGreaterThan: 60}
+        delete: {days_after_completion_greater_than: 60}
 """
 
 DEFAULT_PROTECT_TAG: str = Tag.KEEP.value
@@ -64,20 +67,49 @@ _RULE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 class RuleType(str, Enum):
-    DATA_VERSIONS = "dataVersions"
-    MODEL_VERSIONS = "modelVersions"
+    DATA_VERSIONS = "data_versions"
+    MODEL_VERSIONS = "model_versions"
     BLOBS = "blobs"
     DEPLOYMENTS = "deployments"
-    JOB_OUTPUTS = "jobOutputs"
+    JOB_OUTPUTS = "job_outputs"
+
+
+_LEGACY_TYPES = {"dataVersions": RuleType.DATA_VERSIONS, "modelVersions": RuleType.MODEL_VERSIONS,
+                 "jobOutputs": RuleType.JOB_OUTPUTS}
+
+
+def _renamed_keys(model: type[BaseModel], value: dict[str, Any]) -> list[tuple[str, str]]:
+    """(old, new) for each camelCase key of `value` that is the legacy spelling of a field of `model`."""
+    fields = model.model_fields
+    return [(key, name) for name in fields if (key := to_camel(name)) != name and key in value]
 
 
 class _Section(BaseModel):
-    """camelCase in the file (as in Azure lifecycle policies), snake_case in Python.
+    """snake_case in the file, as the rest of the policy; the camelCase of earlier releases still parses.
 
     Numbers and booleans are strict: `"30"` or `enabled: "no"` is an error, not a silent coercion.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_camel_case(cls, value: Any) -> Any:
+        """Rename a deprecated camelCase key to its field; a key given both ways is an error.
+
+        The deprecation warning comes from `legacy_spellings` (validate's report, logged at start-up).
+        """
+        if not isinstance(value, dict):
+            return value
+        renamed = _renamed_keys(cls, value)
+        if not renamed:
+            return value
+        value = dict(value)
+        for old, new in renamed:
+            if new in value:
+                raise ValueError(f"{old} and {new} are one setting; keep {new} ({old} is deprecated)")
+            value[new] = value.pop(old)
+        return value
 
 
 Days = Annotated[int, Field(ge=0, le=36500, strict=True)]
@@ -103,16 +135,16 @@ class DeleteCondition(_Section):
         given = [k for k, v in self._conditions().items() if v is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one condition: daysAfterCreationGreaterThan (dataVersions, modelVersions), "
-                "daysAfterModificationGreaterThan (blobs) or daysAfterCompletionGreaterThan (jobOutputs)"
+                "give exactly one condition: days_after_creation_greater_than (data_versions, model_versions), "
+                "days_after_modification_greater_than (blobs) or days_after_completion_greater_than (job_outputs)"
             )
         return self
 
     def _conditions(self) -> dict[str, int | None]:
         return {
-            "daysAfterCreationGreaterThan": self.days_after_creation_greater_than,
-            "daysAfterModificationGreaterThan": self.days_after_modification_greater_than,
-            "daysAfterCompletionGreaterThan": self.days_after_completion_greater_than,
+            "days_after_creation_greater_than": self.days_after_creation_greater_than,
+            "days_after_modification_greater_than": self.days_after_modification_greater_than,
+            "days_after_completion_greater_than": self.days_after_completion_greater_than,
         }
 
     @property
@@ -153,8 +185,8 @@ class RuleActions(_Section):
     delete_idle: DeleteIdle | None = None
 
     def given(self) -> list[str]:
-        """The camelCase names of the entries set, as written in the file."""
-        return [to_camel(name) for name in type(self).model_fields if getattr(self, name) is not None]
+        """The names of the entries set, as written in the file."""
+        return [name for name in type(self).model_fields if getattr(self, name) is not None]
 
 
 class RuleFilters(_Section):
@@ -171,19 +203,19 @@ class RuleFilters(_Section):
 
 
 _ALLOWED_ACTIONS: dict[RuleType, tuple[str, ...]] = {
-    RuleType.DATA_VERSIONS: ("keepLatest", "archive", "delete"),
-    RuleType.MODEL_VERSIONS: ("keepLatest", "keepTopK", "archive", "delete"),
-    RuleType.BLOBS: ("delete", "tierToCool", "tierToArchive"),
-    RuleType.DEPLOYMENTS: ("deleteIdle",),
+    RuleType.DATA_VERSIONS: ("keep_latest", "archive", "delete"),
+    RuleType.MODEL_VERSIONS: ("keep_latest", "keep_top_k", "archive", "delete"),
+    RuleType.BLOBS: ("delete", "tier_to_cool", "tier_to_archive"),
+    RuleType.DEPLOYMENTS: ("delete_idle",),
     RuleType.JOB_OUTPUTS: ("delete",),
 }
 _DELETE_CONDITION: dict[RuleType, str] = {
-    RuleType.DATA_VERSIONS: "daysAfterCreationGreaterThan",
-    RuleType.MODEL_VERSIONS: "daysAfterCreationGreaterThan",
-    RuleType.BLOBS: "daysAfterModificationGreaterThan",
-    RuleType.JOB_OUTPUTS: "daysAfterCompletionGreaterThan",
+    RuleType.DATA_VERSIONS: "days_after_creation_greater_than",
+    RuleType.MODEL_VERSIONS: "days_after_creation_greater_than",
+    RuleType.BLOBS: "days_after_modification_greater_than",
+    RuleType.JOB_OUTPUTS: "days_after_completion_greater_than",
 }
-_KEEPS = ("keepLatest", "keepTopK")
+_KEEPS = ("keep_latest", "keep_top_k")
 
 
 def _check_blob_prefixes(value: RuleFilters) -> None:
@@ -209,7 +241,7 @@ def _check_kinds(value: RuleActions, kind: RuleType) -> None:
         doing = [a for a in allowed if a not in _KEEPS]
         raise ValueError(
             f"no action: a {kind.value} rule needs {' or '.join(doing)} "
-            "(keepLatest and keepTopK only say what to spare)"
+            "(keep_latest and keep_top_k only say what to spare)"
         )
 
 
@@ -228,7 +260,8 @@ def _check_clocks(value: RuleActions, kind: RuleType) -> None:
     if cool is not None and cold is not None and (
         cold.days_after_modification_greater_than <= cool.days_after_modification_greater_than
     ):
-        raise ValueError("tierToArchive must come later than tierToCool (more days), or tierToCool never happens")
+        raise ValueError("tier_to_archive must come later than tier_to_cool (more days), or tier_to_cool never "
+                         "happens")
 
 
 class RetentionRule(_Section):
@@ -243,6 +276,14 @@ class RetentionRule(_Section):
     type: RuleType
     filters: RuleFilters = Field(default_factory=RuleFilters)
     actions: RuleActions
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _legacy_type(cls, value: object) -> object:
+        """The camelCase rule types of earlier releases still parse (warned about by `legacy_spellings`)."""
+        if isinstance(value, str) and value in _LEGACY_TYPES:
+            return _LEGACY_TYPES[value]
+        return value
 
     @field_validator("name")
     @classmethod
@@ -286,6 +327,43 @@ class RetentionPolicy(_Section):
             raise ValueError(f"rule names must be unique (they are recorded in the audit log); repeated: "
                              f"{', '.join(duplicates)}")
         return self
+
+
+_SECTIONS_BY_KEY: dict[str, type[_Section]] = {
+    "keep_top_k": KeepTopK, "archive": AfterCreation,
+    "delete": DeleteCondition, "tier_to_cool": AfterModification, "tier_to_archive": AfterModification,
+    "delete_idle": DeleteIdle,
+}
+
+
+def legacy_spellings(section: object, path: str = "retention") -> list[tuple[str, str, str]]:
+    """(path, old, new) for every deprecated camelCase key or rule type in a raw `retention:` section.
+
+    Walks the document as written (no validation), so it works on a section with other mistakes too.
+    """
+    found = _legacy_in(RetentionPolicy, section, path)
+    rules = section.get("rules") if isinstance(section, dict) else None
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        if not isinstance(rule, dict):
+            continue
+        rule_path = f"{path}.rules[{i}]"
+        found += _legacy_in(RetentionRule, rule, rule_path)
+        kind = rule.get("type")
+        if isinstance(kind, str) and kind in _LEGACY_TYPES:
+            found.append((f"{rule_path}.type", kind, _LEGACY_TYPES[kind].value))
+        actions = rule.get("actions")
+        found += _legacy_in(RuleActions, actions, f"{rule_path}.actions")
+        for key, inner in actions.items() if isinstance(actions, dict) else ():
+            section = _SECTIONS_BY_KEY.get(to_snake(str(key)))
+            if section is not None:
+                found += _legacy_in(section, inner, f"{rule_path}.actions.{key}")
+    return found
+
+
+def _legacy_in(model: type[BaseModel], value: object, path: str) -> list[tuple[str, str, str]]:
+    if not isinstance(value, dict):
+        return []
+    return [(f"{path}.{old}", old, new) for old, new in _renamed_keys(model, value)]
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

@@ -6,18 +6,28 @@ error that names each setting to fix, instead of failing later, far from the cau
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from croniter import croniter
 
 from shared.config.connections import StorageConnection, resolve_storage_connection
 from shared.errors import ConfigurationError
 
+logger = logging.getLogger(__name__)
+
 APP_ROOT = Path(__file__).resolve().parents[2]
+# What App Service leaves in a setting whose Key Vault reference it could not resolve (missing secret, no access).
+_UNRESOLVED_KEY_VAULT_REFERENCE = "@microsoft.keyvault("
 
 _CONTAINER_RE = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
+# The timers' NCRONTAB settings and their defaults (03:00 UTC daily; every five minutes).
+SCHEDULE_DEFAULTS = {"EVERGREEN_RETENTION_SCHEDULE": "0 0 3 * * *", "EVERGREEN_RECONCILE_SCHEDULE": "0 */5 * * * *"}
 
 
 @dataclass(frozen=True)
@@ -55,17 +65,85 @@ def _storage(env: Mapping[str, str], name: str, problems: list[str]) -> StorageC
     return connection
 
 
-def _schedule(env: Mapping[str, str], key: str, default: str, problems: list[str]) -> str:
-    """A timer's NCRONTAB schedule (six fields, seconds first); a problem is added if it is not one."""
-    schedule = env.get(key, default).strip()
-    if len(schedule.split()) != 6:
-        problems.append(f"{key}: {schedule!r} is not a 6-field NCRONTAB expression "
-                        "(second minute hour day month weekday)")
+def _webhook_secret(env: Mapping[str, str]) -> str | None:
+    """EVERGREEN_WEBHOOK_SECRET, or None when unset or still an unresolved Key Vault reference.
+
+    When the secret is missing from Key Vault (or unreadable), App Service passes the reference text itself,
+    `@Microsoft.KeyVault(SecretUri=...)`: anyone who can guess the vault name could sign with it. It counts as
+    unset, so signed registry webhooks are refused, and a warning at start-up says what to fix.
+    """
+    secret = env.get("EVERGREEN_WEBHOOK_SECRET", "")
+    if secret.strip().lower().startswith(_UNRESOLVED_KEY_VAULT_REFERENCE):
+        logger.warning("EVERGREEN_WEBHOOK_SECRET is an unresolved Key Vault reference (the secret is missing or "
+                       "the app's identity cannot read it): registry webhooks are refused until the secret "
+                       "evergreen-webhook-secret exists in the vault (az keyvault secret set)")
+        return None
+    return secret or None
+
+
+def cron_problem(expression: str) -> str | None:
+    """What is wrong with an NCRONTAB expression (six fields, seconds first, as Azure Functions reads it), or None."""
+    schedule = expression.strip()
+    if len(schedule.split()) != 6 or not croniter.is_valid(schedule, second_at_beginning=True):
+        return (f"{schedule!r} is not a valid 6-field NCRONTAB expression (second minute hour day month weekday, "
+                "e.g. '0 0 3 * * *')")
+    return None
+
+
+def _schedule(env: Mapping[str, str], key: str, problems: list[str]) -> str:
+    """A timer's schedule (`SCHEDULE_DEFAULTS` when unset); a problem is added if it is not valid NCRONTAB."""
+    schedule = env.get(key, SCHEDULE_DEFAULTS[key]).strip()
+    problem = cron_problem(schedule)
+    if problem is not None:
+        problems.append(f"{key}: {problem}")
     return schedule
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate every setting; raise ConfigurationError naming all problems at once."""
+# The settings `load_settings` knows, by name: `only=` takes a subset of these.
+SETTING_NAMES = frozenset({
+    "AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME", "EVERGREEN_EVENTS_TOPIC_ENDPOINT",
+    "EVERGREEN_LANDING_CONTAINER", "EVERGREEN_POLICY_PATH", "EVERGREEN_RETENTION_SCHEDULE",
+    "EVERGREEN_RECONCILE_SCHEDULE", "AzureWebJobsStorage", "DATA_STORAGE",
+})
+LOCAL_SETTINGS = APP_ROOT / "local.settings.json"
+
+
+def local_settings_values(path: Path = LOCAL_SETTINGS) -> dict[str, str]:
+    """The `Values` of a `local.settings.json` (what `func start` puts in the environment); {} if there is none.
+
+    Raises ConfigurationError naming the file if it is not JSON with an object of `Values`.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
+    except (ValueError, AttributeError) as exc:
+        raise ConfigurationError(str(path), [f"not a local.settings.json: {exc}"]) from None
+    if not isinstance(values, dict):
+        raise ConfigurationError(str(path), ["Values: must be an object of setting names to strings"])
+    return {str(k): str(v) for k, v in values.items() if v is not None}
+
+
+def environment_with_local_settings(env: Mapping[str, str] | None = None,
+                                    path: Path = LOCAL_SETTINGS) -> dict[str, str]:
+    """The environment, completed by `local.settings.json`'s `Values` for what it lacks (the environment wins).
+
+    Raises ConfigurationError if the file exists but cannot be read as one.
+    """
+    env = os.environ if env is None else env
+    return {**local_settings_values(path), **env}
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, only: Collection[str] | None = None) -> Settings:
+    """Read and validate the settings; raise ConfigurationError naming all problems at once.
+
+    With `only` (names from SETTING_NAMES), just those are required and checked (a command that needs
+    only the app's storage need not be given a workspace); the others are read as given, or left empty.
+    Raises ValueError for a name in `only` that is not a setting.
+    """
+    unknown = set(only or ()) - SETTING_NAMES
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SETTING_NAMES))}")
     env = os.environ if env is None else env
     problems: list[str] = []
 
@@ -96,12 +174,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not policy_path.is_file():
         problems.append(f"EVERGREEN_POLICY_PATH: no policy file at {policy_path}")
 
-    schedule = _schedule(env, "EVERGREEN_RETENTION_SCHEDULE", "0 0 3 * * *", problems)
-    reconcile_schedule = _schedule(env, "EVERGREEN_RECONCILE_SCHEDULE", "0 */5 * * * *", problems)
+    schedule = _schedule(env, "EVERGREEN_RETENTION_SCHEDULE", problems)
+    reconcile_schedule = _schedule(env, "EVERGREEN_RECONCILE_SCHEDULE", problems)
 
     app_storage = _storage(env, "AzureWebJobsStorage", problems)
     data_storage = _storage(env, "DATA_STORAGE", problems)
 
+    if only is not None:  # every problem names its setting first: keep those asked for
+        problems = [p for p in problems if p.split(":", 1)[0] in only]
     if problems:
         raise ConfigurationError("App settings", problems)
     return Settings(
@@ -115,7 +195,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         events_topic_endpoint=topic,
         events_topic_key=env.get("EVERGREEN_EVENTS_TOPIC_KEY") or None,
         client_id=env.get("AZURE_CLIENT_ID") or None,
-        webhook_secret=env.get("EVERGREEN_WEBHOOK_SECRET") or None,
+        webhook_secret=_webhook_secret(env),
         retention_schedule=schedule,
         reconcile_schedule=reconcile_schedule,
     )

@@ -135,6 +135,15 @@ class TickAction(StrEnum):
     REDRIVEN = "redriven"  # the reconciler re-sent a stalled rollout's step (audit kind `rollout.redriven`)
 
 
+class OperatorAction(StrEnum):
+    """What an operator did through `python -m shared.cli` (audit kinds `rollout.aborted`, `rollout.resumed`,
+    `retrain.requested`)."""
+
+    ABORTED = "aborted"
+    RESUMED = "resumed"
+    REQUESTED = "requested"
+
+
 class EdgeAction(StrEnum):
     """What the edge did with an event that never reached a service."""
 
@@ -169,6 +178,8 @@ class Tag(StrEnum):
     MANAGED = "evergreen.managed"
     # retention
     KEEP = "evergreen.keep"
+    # retraining pipeline jobs: the metrics a pipeline writes, "roc_auc,accuracy" (checked by `validate`)
+    PIPELINE_METRICS = "evergreen.metrics"
 
 
 METRIC_TAG_PREFIX = "evergreen.metric."

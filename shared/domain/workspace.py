@@ -27,6 +27,17 @@ class RegisteredDataVersion:
     uri: str
 
 
+@dataclass(frozen=True)
+class DataVersionInfo:
+    """A registered data version as the registry reads it back (the operator's `retrain` builds its event on it)."""
+
+    name: str
+    version: str
+    uri: str
+    asset_type: str  # uri_file | uri_folder
+    tags: dict[str, str]
+
+
 # -- online endpoints (the rollout's side effects) ------------------------------------------------
 # Every call below starts or reads one operation and returns at once: provisioning takes minutes in
 # Azure, so the rollout polls on later queue messages instead of blocking a function on `.result()`.

@@ -316,6 +316,17 @@ class Ledger:
             return self.open_batch(dataset, folder)
         return existing, False
 
+    def open_batches(self, flow: str = "ingest") -> list[BatchRecord]:
+        """Every batch generation not sealed yet, found through `flow`'s open-work index (never all batches)."""
+        found: dict[tuple[str, str], BatchRecord] = {}
+        for item in self.open_work(flow):
+            if item.get("Kind") != "batch":
+                continue
+            batch = self.get_batch(str(item["Dataset"]), str(item["Folder"]))
+            if batch is not None and batch.state != BatchState.SEALED:
+                found[(batch.dataset, batch.folder)] = batch
+        return sorted(found.values(), key=lambda b: (b.dataset, b.folder))
+
     def reopen_batch(self, batch: BatchRecord) -> BatchRecord | None:
         """Start the next generation of a sealed batch (late files); None if someone else did."""
         row = self._replace_if(

@@ -46,14 +46,14 @@ PROMOTION = {"name": MODEL, "promotion": {
     "canary_steps": [50, 100], "canary_interval_seconds": 60, "grace_period_seconds": 120,
     "poll_interval_seconds": 10}}
 RETENTION = {"rules": [
-    {"name": "data", "type": "dataVersions", "filters": {"names": ["churn"]},
-     "actions": {"keepLatest": 1, "archive": {"daysAfterCreationGreaterThan": 30}}},
-    {"name": "models", "type": "modelVersions", "filters": {"names": [MODEL]},
-     "actions": {"keepLatest": 1, "archive": {"daysAfterCreationGreaterThan": 30}}},
+    {"name": "data", "type": "data_versions", "filters": {"names": ["churn"]},
+     "actions": {"keep_latest": 1, "archive": {"days_after_creation_greater_than": 30}}},
+    {"name": "models", "type": "model_versions", "filters": {"names": [MODEL]},
+     "actions": {"keep_latest": 1, "archive": {"days_after_creation_greater_than": 30}}},
     {"name": "raw", "type": "blobs", "filters": {"prefixes": ["landing/churn/d"]},
-     "actions": {"delete": {"daysAfterModificationGreaterThan": 5}}},
+     "actions": {"delete": {"days_after_modification_greater_than": 5}}},
     {"name": "stray", "type": "blobs", "filters": {"prefixes": ["landing/churn/stray/"]},
-     "actions": {"tierToCool": {"daysAfterModificationGreaterThan": 1}}},
+     "actions": {"tier_to_cool": {"days_after_modification_greater_than": 1}}},
 ]}
 
 

@@ -85,6 +85,18 @@ def test_a_version_is_found_by_its_tag(workspace: Workspace) -> None:
     assert workspace.find_data_version(name, Tag.SHA256.value, "cc") is None
 
 
+def test_a_version_is_read_back_by_number_or_as_the_latest(workspace: Workspace) -> None:
+    name = f"contract-{uuid.uuid4().hex[:8]}"
+    workspace.register_data_version(spec(name, 1, **{Tag.SHA256.value: "aa"}))
+    workspace.register_data_version(spec(name, 2, **{Tag.SHA256.value: "bb"}))
+    first, latest = workspace.get_data_version(name, "1"), workspace.get_data_version(name)
+    assert first is not None and first.version == "1" and first.tags[Tag.SHA256.value] == "aa"
+    assert latest is not None and latest.version == "2" and latest.asset_type == "uri_folder"
+    assert same_path(latest.uri, spec(name, 2).uri)
+    assert workspace.get_data_version(name, "9") is None
+    assert workspace.get_data_version(f"nothing-{uuid.uuid4().hex[:8]}") is None
+
+
 def test_finding_in_an_unknown_asset_is_none(workspace: Workspace) -> None:
     assert workspace.find_data_version(f"nothing-{uuid.uuid4().hex[:8]}", Tag.SHA256.value, "aa") is None
 

@@ -69,11 +69,6 @@ def kill_and_restart_host(stack: Stack, *, down_seconds: float = 0.0) -> Service
     return restarted
 
 
-def host_log(stack: Stack) -> Path:
-    """The Functions host's log (appended to across restarts)."""
-    return next(s for s in stack.services if s.name == "functions-host").log_path
-
-
 def emulator_admin(env: Mapping[str, str], method: str, path: str, body: Any = None) -> Any:
     """Call an Azure ML emulator admin route (`/_emulator/...`, Bearer token required); the JSON answer."""
     from azure.identity import DefaultAzureCredential

@@ -11,7 +11,13 @@ pycep quirks handled here (pycep-parser 0.7.1):
   identifier, anything else is a literal;
 - ``a.b == c`` parses as ``a.(b == c)`` (likewise ``??``, ``&&``...): `_access` moves the operator back out;
 - ``a.?b`` loses its ``?``; a missing property therefore reads as null (Bicep would fail on ``a.b``);
-- string interpolations stay raw (``'x${a.b}'``); `_interpolate` evaluates the dotted paths inside them.
+- string interpolations stay raw (``'x${a.b}'``); `_interpolate` evaluates the dotted paths inside them, and
+  parses any other expression inside them (``'${substring(a, 1)}'``) on its own;
+- ``a!.b`` (non-null assertion) loses its ``!``, which is harmless here.
+
+Deployment-time list functions (``listKeys``) that the evaluation reaches are recorded in
+`Evaluator.list_calls`: like ARM's ``if()``, a conditional evaluates only its taken branch, so a check can see
+whether a key is looked up for an item that does not need it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +115,7 @@ class Evaluator:
         self.template = template
         self.params = params
         self._variables: dict[str, Any] = {}
+        self.list_calls: list[str] = []
 
     # --- names ---------------------------------------------------------------------------------------------
     def variable(self, name: str) -> Any:
@@ -163,12 +171,25 @@ class Evaluator:
         def replace(match: re.Match[str]) -> str:
             nonlocal opaque
             expression = match.group(1).strip()
-            value = self._path(expression, scope) if _PATH_RE.match(expression) else Opaque(f"<{expression}>")
+            if _PATH_RE.match(expression):
+                value = self._path(expression, scope)
+            else:
+                value = self._inner_expression(expression, scope)
             opaque = opaque or isinstance(value, Opaque)
             return str(value)
 
         result = _INTERPOLATION_RE.sub(replace, text)
         return Opaque(result) if opaque else result
+
+    def _inner_expression(self, expression: str, scope: Mapping[str, Any]) -> Any:
+        """An interpolated expression other than a dotted path; opaque if it is beyond this evaluator."""
+        tree = _expression_tree(expression)
+        if tree is None:
+            return Opaque(f"<{expression}>")
+        try:
+            return self.eval(tree, scope)
+        except (EvaluationError, KeyError, TypeError):
+            return Opaque(f"<{expression}>")
 
     def _path(self, expression: str, scope: Mapping[str, Any]) -> Any:
         head, *rest = re.findall(r"[A-Za-z_]\w*|\[\d+\]", expression)
@@ -256,6 +277,7 @@ class Evaluator:
             return json.loads((self.template.path.parent / raw["file_path"]).read_text())
         if kind == "list_func":
             target = self.eval(raw["resource_identifier"], scope)
+            self.list_calls.append(f"{raw['func_name']}({target})")
             return Opaque(f"<{raw['func_name']}({target})>")
         args = [self.eval(value, scope) for value in raw.values() if value is not None]
         builtins: dict[str, Callable[..., Any]] = {
@@ -269,6 +291,10 @@ class Evaluator:
             "union": _union,
             "take": lambda value, count: value[:count],
             "to_lower": lambda value: value.lower() if not isinstance(value, Opaque) else Opaque(value.lower()),
+            "starts_with": lambda text, prefix: str(text).lower().startswith(str(prefix).lower()),
+            "substring": lambda text, start, count=None: text[start:] if count is None else text[start:start + count],
+            "split": lambda text, delimiter: text.split(delimiter),
+            "trim": lambda text: text.strip(),
         }
         if kind in builtins:
             if any(isinstance(arg, Opaque) for arg in args) and kind not in ("union", "to_lower"):
@@ -277,6 +303,16 @@ class Evaluator:
         # Deployment-time functions (guid, uniqueString, resourceId, subscription()...): keep the arguments
         # visible, because checks look for them (e.g. a role GUID inside subscriptionResourceId()).
         return Opaque(f"<{kind}({', '.join(map(str, args))})>")
+
+
+@lru_cache(maxsize=256)
+def _expression_tree(expression: str) -> Any:
+    """The pycep tree of one Bicep expression (from inside an interpolation), or None if pycep cannot parse it."""
+    try:
+        tree = _PARSER.parse(text=f"var expression = {expression}\n")
+    except Exception:  # pycep raises lark's errors, of several kinds; the caller then keeps the text opaque
+        return None
+    return tree["variables"]["expression"]["value"]
 
 
 def _truth(value: Any) -> bool:

@@ -60,8 +60,10 @@ EXPECTED_GRANTS = {
     Grant("app.bicep", "Key Vault Secrets User", "Microsoft.KeyVault/vaults", "kv-evg-${resourceToken}", IDENTITY),
     Grant("app.bicep", "EventGrid Data Sender", "Microsoft.EventGrid/topics", "evgt-evergreen-${resourceToken}",
           IDENTITY),
-    Grant("data-access.bicep", "Storage Blob Data Contributor", "Microsoft.Storage/storageAccounts",
-          "dataStorageAccountName", IDENTITY),
+    # One per container Evergreen uses (the landing container, and those blob retention rules name), never
+    # the whole data account: data_container_problems checks what the loop runs over.
+    Grant("data-access.bicep", "Storage Blob Data Contributor",
+          "Microsoft.Storage/storageAccounts/blobServices/containers", "name", IDENTITY),
     Grant("data-access.bicep", "Storage Queue Data Contributor",
           "Microsoft.Storage/storageAccounts/queueServices/queues", "poisonQueueName", IDENTITY),
     Grant("workspace-access.bicep", "AzureML Data Scientist", "Microsoft.MachineLearningServices/workspaces",
@@ -110,13 +112,14 @@ def module_path(module: dict[str, Any]) -> str:
 
 
 # --- Event Grid subscriptions ------------------------------------------------------------------------------
-def deployed_subscriptions(infra: Path) -> dict[str, dict[str, Any]]:
-    """What the templates create for each subscription of the file: name -> resource type, topic, properties."""
+def deployed_subscriptions(infra: Path, main_params: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """What the templates create for each subscription of the file: name -> resource type, topic, properties,
+    and the list functions (listKeys) evaluated for it. `main_params`: values of main.bicep's parameters."""
     main = Template.load(infra / "main.bicep")
     module_template = Template.load(infra / SUBSCRIPTIONS_MODULE)
     result: dict[str, dict[str, Any]] = {}
     for symbol, module in _module_calls(main, SUBSCRIPTIONS_MODULE).items():
-        params = main.evaluator().eval(body(module)["params"])
+        params = main.evaluator(main_params).eval(body(module)["params"])
         evaluator = module_template.evaluator(params)
         for resource_symbol, resource in module_template.resources.items():
             detail = loop(resource)
@@ -128,6 +131,8 @@ def deployed_subscriptions(infra: Path) -> dict[str, dict[str, Any]]:
                 name = evaluator.eval(config["name"], scope)
                 if name in result:
                     raise AssertionError(f"subscription {name!r} is declared twice ({symbol}.{resource_symbol})")
+                evaluator.list_calls.clear()
+                properties = evaluator.eval(config["properties"], scope)
                 result[name] = {
                     "module": symbol,
                     "module_condition": module["config"].get("condition"),
@@ -135,7 +140,8 @@ def deployed_subscriptions(infra: Path) -> dict[str, dict[str, Any]]:
                     "topicKey": params["topicKey"],
                     "topicName": params["topicName"],
                     "parent": config.get("parent"),
-                    "properties": evaluator.eval(config["properties"], scope),
+                    "properties": properties,
+                    "listCalls": list(evaluator.list_calls),
                     "deadLetterAccount": params["deadLetterStorageAccountId"],
                 }
     return result
@@ -153,11 +159,41 @@ def _expected_destination(entry: dict[str, Any]) -> dict[str, Any] | str:
     return f"unknown destination kind {kind!r}"
 
 
-def subscription_problems(infra: Path) -> list[str]:
-    """Every entry of the file becomes exactly one subscription, on its topic, with its own settings."""
+def file_landing_container(infra: Path) -> str:
+    """The landing container the file's storage subjects name (the local stack's)."""
+    container: str = json.loads((infra / "eventgrid-subscriptions.json").read_text())["landingContainer"]
+    return container
+
+
+def expected_filter(entry: dict[str, Any], file_container: str, landing: str) -> dict[str, Any]:
+    """The filter Azure should get for a file entry: storage subjects moved to the deployed landing container."""
+    old, new = (f"/blobServices/default/containers/{c}/" for c in (file_container, landing))
+
+    def moved(subject: str) -> str:
+        is_moved = entry["topic"] == "storage" and subject.lower().startswith(old.lower())
+        return new + subject[len(old):] if is_moved else subject
+
+    advanced = [{**f, "values": [moved(v) for v in f["values"]]} if f["key"] == "subject" and "values" in f else f
+                for f in entry["filter"].get("advancedFilters", [])]
+    return {
+        "includedEventTypes": entry["filter"]["includedEventTypes"],
+        "subjectBeginsWith": moved(entry["filter"].get("subjectBeginsWith", "")),
+        "subjectEndsWith": entry["filter"].get("subjectEndsWith", ""),
+        "advancedFilters": advanced,
+    }
+
+
+def subscription_problems(infra: Path, landing: str | None = None) -> list[str]:
+    """Every entry of the file becomes exactly one subscription, on its topic, with its own settings; storage
+    subjects name the deployed landing container (`landing`: main.bicep's landingContainerName, default if None);
+    the blobs_extension key is looked up only for blob-trigger entries."""
     problems: list[str] = []
     entries = load_subscriptions(infra)
-    deployed = deployed_subscriptions(infra)
+    main_params = None if landing is None else {"landingContainerName": landing}
+    deployed = deployed_subscriptions(infra, main_params)
+    if landing is None:
+        landing = str(Template.load(infra / "main.bicep").parameters["landingContainerName"]["default"])
+    file_container = file_landing_container(infra)
     names = [entry["name"] for entry in entries]
     if len(set(names)) != len(names):
         problems.append(f"duplicate subscription names in the file: {names}")
@@ -178,15 +214,12 @@ def subscription_problems(infra: Path) -> list[str]:
         if got["module_condition"] != "deployEventSubscriptions":
             problems.append(f"{where}: not gated by deployEventSubscriptions (functions must exist first)")
         props = got["properties"]
-        wanted_filter = {
-            "includedEventTypes": entry["filter"]["includedEventTypes"],
-            "subjectBeginsWith": entry["filter"].get("subjectBeginsWith", ""),
-            "subjectEndsWith": entry["filter"].get("subjectEndsWith", ""),
-            "advancedFilters": entry["filter"].get("advancedFilters", []),
-        }
-        for key, value in wanted_filter.items():
+        for key, value in expected_filter(entry, file_container, landing).items():
             if props["filter"].get(key) != value:
-                problems.append(f"{where}: filter.{key} is {props['filter'].get(key)!r}, file says {value!r}")
+                problems.append(f"{where}: filter.{key} is {props['filter'].get(key)!r}, expected {value!r}")
+        if entry["destination"]["kind"] != "blobTrigger" and got["listCalls"]:
+            problems.append(f"{where}: evaluates {got['listCalls']} although it is no blob trigger (only the "
+                            "blob trigger's webhook needs the blobs_extension key)")
         if props.get("retryPolicy") != entry["retryPolicy"]:
             problems.append(f"{where}: retryPolicy {props.get('retryPolicy')!r}, file says {entry['retryPolicy']!r}")
         problems += _dead_letter_problems(where, entry, props, got["deadLetterAccount"])
@@ -355,6 +388,7 @@ REQUIRED_SETTINGS = {
     "EVERGREEN_EVENTS_TOPIC_ENDPOINT": "<eventsTopic.properties>.endpoint",
     "EVERGREEN_LANDING_CONTAINER": "<param landingContainerName>",
     "EVERGREEN_RETENTION_SCHEDULE": "<param retentionSchedule>",
+    "EVERGREEN_RECONCILE_SCHEDULE": "0 */5 * * * *",
     "EVERGREEN_WEBHOOK_SECRET": "@Microsoft.KeyVault(SecretUri=<vault.properties>.vaultUri"
                                 "secrets/evergreen-webhook-secret)",
 }
@@ -408,6 +442,7 @@ def hosting_problems(infra: Path) -> list[str]:
     if storage.get("type") != "blobContainer" or storage.get("authentication") != {
             "type": "UserAssignedIdentity", "userAssignedIdentityResourceId": "<identity.id>"}:
         problems.append(f"deployment storage must be a blob container reached by the identity: {storage!r}")
+    problems += _deployment_container_problems(template, sites[0], str(storage.get("value")))
     if props.get("keyVaultReferenceIdentity") != "<identity.id>":
         problems.append("keyVaultReferenceIdentity must be the user-assigned identity (Key Vault references)")
     if site.get("identity", {}).get("type") != "UserAssigned":
@@ -438,6 +473,13 @@ def parameter_problems(infra: Path) -> list[str]:
         param = main.parameters.get(name)
         if param is None or param.get("default") is not None or param.get("type") != "string":
             problems.append(f"main.bicep: {name} must be a required string parameter")
+    cap = main.parameters.get("maximumInstanceCount") or {}
+    bounds = {d["type"]: d.get("argument") for d in cap.get("decorators", [])}
+    if (bounds.get("min_value"), bounds.get("max_value")) != (1, 1000):
+        problems.append(f"main.bicep: maximumInstanceCount bounds {bounds.get('min_value')}..{bounds.get('max_value')}"
+                        ", expected 1..1000 (Flex Consumption accepts a cap as low as 1)")
+    if "scale group" not in str(bounds.get("description")):
+        problems.append("main.bicep: maximumInstanceCount's description must say it caps each scale group")
     for file, resource_type, param in (
             ("workspace-access.bicep", "Microsoft.MachineLearningServices/workspaces", "workspaceName"),
             ("data-access.bicep", "Microsoft.Storage/storageAccounts", "dataStorageAccountName")):
@@ -446,3 +488,84 @@ def parameter_problems(infra: Path) -> list[str]:
         if found != [(True, param)]:
             problems.append(f"{file}: {resource_type} must be `existing` and named by {param}, got {found}")
     return problems
+
+
+def _deployment_container_problems(template: Template, site: dict[str, Any], package_url: str) -> list[str]:
+    """The site depends on the container its deployment package goes to (named by a variable, so Bicep would
+    not order the two by itself, and the site may be created before its container)."""
+    evaluator = template.evaluator()
+    containers = [symbol for symbol, r in template.resources_of_type(
+        "Microsoft.Storage/storageAccounts/blobServices/containers") if loop(r) is None and not r["existing"]
+        and package_url.endswith(str(evaluator.eval(body(r)["name"])))]
+    if len(containers) != 1:
+        return [f"the deployment package container ({package_url}) is not one container resource: {containers}"]
+    if containers[0] not in (site.get("dependsOn") or []):
+        return [f"the function app does not depend on its deployment container {containers[0]}"]
+    return []
+
+
+# --- the data account and the system topics ----------------------------------------------------------------
+def data_container_problems(infra: Path) -> list[str]:
+    """Blob Data Contributor goes to the landing container and the retention containers, one by one."""
+    problems: list[str] = []
+    main = Template.load(infra / "main.bicep")
+    params = {"landingContainerName": "drops", "retentionContainerNames": " archive, ,old,drops "}
+    wiring = main.evaluator(params).eval(body(main.modules["dataAccess"])["params"])
+    if wiring.get("containerNames") != ["drops", "archive", "old"]:
+        problems.append(f"main.bicep: dataAccess gets containerNames {wiring.get('containerNames')!r} for landing "
+                        "'drops' and retention ' archive, ,old,drops ', expected ['drops', 'archive', 'old']")
+    template = Template.load(infra / "modules" / "data-access.bicep")
+    for symbol, resource in template.resources_of_type("Microsoft.Authorization/roleAssignments"):
+        scope = _scope_symbol(body(resource).get("scope"))
+        scope_resource = template.resources.get(scope) if isinstance(scope, str) else None
+        if scope_resource is None or not scope_resource["type"].endswith("/containers"):
+            continue
+        for name, looped in ((symbol, resource), (scope, scope_resource)):
+            detail = loop(looped)
+            if detail is None or detail["array_name"] != "containerNames":
+                problems.append(f"data-access.bicep:{name} must loop over containerNames, got {detail!r}")
+    return problems
+
+
+def topic_reuse_problems(infra: Path) -> list[str]:
+    """Each system topic module creates its topic, or (given existingSystemTopicName) reuses one by name and
+    creates none; main.bicep passes its own parameter for each."""
+    problems: list[str] = []
+    main = Template.load(infra / "main.bicep")
+    for symbol, main_param in (("dataAccess", "dataSystemTopicName"), ("workspaceAccess", "workspaceSystemTopicName")):
+        module = main.modules[symbol]
+        passed = main.evaluator({main_param: "evgt-theirs"}).eval(body(module)["params"]).get("existingSystemTopicName")
+        if passed != "evgt-theirs":
+            problems.append(f"main.bicep: {symbol} gets existingSystemTopicName {passed!r} from {main_param}")
+        template = Template.load(infra / module_path(module))
+        for reused, expected_name in ((False, "<param systemTopicName>"), (True, "evgt-theirs")):
+            problems += _topic_choice_problems(template, module_path(module), reused, expected_name)
+    return problems
+
+
+def _topic_choice_problems(template: Template, file: str, reused: bool, expected_name: str) -> list[str]:
+    evaluator = template.evaluator({"existingSystemTopicName": "evgt-theirs" if reused else ""})
+    outputs = template.tree.get("outputs") or {}
+    where = f"{file} ({'reusing a topic' if reused else 'creating the topic'})"
+    deployed = []
+    for symbol, resource in template.resources_of_type("Microsoft.EventGrid/systemTopics"):
+        condition = resource["config"].get("condition")
+        if condition is None or _truth_of(evaluator.eval(condition)):
+            deployed.append((symbol, resource["existing"], str(evaluator.eval(body(resource)["name"]))))
+    if len(deployed) != 1 or deployed[0][1] != reused or deployed[0][2].strip("<>") != expected_name.strip("<>"):
+        return [f"{where}: system topics in play {deployed}, expected one {'existing' if reused else 'new'} "
+                f"named {expected_name}"]
+    symbol = deployed[0][0]
+    problems = []
+    for output, wanted in (("systemTopicName", f"<{symbol}.name>"),
+                           ("systemTopicPrincipalId", f"<{symbol}.identity>.principalId")):
+        got = str(evaluator.eval((outputs.get(output) or {}).get("value")))
+        if got != wanted:
+            problems.append(f"{where}: output {output} is {got!r}, expected {wanted!r}")
+    return problems
+
+
+def _truth_of(value: Any) -> bool:
+    if isinstance(value, Opaque):
+        raise AssertionError(f"a topic's condition is known only at deployment: {value}")
+    return bool(value)

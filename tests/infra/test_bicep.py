@@ -105,13 +105,60 @@ def test_existing_workspace_and_data_account_are_parameters() -> None:
     assert checks.parameter_problems(INFRA) == []
 
 
-def test_landing_container_default_matches_the_storage_subscription_filter() -> None:
-    default = Template.load(INFRA / "main.bicep").parameters["landingContainerName"]["default"]
+def test_file_subjects_name_the_local_landing_container() -> None:
+    """The file names the container the local stack uses; Bicep moves it to the deployed one."""
+    container = checks.file_landing_container(INFRA)
+    assert container == Template.load(INFRA / "main.bicep").parameters["landingContainerName"]["default"]
     storage = [s for s in checks.load_subscriptions(INFRA) if s["topic"] == "storage"
                and s["destination"]["function"] == "on_blob_created"]
     assert storage, "no storage subscription feeds on_blob_created"
     for entry in storage:
-        assert entry["filter"]["subjectBeginsWith"] == f"/blobServices/default/containers/{default}/"
+        assert entry["filter"]["subjectBeginsWith"] == f"/blobServices/default/containers/{container}/"
+
+
+def test_a_renamed_landing_container_moves_every_storage_subject_filter() -> None:
+    assert checks.subscription_problems(INFRA, landing="drops") == []
+    deployed = checks.deployed_subscriptions(INFRA, {"landingContainerName": "drops"})["landing-blob-created"]
+    text = json.dumps(deployed["properties"]["filter"])
+    assert "/containers/landing/" not in text
+    assert deployed["properties"]["filter"]["subjectBeginsWith"] == "/blobServices/default/containers/drops/"
+    snapshots = [f for f in deployed["properties"]["filter"]["advancedFilters"] if f["key"] == "subject"]
+    assert snapshots and snapshots[0]["values"] == ["/blobServices/default/containers/drops/blobs/_evergreen/"]
+    # Subjects of the other topics are left alone.
+    other = checks.deployed_subscriptions(INFRA, {"landingContainerName": "drops"})["data-version-registered"]
+    assert other["properties"]["filter"]["subjectBeginsWith"] == "datasets/"
+
+
+def test_blob_created_filter_takes_every_api_that_completes_a_blob() -> None:
+    """PutBlob, PutBlockList, CopyBlob, FlushWithClose (Data Lake) and SftpCommit (SFTP uploads)."""
+    entry = next(s for s in checks.load_subscriptions(INFRA) if s["name"] == "landing-blob-created")
+    api = next(f for f in entry["filter"]["advancedFilters"] if f["key"] == "data.api")
+    assert api["operatorType"] == "StringIn"
+    assert set(api["values"]) == {"PutBlob", "PutBlockList", "CopyBlob", "FlushWithClose", "SftpCommit"}
+
+
+def test_only_the_blob_trigger_subscription_looks_up_the_blobs_extension_key() -> None:
+    deployed = checks.deployed_subscriptions(INFRA)
+    for entry in checks.load_subscriptions(INFRA):
+        calls = deployed[entry["name"]]["listCalls"]
+        if entry["destination"]["kind"] == "blobTrigger":
+            assert calls == ["listKeys(<functionApp.id>/host/default)"], entry["name"]
+        else:
+            assert calls == [], entry["name"]
+
+
+def test_blob_data_contributor_is_granted_per_container_not_on_the_data_account() -> None:
+    assert checks.data_container_problems(INFRA) == []
+    grants, _ = checks.grants(INFRA)
+    data = [g for g in grants if g.file == "data-access.bicep" and g.role == "Storage Blob Data Contributor"]
+    assert [g.scope_type for g in data] == ["Microsoft.Storage/storageAccounts/blobServices/containers"]
+
+
+def test_an_existing_system_topic_can_be_reused_instead_of_created() -> None:
+    assert checks.topic_reuse_problems(INFRA) == []
+    params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert params["dataSystemTopicName"]["value"] == "${EVERGREEN_DATA_SYSTEM_TOPIC=}"
+    assert params["workspaceSystemTopicName"]["value"] == "${EVERGREEN_WORKSPACE_SYSTEM_TOPIC=}"
 
 
 # --- the functions the subscriptions deliver to -------------------------------------------------------------
@@ -155,7 +202,12 @@ def test_azure_yaml_deploys_the_app_to_functions_and_creates_subscriptions_after
     assert config["services"]["api"] == {"project": ".", "language": "python", "host": "function"}
     hook = REPO / config["hooks"]["postdeploy"]["posix"]["run"]
     assert hook.is_file() and os.access(hook, os.X_OK)
-    assert "EVERGREEN_DEPLOY_EVENT_SUBSCRIPTIONS" in hook.read_text()
+    for script in (hook, REPO / config["hooks"]["postdeploy"]["windows"]["run"]):
+        text = script.read_text()
+        # Waits for the key (warming the app), then provisions with the subscriptions.
+        assert "EVERGREEN_DEPLOY_EVENT_SUBSCRIPTIONS" in text, script
+        assert "systemKeys.blobs_extension" in text and "azd provision --no-prompt" in text, script
+        assert text.index("systemKeys.blobs_extension") < text.index("azd provision --no-prompt"), script
     # The service tag azd deploys to is on the function app.
     assert "'azd-service-name': 'api'" in (INFRA / "modules" / "app.bicep").read_text()
 
@@ -190,6 +242,62 @@ def test_ci_runs_make_test_and_deploy_uses_oidc_without_stored_secrets() -> None
     assert "azd provision" in runs and "azd deploy" in runs
 
 
+def test_every_hook_has_a_posix_and_a_windows_twin() -> None:
+    """azd refuses a hook without a configuration for the running OS (on Windows: "hook configuration ... is
+    invalid"), so each hook has both, sh and pwsh, and both scripts exist."""
+    hooks = yaml.safe_load((REPO / "azure.yaml").read_text())["hooks"]
+    assert hooks
+    for name, hook in hooks.items():
+        assert set(hook) >= {"posix", "windows"}, name
+        assert (hook["posix"]["shell"], hook["windows"]["shell"]) == ("sh", "pwsh"), name
+        assert hook["windows"]["run"].endswith(".ps1") and hook["posix"]["run"].endswith(".sh"), name
+        for os_name in ("posix", "windows"):
+            assert (REPO / hook[os_name]["run"]).is_file(), (name, os_name)
+            assert hook[os_name].get("continueOnError") is False, (name, os_name)
+
+
+def test_deploy_waits_for_the_test_and_bicep_jobs() -> None:
+    ci = yaml.safe_load((REPO / ".github" / "workflows" / "ci.yml").read_text())
+    assert {"test", "bicep"} <= set(ci["jobs"])
+    assert "main" in ci[True]["push"]["branches"]  # PyYAML reads the `on:` key as True
+    deploy = yaml.safe_load((REPO / ".github" / "workflows" / "deploy.yml").read_text())
+    triggers = deploy[True]
+    assert set(triggers) == {"workflow_dispatch", "workflow_run"}, "a push trigger would deploy before CI ends"
+    assert triggers["workflow_run"] == {"workflows": [ci["name"]], "types": ["completed"], "branches": ["main"]}
+    job = deploy["jobs"]["deploy"]
+    assert "github.event.workflow_run.conclusion == 'success'" in job["if"]
+    checkout = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/checkout"))
+    assert checkout["with"]["ref"] == "${{ github.event.workflow_run.head_sha || github.sha }}"
+
+
+def test_queue_triggers_listen_on_the_account_with_the_queue_role(app_functions: dict[str, dict[str, Any]]) -> None:
+    """Storage Queue Data Contributor is granted on Evergreen's storage account, so every queue
+    (evergreen-blob-retry, evergreen-retrain-check, evergreen-promotion-retry, ...) is covered."""
+    queues = {f: t for f, t in app_functions.items() if t["type"] == "queueTrigger"}
+    assert {t["queueName"] for t in queues.values()} >= {
+        "evergreen-blob-retry", "evergreen-retrain-check", "evergreen-promotion-retry"}
+    for function, trigger in queues.items():
+        assert trigger.get("connection") in (None, "", "AzureWebJobsStorage"), function
+    assert checks.Grant("app.bicep", "Storage Queue Data Contributor", "Microsoft.Storage/storageAccounts",
+                        "stevergreen${resourceToken}", checks.IDENTITY) in checks.grants(INFRA)[0]
+
+
+def test_readme_documents_what_deployment_does_not_do() -> None:
+    """Findings that stay as they are are documented in the README's "Deploy to Azure" section."""
+    readme = (REPO / "README.md").read_text()
+    deploy = readme[readme.index("## Deploy to Azure"):]
+    # Incremental deployments never delete a subscription removed from the file.
+    assert "never deletes" in deploy and "event-subscription delete" in deploy
+    # Reusing an existing system topic, and its identity.
+    assert "EVERGREEN_DATA_SYSTEM_TOPIC" in deploy and "EVERGREEN_WORKSPACE_SYSTEM_TOPIC" in deploy
+    assert "system-assigned identity" in deploy
+    # The webhook secret goes to Key Vault, not to the azd env file (plain text).
+    assert "azd env set EVERGREEN_WEBHOOK_SECRET" not in readme
+    assert "az keyvault secret set" in deploy
+    # The instance cap is per scale group.
+    assert "scale group" in deploy
+
+
 # --- the checks catch regressions ----------------------------------------------------------------------------
 def copy_infra(tmp_path: Path) -> Path:
     target = tmp_path / "infra"
@@ -198,9 +306,45 @@ def copy_infra(tmp_path: Path) -> Path:
 
 
 MUTATIONS = [
-    pytest.param("modules/event-subscriptions.bicep", "subjectBeginsWith: sub.filter.?subjectBeginsWith ?? ''",
+    pytest.param("modules/event-subscriptions.bicep",
+                 "subjectBeginsWith: subjectIn(sub.filter.?subjectBeginsWith ?? '', oldPrefix, newPrefix)",
                  "subjectBeginsWith: '/blobServices/default/containers/'", checks.subscription_problems,
                  "filter.subjectBeginsWith", id="subscription-filter-hardcoded"),
+    pytest.param("modules/event-subscriptions.bicep",
+                 "subjectBeginsWith: subjectIn(sub.filter.?subjectBeginsWith ?? '', oldPrefix, newPrefix)",
+                 "subjectBeginsWith: sub.filter.?subjectBeginsWith ?? ''",
+                 lambda infra: checks.subscription_problems(infra, landing="drops"),
+                 "filter.subjectBeginsWith", id="landing-container-not-substituted"),
+    pytest.param("modules/event-subscriptions.bicep",
+                 "advancedFilters: advancedFiltersIn(sub.filter.?advancedFilters ?? [], oldPrefix, newPrefix)",
+                 "advancedFilters: sub.filter.?advancedFilters ?? []",
+                 lambda infra: checks.subscription_problems(infra, landing="drops"),
+                 "filter.advancedFilters", id="snapshot-filter-not-substituted"),
+    pytest.param("modules/event-subscriptions.bicep", "properties: subscriptionProperties(sub, destinationFor(sub, "
+                 "functionApp.id, functionApp.properties.defaultHostName, (sub.destination.kind == 'blobTrigger') ? "
+                 "listKeys('${functionApp.id}/host/default', '2023-12-01').systemKeys.blobs_extension : ''), "
+                 "deadLetterStorageAccountId, (topicKey == 'storage') ? fileLandingPrefix : '', landingPrefix)\n}]\n\n"
+                 "resource customTopicSubscriptions",
+                 "properties: subscriptionProperties(sub, destinationFor(sub, functionApp.id, "
+                 "functionApp.properties.defaultHostName, listKeys('${functionApp.id}/host/default', '2023-12-01')"
+                 ".systemKeys.blobs_extension), deadLetterStorageAccountId, (topicKey == 'storage') ? "
+                 "fileLandingPrefix : '', landingPrefix)\n}]\n\nresource customTopicSubscriptions",
+                 checks.subscription_problems, "although it is no blob trigger", id="key-looked-up-for-every-entry"),
+    pytest.param("modules/app.bicep", "dependsOn: [deploymentContainer, ", "dependsOn: [",
+                 checks.hosting_problems, "deployment container", id="site-before-its-package-container"),
+    pytest.param("modules/data-access.bicep", "  scope: dataContainer[i]\n", "  scope: dataAccount\n",
+                 checks.role_problems, "unexpected role assignment", id="data-role-on-the-whole-account"),
+    pytest.param("main.bicep", "    containerNames: dataContainerNames\n", "    containerNames: []\n",
+                 checks.data_container_problems, "containerNames", id="landing-container-role-dropped"),
+    pytest.param("main.bicep", "    existingSystemTopicName: dataSystemTopicName\n", "",
+                 checks.topic_reuse_problems, "existingSystemTopicName", id="topic-reuse-not-wired"),
+    pytest.param("modules/workspace-access.bicep",
+                 "resource systemTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' = if (!reuseSystemTopic) {",
+                 "resource systemTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' = {",
+                 checks.topic_reuse_problems, "system topics in play", id="topic-created-although-reused"),
+    pytest.param("main.bicep", "@minValue(1)\n@maxValue(1000)\nparam maximumInstanceCount",
+                 "@minValue(40)\n@maxValue(1000)\nparam maximumInstanceCount",
+                 checks.parameter_problems, "maximumInstanceCount bounds", id="instance-cap-floor-40"),
     pytest.param("modules/event-subscriptions.bicep", "maxDeliveryAttempts: sub.retryPolicy.maxDeliveryAttempts",
                  "maxDeliveryAttempts: 10", checks.subscription_problems, "retryPolicy", id="retry-policy-ignored"),
     pytest.param("modules/event-subscriptions.bicep", "blobContainerName: sub.deadLetter.container",
@@ -209,7 +353,7 @@ MUTATIONS = [
     pytest.param("main.bicep", "module storageSubscriptions 'modules/event-subscriptions.bicep' = if "
                  "(deployEventSubscriptions) {", "module storageSubscriptions 'modules/event-subscriptions.bicep' = {",
                  checks.subscription_problems, "not gated", id="subscriptions-before-code"),
-    pytest.param("modules/data-access.bicep", "  scope: dataAccount\n", "", checks.role_problems,
+    pytest.param("modules/data-access.bicep", "  scope: poisonQueue\n", "", checks.role_problems,
                  "whole resource group", id="role-scope-widened-to-resource-group"),
     pytest.param("modules/data-access.bicep", "roleDefinitions', builtInRoles.storageBlobDataContributor)",
                  "roleDefinitions', builtInRoles.storageBlobDataOwner)", checks.role_problems,

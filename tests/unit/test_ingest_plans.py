@@ -229,7 +229,7 @@ def test_retention_protects_the_snapshot_of_every_registered_version_and_not_the
          "batch": {"marker": "_SUCCESS"}},
         {"name": "ref", "container": "landing", "prefix": "reference/", "type": "uri_file", "datastore": "landing"}],
         "retention": {"rules": [{"name": "everything", "type": "blobs", "filters": {"prefixes": ["landing/"]},
-                                 "actions": {"delete": {"daysAfterModificationGreaterThan": 1}}}]}})
+                                 "actions": {"delete": {"days_after_modification_greater_than": 1}}}]}})
     book = AddressBook.of([Datastore("landing", "AzureBlob", "devstoreaccount1", "landing")], ["devstoreaccount1"])
     generation = {"churn/d/a.csv": facts("aa"), "churn/d/b.csv": facts("bb")}
     folder = folder_version_spec(policy.dataset("churn"), batch(), generation, "marker")

@@ -145,51 +145,54 @@ def test_the_example_parses():
 
 def test_every_problem_is_reported_with_its_path():
     doc = {"rules": [
-        {"name": "a", "type": "dataVersions", "actions": {"tierToCool": {"daysAfterModificationGreaterThan": 3}}},
+        {"name": "a", "type": "data_versions",
+         "actions": {"tier_to_cool": {"days_after_modification_greater_than": 3}}},
         {"name": "b", "type": "blobs", "filters": {"prefixes": ["churn"]},
-         "actions": {"delete": {"daysAfterModificationGreaterThan": 1}}},
+         "actions": {"delete": {"days_after_modification_greater_than": 1}}},
         {"name": "c", "type": "tables", "actions": {}},
-        {"name": "d", "type": "modelVersions", "actions": {"archive": {"daysAfterCreationGreaterThan": "30"},
-                                                           "tierToHot": {}}},
+        {"name": "d", "type": "model_versions", "actions": {"archive": {"days_after_creation_greater_than": "30"},
+                                                           "tier_to_hot": {}}},
     ]}
     with pytest.raises(ConfigurationError) as info:
         parse_retention(doc, source="evergreen.yaml")
     problems = info.value.problems
-    assert ("retention.rules[0].actions: tierToCool cannot be used in a dataVersions rule; "
-            "it takes keepLatest, archive, delete") in problems
+    assert ("retention.rules[0].actions: tier_to_cool cannot be used in a data_versions rule; "
+            "it takes keep_latest, archive, delete") in problems
     assert any(p.startswith("retention.rules[1].filters: prefix 'churn' must start with the container")
                for p in problems)
-    assert any(p.startswith("retention.rules[2].type: Input should be 'dataVersions'") for p in problems)
-    assert ("retention.rules[3].actions.archive.daysAfterCreationGreaterThan: Input should be a valid integer"
+    assert any(p.startswith("retention.rules[2].type: Input should be 'data_versions'") for p in problems)
+    assert ("retention.rules[3].actions.archive.days_after_creation_greater_than: Input should be a valid integer"
             in problems)
-    assert "retention.rules[3].actions.tierToHot: Extra inputs are not permitted" in problems
+    assert "retention.rules[3].actions.tier_to_hot: Extra inputs are not permitted" in problems
     assert str(info.value).startswith("evergreen.yaml is invalid (5 problem(s))")
 
 
 @pytest.mark.parametrize(
     ("type_", "actions", "filters", "expected"),
     [
-        ("dataVersions", {"keepLatest": 3}, {}, "no action: a dataVersions rule needs archive or delete"),
-        ("modelVersions", {"keepTopK": {"k": 0, "metric": "auc"}}, {}, "greater than or equal to 1"),
-        ("modelVersions", {"keepTopK": {"k": 2, "metric": "auc", "direction": "up"}, "archive":
-                           {"daysAfterCreationGreaterThan": 1}}, {},
+        ("data_versions", {"keep_latest": 3}, {}, "no action: a data_versions rule needs archive or delete"),
+        ("model_versions", {"keep_top_k": {"k": 0, "metric": "auc"}}, {}, "greater than or equal to 1"),
+        ("model_versions", {"keep_top_k": {"k": 2, "metric": "auc", "direction": "up"}, "archive":
+                           {"days_after_creation_greater_than": 1}}, {},
          "direction must be 'higher_is_better' or 'lower_is_better'"),
-        ("dataVersions", {"delete": {"daysAfterModificationGreaterThan": 3}}, {},
-         "delete in a dataVersions rule takes daysAfterCreationGreaterThan, not daysAfterModificationGreaterThan"),
-        ("blobs", {"delete": {"daysAfterModificationGreaterThan": 3, "daysAfterCreationGreaterThan": 3}}, {},
+        ("data_versions", {"delete": {"days_after_modification_greater_than": 3}}, {},
+         "delete in a data_versions rule takes days_after_creation_greater_than, "
+         "not days_after_modification_greater_than"),
+        ("blobs", {"delete": {"days_after_modification_greater_than": 3, "days_after_creation_greater_than": 3}}, {},
          "give exactly one condition"),
-        ("dataVersions", {"archive": {"daysAfterCreationGreaterThan": -1}}, {}, "greater than or equal to 0"),
-        ("dataVersions", {"archive": {"daysAfterCreationGreaterThan": 30}, "delete":
-                          {"daysAfterCreationGreaterThan": 10}}, {}, "deleted before being archived"),
-        ("blobs", {"tierToCool": {"daysAfterModificationGreaterThan": 30}, "tierToArchive":
-                   {"daysAfterModificationGreaterThan": 30}}, {}, "tierToArchive must come later than tierToCool"),
-        ("blobs", {"delete": {"daysAfterModificationGreaterThan": 1}}, {"names": ["x"]}, "not names"),
-        ("deployments", {"deleteIdle": {"hoursAtZeroTrafficGreaterThan": 0}}, {}, "greater than 0"),
-        ("deployments", {"deleteIdle": {"hoursAtZeroTrafficGreaterThan": 2}}, {"tags": {"a": "b"}},
+        ("data_versions", {"archive": {"days_after_creation_greater_than": -1}}, {}, "greater than or equal to 0"),
+        ("data_versions", {"archive": {"days_after_creation_greater_than": 30}, "delete":
+                          {"days_after_creation_greater_than": 10}}, {}, "deleted before being archived"),
+        ("blobs", {"tier_to_cool": {"days_after_modification_greater_than": 30}, "tier_to_archive":
+                   {"days_after_modification_greater_than": 30}}, {},
+         "tier_to_archive must come later than tier_to_cool"),
+        ("blobs", {"delete": {"days_after_modification_greater_than": 1}}, {"names": ["x"]}, "not names"),
+        ("deployments", {"delete_idle": {"hours_at_zero_traffic_greater_than": 0}}, {}, "greater than 0"),
+        ("deployments", {"delete_idle": {"hours_at_zero_traffic_greater_than": 2}}, {"tags": {"a": "b"}},
          "cannot filter by tags"),
-        ("jobOutputs", {"delete": {"daysAfterCompletionGreaterThan": 2}, "keepLatest": 2}, {},
-         "keepLatest cannot be used in a jobOutputs rule"),
-        ("blobs", {"delete": {"daysAfterModificationGreaterThan": 1}}, {"prefixes": [""]}, "at least 1 character"),
+        ("job_outputs", {"delete": {"days_after_completion_greater_than": 2}, "keep_latest": 2}, {},
+         "keep_latest cannot be used in a job_outputs rule"),
+        ("blobs", {"delete": {"days_after_modification_greater_than": 1}}, {"prefixes": [""]}, "at least 1 character"),
     ],
 )
 def test_rule_validation(type_, actions, filters, expected):
@@ -199,7 +202,7 @@ def test_rule_validation(type_, actions, filters, expected):
 
 
 def test_names_are_unique_and_scalars_strict():
-    ok = {"type": "deployments", "actions": {"deleteIdle": {"hoursAtZeroTrafficGreaterThan": 24}}}
+    ok = {"type": "deployments", "actions": {"delete_idle": {"hours_at_zero_traffic_greater_than": 24}}}
     with pytest.raises(ConfigurationError, match="repeated: idle"):
         parse_retention({"rules": [{"name": "idle", **ok}, {"name": "idle", **ok}]})
     with pytest.raises(ConfigurationError, match=r"retention.rules\[0\].enabled: Input should be a valid boolean"):
@@ -209,7 +212,8 @@ def test_names_are_unique_and_scalars_strict():
 
 
 def test_rules_are_frozen_and_usable_from_python():
-    r = RetentionRule(name="r", type=RuleType.DEPLOYMENTS, actions={"deleteIdle": {"hoursAtZeroTrafficGreaterThan": 1}})
+    r = RetentionRule(name="r", type=RuleType.DEPLOYMENTS,
+                      actions={"delete_idle": {"hours_at_zero_traffic_greater_than": 1}})
     with pytest.raises(Exception, match="frozen"):
         r.name = "other"  # type: ignore[misc]
 
@@ -222,7 +226,7 @@ def test_naive_timestamps_are_refused():
 # -- data versions ----------------------------------------------------------------------------------------
 def test_data_versions_keep_latest_and_archive_the_old_ones():
     versions = [data("d", v, days=100 - v * 10) for v in range(1, 9)]  # v1 90 days old ... v8 20 days old
-    r = rule("dataVersions", {"keepLatest": 3, "archive": {"daysAfterCreationGreaterThan": 30}})
+    r = rule("data_versions", {"keep_latest": 3, "archive": {"days_after_creation_greater_than": 30}})
     p = plan([r], data_versions=tuple(versions))
     assert kinds(p) == {(ActionKind.ARCHIVE_DATA, DataKey("d", str(v))) for v in range(1, 6)}
     first = p.actions[0]
@@ -234,15 +238,15 @@ def test_data_versions_keep_latest_and_archive_the_old_ones():
 
 def test_data_delete_wins_over_archive_and_archived_versions_are_not_archived_again():
     versions = (data("d", 1, 400, archived=True), data("d", 2, 200, archived=True), data("d", 3, 200), data("d", 4, 1))
-    r = rule("dataVersions", {"archive": {"daysAfterCreationGreaterThan": 30},
-                              "delete": {"daysAfterCreationGreaterThan": 365}})
+    r = rule("data_versions", {"archive": {"days_after_creation_greater_than": 30},
+                              "delete": {"days_after_creation_greater_than": 365}})
     p = plan([r], data_versions=versions)
     assert kinds(p) == {(ActionKind.DELETE_DATA, DataKey("d", "1")), (ActionKind.ARCHIVE_DATA, DataKey("d", "3"))}
 
 
 def test_keep_latest_counts_versions_in_use_and_orders_versions_as_numbers():
     versions = (*(data("d", v, days=50) for v in (9, 10, 11)), data("d", 12, 50, archived=True))
-    r = rule("dataVersions", {"keepLatest": 2, "delete": {"daysAfterCreationGreaterThan": 30}})
+    r = rule("data_versions", {"keep_latest": 2, "delete": {"days_after_creation_greater_than": 30}})
     p = plan([r], data_versions=versions)
     # same age: version order decides, numerically (11 and 10 are the latest), and archived 12 does not count
     assert kinds(p) == {(ActionKind.DELETE_DATA, DataKey("d", "9")), (ActionKind.DELETE_DATA, DataKey("d", "12"))}
@@ -251,14 +255,14 @@ def test_keep_latest_counts_versions_in_use_and_orders_versions_as_numbers():
 def test_filters_select_by_name_prefix_and_tags():
     versions = (data("churn", 1, 90, tags={"stage": "raw"}), data("churn", 2, 90), data("churn-ref", 1, 90),
                 data("other", 1, 90, tags={"stage": "raw"}))
-    archive = {"archive": {"daysAfterCreationGreaterThan": 30}}
-    by_name = plan([rule("dataVersions", archive, filters={"names": ["churn", "missing"]})], data_versions=versions)
+    archive = {"archive": {"days_after_creation_greater_than": 30}}
+    by_name = plan([rule("data_versions", archive, filters={"names": ["churn", "missing"]})], data_versions=versions)
     assert {a.target for a in by_name.actions} == {DataKey("churn", "1"), DataKey("churn", "2")}
-    by_prefix = plan([rule("dataVersions", archive, filters={"prefixes": ["churn"]})], data_versions=versions)
+    by_prefix = plan([rule("data_versions", archive, filters={"prefixes": ["churn"]})], data_versions=versions)
     assert {name(a.target) for a in by_prefix.actions} == {"churn", "churn-ref"}
-    by_tag = plan([rule("dataVersions", archive, filters={"tags": {"stage": "raw"}})], data_versions=versions)
+    by_tag = plan([rule("data_versions", archive, filters={"tags": {"stage": "raw"}})], data_versions=versions)
     assert {a.target for a in by_tag.actions} == {DataKey("churn", "1"), DataKey("other", "1")}
-    disabled = plan([rule("dataVersions", archive, enabled=False)], data_versions=versions)
+    disabled = plan([rule("data_versions", archive, enabled=False)], data_versions=versions)
     assert disabled.is_empty
 
 
@@ -266,8 +270,8 @@ def test_filters_select_by_name_prefix_and_tags():
 def test_models_keep_latest_and_top_k_by_metric():
     aucs = [(1, 0.91), (2, 0.70), (3, 0.95), (4, 0.60), (5, 0.80), (6, 0.50)]
     models = (*(model("m", v, days=100 - v, metrics={"auc": auc}) for v, auc in aucs), model("m", 7, 10))
-    r = rule("modelVersions", {"keepLatest": 2, "keepTopK": {"k": 2, "metric": "auc"},
-                               "archive": {"daysAfterCreationGreaterThan": 5}})
+    r = rule("model_versions", {"keep_latest": 2, "keep_top_k": {"k": 2, "metric": "auc"},
+                               "archive": {"days_after_creation_greater_than": 5}})
     p = plan([r], model_versions=models)
     # kept: latest 2 (7, 6) and top 2 by auc (3, 1); archived: the rest
     assert kinds(p) == {(ActionKind.ARCHIVE_MODEL, ModelKey("m", v)) for v in ("2", "4", "5")}
@@ -278,8 +282,8 @@ def test_models_keep_latest_and_top_k_by_metric():
 @pytest.mark.parametrize("direction", ["lower_is_better", "min"])
 def test_top_k_can_minimise_and_ignores_versions_without_the_metric(direction: str):
     models = (model("m", 1, 50, metrics={"rmse": 0.2}), model("m", 2, 50, metrics={"rmse": 0.9}), model("m", 3, 50))
-    r = rule("modelVersions", {"keepTopK": {"k": 1, "metric": "rmse", "direction": direction},
-                               "delete": {"daysAfterCreationGreaterThan": 30}})
+    r = rule("model_versions", {"keep_top_k": {"k": 1, "metric": "rmse", "direction": direction},
+                               "delete": {"days_after_creation_greater_than": 30}})
     p = plan([r], model_versions=models)
     assert kinds(p) == {(ActionKind.DELETE_MODEL, ModelKey("m", "2")), (ActionKind.DELETE_MODEL, ModelKey("m", "3"))}
 
@@ -288,24 +292,24 @@ def test_the_legacy_max_min_spelling_parses_with_a_warning_and_the_policy_spelli
         caplog: pytest.LogCaptureFixture):
     top = {"k": 1, "metric": "auc"}
     with caplog.at_level("WARNING"):
-        legacy = rule("modelVersions", {"keepTopK": {**top, "direction": "max"},
-                                        "archive": {"daysAfterCreationGreaterThan": 1}})
+        legacy = rule("model_versions", {"keep_top_k": {**top, "direction": "max"},
+                                        "archive": {"days_after_creation_greater_than": 1}})
     assert legacy.actions.keep_top_k is not None
     assert legacy.actions.keep_top_k.direction is Direction.HIGHER_IS_BETTER
     assert "'max' is deprecated; write 'higher_is_better'" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
-        canonical = rule("modelVersions", {"keepTopK": {**top, "direction": "lower_is_better"},
-                                           "archive": {"daysAfterCreationGreaterThan": 1}})
+        canonical = rule("model_versions", {"keep_top_k": {**top, "direction": "lower_is_better"},
+                                           "archive": {"days_after_creation_greater_than": 1}})
     assert canonical.actions.keep_top_k is not None
     assert canonical.actions.keep_top_k.direction is Direction.LOWER_IS_BETTER
     assert "deprecated" not in caplog.text
 
 
 # -- blobs ------------------------------------------------------------------------------------------------
-BLOB_RULE = {"tierToCool": {"daysAfterModificationGreaterThan": 30},
-             "tierToArchive": {"daysAfterModificationGreaterThan": 90},
-             "delete": {"daysAfterModificationGreaterThan": 365}}
+BLOB_RULE = {"tier_to_cool": {"days_after_modification_greater_than": 30},
+             "tier_to_archive": {"days_after_modification_greater_than": 90},
+             "delete": {"days_after_modification_greater_than": 365}}
 
 
 def test_blobs_are_tiered_then_deleted_by_age_and_never_moved_to_a_hotter_tier():
@@ -324,7 +328,7 @@ def test_blobs_referenced_by_a_version_in_use_are_kept_until_it_is_archived():
     blobs = (blob("churn/2026-10/part.csv", 400), blob("churn/2026-1/part.csv", 400), blob("ref/r.csv", 400),
              blob("ref/r.csv.bak", 400), blob("churn/2026-10x", 400))
     in_use = (data("churn", 1, 400, paths=["churn/2026-10/"]), data("ref", 1, 400, paths=["ref/r.csv"]))
-    delete = rule("blobs", {"delete": {"daysAfterModificationGreaterThan": 30}})
+    delete = rule("blobs", {"delete": {"days_after_modification_greater_than": 30}})
     p = plan([delete], blobs=blobs, data_versions=in_use)
     assert {name(a.target) for a in p.actions} == {"churn/2026-1/part.csv", "ref/r.csv.bak", "churn/2026-10x"}
     assert spared(p)[BlobKey("landing", "ref/r.csv")] == "referenced by non-archived data:ref:1"
@@ -335,7 +339,7 @@ def test_blobs_referenced_by_a_version_in_use_are_kept_until_it_is_archived():
 def test_a_folder_path_without_its_slash_still_protects_the_folder():
     version = DataVersion("d", "1", ago(1), blob_paths=(BlobPath("landing", "drop"),))
     blobs = (blob("drop", 90), blob("drop/part.csv", 90), blob("dropped/part.csv", 90))
-    delete = rule("blobs", {"delete": {"daysAfterModificationGreaterThan": 30}})
+    delete = rule("blobs", {"delete": {"days_after_modification_greater_than": 30}})
     p = plan([delete], blobs=blobs, data_versions=(version,))
     assert [name(a.target) for a in p.actions] == ["dropped/part.csv"]
 
@@ -345,7 +349,8 @@ def test_idle_deployments_are_deleted_after_h_hours_at_zero_traffic():
     deployments = (deployment("e", "blue", 100, model_=("champion", "1")), deployment("e", "old", 0, idle_hours=30),
                    deployment("e", "recent", 0, idle_hours=2), deployment("e", "unknown", 0),
                    deployment("e", "shadow", 0, idle_hours=30, mirror=10), deployment("f", "idle", 0, idle_hours=99))
-    p = plan([rule("deployments", {"deleteIdle": {"hoursAtZeroTrafficGreaterThan": 24}}, filters={"names": ["e"]})],
+    p = plan([rule("deployments", {"delete_idle": {"hours_at_zero_traffic_greater_than": 24}},
+                   filters={"names": ["e"]})],
              deployments=deployments)
     assert kinds(p) == {(ActionKind.DELETE_DEPLOYMENT, DeploymentKey("e", "old"))}
     assert p.actions[0].reason == "at 0% traffic for 30.0 hours (> 24)"
@@ -363,7 +368,7 @@ def test_outputs_of_old_finished_jobs_are_deleted_unless_something_uses_them():
             Job("as-data", "Failed", outputs=out("as-data/"), finished_at=ago(90)))
     models = (model("m", 1, 90, job="registered"),)
     versions = (DataVersion("d", "1", ago(1), blob_paths=(BlobPath("runs", "as-data/model/x.parquet"),)),)
-    p = plan([rule("jobOutputs", {"delete": {"daysAfterCompletionGreaterThan": 30}})], jobs=jobs,
+    p = plan([rule("job_outputs", {"delete": {"days_after_completion_greater_than": 30}})], jobs=jobs,
              model_versions=models, data_versions=versions)
     assert kinds(p) == {(ActionKind.DELETE_JOB_OUTPUT, JobOutputKey("done", "model", BlobPath("runs", "done/")))}
     why = {k.job: v for k, v in spared(p).items()}
@@ -374,8 +379,8 @@ def test_outputs_of_old_finished_jobs_are_deleted_unless_something_uses_them():
 # -- several rules ----------------------------------------------------------------------------------------
 def test_the_strongest_action_wins_when_rules_overlap():
     versions = tuple(data("d", v, 400) for v in range(1, 4))
-    keep = rule("dataVersions", {"keepLatest": 5, "archive": {"daysAfterCreationGreaterThan": 30}}, name="keep")
-    purge = rule("dataVersions", {"delete": {"daysAfterCreationGreaterThan": 365}}, name="purge")
+    keep = rule("data_versions", {"keep_latest": 5, "archive": {"days_after_creation_greater_than": 30}}, name="keep")
+    purge = rule("data_versions", {"delete": {"days_after_creation_greater_than": 365}}, name="purge")
     p = plan([keep, purge], data_versions=versions)
     assert {(a.kind, a.rule) for a in p.actions} == {(ActionKind.DELETE_DATA, "purge")}
     assert p.protected == ()  # 'keep' spared them, but 'purge' deletes them: the plan does not claim both
@@ -383,10 +388,10 @@ def test_the_strongest_action_wins_when_rules_overlap():
 
 # -- protection: one test each ----------------------------------------------------------------------------
 ARCHIVE_ALL = [
-    rule("dataVersions", {"delete": {"daysAfterCreationGreaterThan": 0}}, name="data"),
-    rule("modelVersions", {"delete": {"daysAfterCreationGreaterThan": 0}}, name="models"),
-    rule("blobs", {"delete": {"daysAfterModificationGreaterThan": 0}}, name="blobs"),
-    rule("deployments", {"deleteIdle": {"hoursAtZeroTrafficGreaterThan": 1}}, name="idle"),
+    rule("data_versions", {"delete": {"days_after_creation_greater_than": 0}}, name="data"),
+    rule("model_versions", {"delete": {"days_after_creation_greater_than": 0}}, name="models"),
+    rule("blobs", {"delete": {"days_after_modification_greater_than": 0}}, name="blobs"),
+    rule("deployments", {"delete_idle": {"hours_at_zero_traffic_greater_than": 1}}, name="idle"),
 ]
 
 
@@ -486,11 +491,11 @@ def _world() -> Inventory:
 
 
 RULES = [
-    rule("dataVersions", {"keepLatest": 2, "archive": {"daysAfterCreationGreaterThan": 30}}, name="data"),
-    rule("modelVersions", {"keepLatest": 1, "archive": {"daysAfterCreationGreaterThan": 20}}, name="models"),
-    rule("blobs", {"tierToCool": {"daysAfterModificationGreaterThan": 30},
-                   "delete": {"daysAfterModificationGreaterThan": 60}}, name="blobs"),
-    rule("deployments", {"deleteIdle": {"hoursAtZeroTrafficGreaterThan": 24}}, name="idle"),
+    rule("data_versions", {"keep_latest": 2, "archive": {"days_after_creation_greater_than": 30}}, name="data"),
+    rule("model_versions", {"keep_latest": 1, "archive": {"days_after_creation_greater_than": 20}}, name="models"),
+    rule("blobs", {"tier_to_cool": {"days_after_modification_greater_than": 30},
+                   "delete": {"days_after_modification_greater_than": 60}}, name="blobs"),
+    rule("deployments", {"delete_idle": {"hours_at_zero_traffic_greater_than": 24}}, name="idle"),
 ]
 
 
@@ -558,7 +563,7 @@ BOOK = AddressBook.of([Datastore("lake", "AzureDataLakeGen2", ACCOUNT, "landing"
                        Datastore("elsewhere", "AzureBlob", "otheraccount", "landing"),
                        Datastore("workspaceartifactstore", "AzureBlob", ACCOUNT, "azureml"),
                        Datastore("share", "AzureFile", ACCOUNT, "")], [ACCOUNT])
-DELETE_BLOBS = rule("blobs", {"delete": {"daysAfterModificationGreaterThan": 1}}, name="raw")
+DELETE_BLOBS = rule("blobs", {"delete": {"days_after_modification_greater_than": 1}}, name="raw")
 ADDRESS_FORMS = [
     f"abfss://landing@{ACCOUNT}.dfs.core.windows.net/churn/v1/",
     f"wasbs://landing@{ACCOUNT}.blob.core.windows.net/churn/v1/",
@@ -590,7 +595,7 @@ def test_defect1_every_address_form_protects_the_champions_training_blobs(addres
     "azureml://registries/shared/data/churn/versions/1",  # an azureml form without a datastore
 ])
 def test_defect1_an_address_without_a_container_suspends_the_blob_rules(address: str) -> None:
-    p = plan([DELETE_BLOBS, rule("jobOutputs", {"delete": {"daysAfterCompletionGreaterThan": 1}}, name="outs")],
+    p = plan([DELETE_BLOBS, rule("job_outputs", {"delete": {"days_after_completion_greater_than": 1}}, name="outs")],
              jobs=(Job("old", "Completed", outputs={"o": BlobPath("landing", "old/")}, finished_at=ago(90)),),
              **_champion_trained_on(address))
     assert p.actions == ()
@@ -639,7 +644,7 @@ def test_defect2_a_job_output_is_deleted_only_when_the_job_owns_it_alone() -> No
     registered = Job("registered", "Failed", outputs={"out": BlobPath("runs", "reg/")}, finished_at=ago(90))
     archived_data = data("d", 1, 90, archived=True)
     archived_data = dataclasses.replace(archived_data, blob_paths=(BlobPath("runs", "reg/part/"),))
-    outputs = rule("jobOutputs", {"delete": {"daysAfterCompletionGreaterThan": 30}})
+    outputs = rule("job_outputs", {"delete": {"days_after_completion_greater_than": 30}})
     p = plan([outputs], jobs=(old, newer, alone, registered), data_versions=(archived_data,))
     assert {str(a.target) for a in p.actions} == {"job-output:alone/out"}
     why = {k.job: v for k, v in spared(p).items()}
@@ -656,8 +661,8 @@ def test_defect3_nan_and_infinite_metrics_rank_last_and_never_keep_a_version(bad
     best = 0.95 if direction == "higher_is_better" else 0.05
     models = (model("m", 1, 90, metrics={"auc": best}), model("m", 2, 80, metrics={"auc": bad}),
               model("m", 3, 70, metrics={"auc": 0.5}))
-    r = rule("modelVersions", {"keepTopK": {"k": 1, "metric": "auc", "direction": direction},
-                               "archive": {"daysAfterCreationGreaterThan": 30}})
+    r = rule("model_versions", {"keep_top_k": {"k": 1, "metric": "auc", "direction": direction},
+                               "archive": {"days_after_creation_greater_than": 30}})
     p = plan([r], model_versions=models)
     assert {str(a.target) for a in p.actions} == {"model:m:2", "model:m:3"}
     assert "in the top 1 of m by auc" in spared(p)[ModelKey("m", "1")]
@@ -667,7 +672,7 @@ def test_defect6_the_rollback_target_is_protected_until_the_rollout_has_finished
     models = (model("m", 1, 90, trained_on=("d", "1")), model("m", 2, 1))
     deployments = (deployment("e", "green", 100, model_=("m", "2")),
                    deployment("e", "blue", 0, idle_hours=48, model_=("m", "1")))
-    every = [*ARCHIVE_ALL, rule("modelVersions", {"archive": {"daysAfterCreationGreaterThan": 0}}, name="old")]
+    every = [*ARCHIVE_ALL, rule("model_versions", {"archive": {"days_after_creation_greater_than": 0}}, name="old")]
 
     def in_state(state: str) -> RetentionPlan:
         rollout = Rollout("e", ModelKey("m", "2"), state, "green", champion_deployment="blue",

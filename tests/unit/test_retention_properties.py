@@ -133,41 +133,41 @@ T = TypeVar("T")
 def rules(draw):
     out = []
     for i in range(draw(st.integers(1, 6))):
-        kind = draw(st.sampled_from(["dataVersions", "modelVersions", "blobs", "deployments", "jobOutputs"]))
+        kind = draw(st.sampled_from(["data_versions", "model_versions", "blobs", "deployments", "job_outputs"]))
         filters: dict[str, Any] = {}
-        if kind == "dataVersions":
+        if kind == "data_versions":
             archive, delete = sorted(draw(st.lists(days, min_size=2, max_size=2)))
-            actions = {"archive": {"daysAfterCreationGreaterThan": archive},
-                       "delete": {"daysAfterCreationGreaterThan": delete}}
+            actions = {"archive": {"days_after_creation_greater_than": archive},
+                       "delete": {"days_after_creation_greater_than": delete}}
             actions = draw(st.sampled_from([actions, {"archive": actions["archive"]}, {"delete": actions["delete"]}]))
             if draw(st.booleans()):
-                actions["keepLatest"] = draw(st.integers(1, 3))
+                actions["keep_latest"] = draw(st.integers(1, 3))
             if draw(st.booleans()):
                 filters = draw(st.sampled_from(
                     [{"names": ["churn"]}, {"prefixes": ["churn"]}, {"tags": {"stage": "raw"}}]))
-        elif kind == "modelVersions":
-            actions = {draw(st.sampled_from(["archive", "delete"])): {"daysAfterCreationGreaterThan": draw(days)}}
+        elif kind == "model_versions":
+            actions = {draw(st.sampled_from(["archive", "delete"])): {"days_after_creation_greater_than": draw(days)}}
             if draw(st.booleans()):
-                actions["keepLatest"] = draw(st.integers(1, 3))
+                actions["keep_latest"] = draw(st.integers(1, 3))
             if draw(st.booleans()):
-                actions["keepTopK"] = {"k": draw(st.integers(1, 2)), "metric": "auc",
+                actions["keep_top_k"] = {"k": draw(st.integers(1, 2)), "metric": "auc",
                                        "direction": draw(st.sampled_from(DIRECTIONS))}
         elif kind == "blobs":
             cool, cold, delete = sorted(draw(st.lists(days, min_size=3, max_size=3, unique=True)))
             actions = draw(st.sampled_from([
-                {"delete": {"daysAfterModificationGreaterThan": delete}},
-                {"tierToCool": {"daysAfterModificationGreaterThan": cool}},
-                {"tierToCool": {"daysAfterModificationGreaterThan": cool},
-                 "tierToArchive": {"daysAfterModificationGreaterThan": cold},
-                 "delete": {"daysAfterModificationGreaterThan": delete}},
-                {"tierToArchive": {"daysAfterModificationGreaterThan": cold}},
+                {"delete": {"days_after_modification_greater_than": delete}},
+                {"tier_to_cool": {"days_after_modification_greater_than": cool}},
+                {"tier_to_cool": {"days_after_modification_greater_than": cool},
+                 "tier_to_archive": {"days_after_modification_greater_than": cold},
+                 "delete": {"days_after_modification_greater_than": delete}},
+                {"tier_to_archive": {"days_after_modification_greater_than": cold}},
             ]))
             if draw(st.booleans()):
                 filters = {"prefixes": [draw(st.sampled_from(["landing/", "runs/a", "landing/a/"]))]}
         elif kind == "deployments":
-            actions = {"deleteIdle": {"hoursAtZeroTrafficGreaterThan": draw(st.integers(1, 72))}}
+            actions = {"delete_idle": {"hours_at_zero_traffic_greater_than": draw(st.integers(1, 72))}}
         else:
-            actions = {"delete": {"daysAfterCompletionGreaterThan": draw(days)}}
+            actions = {"delete": {"days_after_completion_greater_than": draw(days)}}
         out.append(RetentionRule.model_validate(
             {"name": f"r{i}", "type": kind, "actions": actions, "filters": filters, "enabled": draw(st.booleans())
              or i == 0}))
@@ -339,7 +339,7 @@ def test_any_part_of_a_plan_is_safe_and_replanning_converges(
         check_safe(world, replan)
         assert not ids(replan.actions) & applied, "an applied action came back"
         # what was not done is planned again, or now spared: when another rule archived one of the latest
-        # versions, keepLatest (which counts versions in use) reaches one version further back
+        # versions, keep_latest (which counts versions in use) reaches one version further back
         still_there = replan.targets() | {p.target for p in replan.protected}
         assert {a.target for a in plan.actions if a not in done} <= still_there
         world = apply_in_memory(world, replan.actions)

@@ -42,3 +42,38 @@ def test_repr_hides_connection_strings_and_keys():
     s = load_settings(env)
     assert "c2VjcmV0" not in repr(s) and "topsecret" not in repr(s)
     assert s.data_storage.connection_string is not None
+
+
+def test_webhook_secret_is_read_as_given():
+    assert load_settings(dict(GOOD, EVERGREEN_WEBHOOK_SECRET="s3cret")).webhook_secret == "s3cret"
+    assert load_settings(GOOD).webhook_secret is None
+
+
+@pytest.mark.parametrize("reference", [
+    "@Microsoft.KeyVault(SecretUri=https://kv-evg-abc.vault.azure.net/secrets/evergreen-webhook-secret)",
+    " @microsoft.keyvault(VaultName=kv-evg-abc;SecretName=evergreen-webhook-secret)",
+])
+def test_an_unresolved_key_vault_reference_is_no_secret_and_says_so(reference, caplog):
+    """App Service passes the reference text when the secret is missing: it must not become the HMAC key."""
+    with caplog.at_level("WARNING", logger="shared.config.settings"):
+        settings = load_settings(dict(GOOD, EVERGREEN_WEBHOOK_SECRET=reference))
+    assert settings.webhook_secret is None
+    assert any("unresolved Key Vault reference" in r.getMessage() and "refused" in r.getMessage()
+               for r in caplog.records)
+    assert reference not in caplog.text  # the vault URI is not logged either
+
+
+@pytest.mark.parametrize("key", ["EVERGREEN_RETENTION_SCHEDULE", "EVERGREEN_RECONCILE_SCHEDULE"])
+@pytest.mark.parametrize("schedule", ["0 0 25 * * *", "0 61 * * * *", "0 0 3 * * mon-xyz", "*/5 * * * *"])
+def test_a_schedule_croniter_refuses_is_named(key, schedule):
+    """Six NCRONTAB fields (seconds first) are not enough: each must be a value the timer can fire on."""
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(dict(GOOD, **{key: schedule}))
+    assert info.value.problems == (f"{key}: {schedule!r} is not a valid 6-field NCRONTAB expression "
+                                   "(second minute hour day month weekday, e.g. '0 0 3 * * *')",)
+
+
+def test_valid_schedules_are_kept():
+    s = load_settings(dict(GOOD, EVERGREEN_RETENTION_SCHEDULE="30 15 2 * * sun",
+                           EVERGREEN_RECONCILE_SCHEDULE="0 */10 * * * *"))
+    assert (s.retention_schedule, s.reconcile_schedule) == ("30 15 2 * * sun", "0 */10 * * * *")

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from shared.domain.retrain import PipelineSubmission
 
 from shared.domain.workspace import (
+    DataVersionInfo,
     DataVersionSpec,
     DeploymentSpec,
     DeploymentView,
@@ -103,6 +104,26 @@ class AzureML:
             return None
         return None
 
+    def get_data_version(self, name: str, version: str | None = None) -> DataVersionInfo | None:
+        """Version `version` of `name`, or the latest (the service's `latest` label) when None; None if missing.
+
+        Other failures propagate as azure-core errors.
+        """
+        from azure.ai.ml.exceptions import MlException
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            item: Any = (self.client.data.get(name, version=version) if version is not None
+                         else self.client.data.get(name, label="latest"))
+        except ResourceNotFoundError:
+            return None
+        except MlException as exc:  # `latest` of an unknown asset: the SDK wraps the 404 in its own error
+            if _caused_by(exc, ResourceNotFoundError):
+                return None
+            raise
+        return DataVersionInfo(name=item.name, version=str(item.version), uri=str(item.path),
+                               asset_type=str(item.type), tags=dict(item.tags or {}))
+
     def submit_pipeline(self, submission: PipelineSubmission) -> str:
         """Submit the pipeline job under its deterministic name; an existing job is returned, never re-run.
 
@@ -161,6 +182,16 @@ def _pipeline_job(submission: PipelineSubmission) -> Any:
         raise JobRejectedError(f"pipeline {submission.yaml_path} cannot be submitted: "
                                f"{type(exc).__name__}: {_first_line(exc)}") from exc
     return job
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `kind` is in the chain of causes of `exc` (the SDK wraps service errors in its own)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from shared.domain.retrain import PipelineSubmission
 from shared.domain.vocabulary import version_order
-from shared.domain.workspace import DataVersionSpec, RegisteredDataVersion
+from shared.domain.workspace import DataVersionInfo, DataVersionSpec, RegisteredDataVersion
 from shared.errors import JobRejectedError
 
 NEW_JOB_STATUS = "NotStarted"  # what Azure ML answers for a pipeline job just created
@@ -58,6 +58,19 @@ class MemoryWorkspace:
             return None
         first = min(matching, key=lambda v: version_order(v.version))
         return RegisteredDataVersion(name=name, version=first.version, uri=first.spec.uri)
+
+    def get_data_version(self, name: str, version: str | None = None) -> DataVersionInfo | None:
+        """Version `version` of `name`, or its highest one (by `version_order`) when None; None if there is none."""
+        with self._lock:
+            versions = list(self._data.get(name, []))
+        if version is None:
+            found = max(versions, key=lambda v: version_order(v.version), default=None)
+        else:
+            found = next((v for v in versions if v.version == version), None)
+        if found is None:
+            return None
+        spec = found.spec
+        return DataVersionInfo(name, found.version, spec.uri, spec.asset_type, dict(spec.tags))
 
     def data_versions(self, name: str) -> list[MemoryDataVersion]:
         """Every registered version of `name`, in registration order."""
