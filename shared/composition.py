@@ -28,6 +28,7 @@ from shared.config.connections import StorageConnection
 from shared.config.policy import Policy, load_policy
 from shared.config.settings import Settings, load_settings
 from shared.domain.ingest import blob_created_to_json, seal_request_to_json
+from shared.domain.records import Leases
 from shared.domain.retrain import retrain_check_to_json
 from shared.domain.rollout import CandidateRetry, RolloutTick
 from shared.services.audit import AUDIT_TABLE, TableAuditLog
@@ -89,6 +90,7 @@ class _Clients:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.credential = credential_for(settings.client_id)
+        self.leases = Leases.of(settings.lease_seconds)  # EVERGREEN_LEASE_SECONDS: every claim's lease
 
     @functools.cached_property
     def _tables(self) -> TableServiceClient:
@@ -96,7 +98,7 @@ class _Clients:
 
     @functools.cached_property
     def ledger(self) -> Ledger:
-        return Ledger(AzureTable(self._tables.create_table_if_not_exists(LEDGER_TABLE)))
+        return Ledger(AzureTable(self._tables.create_table_if_not_exists(LEDGER_TABLE)), leases=self.leases)
 
     @functools.cached_property
     def audit(self) -> TableAuditLog:
@@ -105,7 +107,8 @@ class _Clients:
     @functools.cached_property
     def azureml(self) -> AzureML:
         s = self.settings
-        return AzureML(self.credential, s.subscription_id, s.resource_group, s.workspace_name)
+        return AzureML(self.credential, s.subscription_id, s.resource_group, s.workspace_name,
+                       timeout=s.azureml_timeout_seconds)
 
     @functools.cached_property
     def data_blobs(self) -> BlobServiceClient:
@@ -117,7 +120,8 @@ class _Clients:
 
     def retrainer(self, policy: Policy) -> Retrainer:
         return Retrainer(policy=policy, app_root=self.settings.policy_path.parent, ledger=self.ledger,
-                         jobs=self.azureml, audit=self.audit, rechecks=self.queue(RETRAIN_QUEUE, retrain_check_to_json))
+                         jobs=self.azureml, audit=self.audit, rechecks=self.queue(RETRAIN_QUEUE, retrain_check_to_json),
+                         leases=self.leases)
 
     def retention(self, policy: Policy) -> RetentionRunner:
         return RetentionRunner(policy=policy.retention, workspace=AmlRetention(self.azureml),
@@ -137,6 +141,7 @@ def build_services(settings: Settings, policy: Policy) -> Services:
         blob_retry=clients.queue(BLOB_RETRY_QUEUE, blob_created_to_json),
         audit=clients.audit,
         sleep=time.sleep,
+        leases=clients.leases,
     )
     promoter = Promoter(policy=policy, endpoints=OnlineEndpoints(clients.azureml), ledger=clients.ledger,
                         ticks=clients.queue(ROLLOUT_QUEUE, RolloutTick.to_json), audit=clients.audit,

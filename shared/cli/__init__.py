@@ -147,10 +147,13 @@ def run_validate(argv: list[str]) -> int:
     The workspace settings come from the environment or `local.settings.json`; without them the
     compute and datastore checks are skipped with a note (usable in CI with no Azure at all).
     """
+    import importlib
+
     from shared.adapters.azure.workspace_facts import AmlPipelineReader, workspace_facts
     from shared.composition import credential_for
-    from shared.config import validate
     from shared.config.settings import environment_with_local_settings
+
+    validate = importlib.import_module("shared.config.validate")  # by name: loaded only for this command
 
     env = environment_with_local_settings()
     workspace = workspace_facts(credential_for(env.get("AZURE_CLIENT_ID") or None), env)

@@ -45,6 +45,8 @@ class Settings:
     webhook_secret: str | None
     retention_schedule: str
     reconcile_schedule: str = "0 */5 * * * *"  # EVERGREEN_RECONCILE_SCHEDULE: the reconciler timer
+    lease_seconds: int = 600  # EVERGREEN_LEASE_SECONDS: a claim's lease (seal, content, submission)
+    azureml_timeout_seconds: int = 60  # EVERGREEN_AZUREML_TIMEOUT_SECONDS: connect + read timeout per Azure ML call
 
     def __repr__(self) -> str:  # never leak keys or connection strings into logs
         return (
@@ -99,11 +101,48 @@ def _schedule(env: Mapping[str, str], key: str, problems: list[str]) -> str:
     return schedule
 
 
+# The claim lease and the Azure ML call timeout: (default, minimum) in seconds.
+LEASE_SECONDS = ("EVERGREEN_LEASE_SECONDS", 600, 30)
+AZUREML_TIMEOUT_SECONDS = ("EVERGREEN_AZUREML_TIMEOUT_SECONDS", 60, 1)
+
+
+def _seconds(env: Mapping[str, str], setting: tuple[str, int, int], problems: list[str]) -> int:
+    """A whole number of seconds, at least the setting's minimum (its default when unset); else a problem."""
+    key, default, minimum = setting
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        problems.append(f"{key}: {raw!r} is not a whole number of seconds")
+        return default
+    if value < minimum:
+        problems.append(f"{key}: {value} s is too short (at least {minimum} s)")
+    return value
+
+
+def _lease_and_timeout(env: Mapping[str, str], problems: list[str]) -> tuple[int, int]:
+    """EVERGREEN_LEASE_SECONDS and EVERGREEN_AZUREML_TIMEOUT_SECONDS, validated together.
+
+    A lease must outlast the holder's longest call: a holder blocked in an Azure ML call past its lease
+    is taken over while it still works (safe, every step is idempotent, but wasted work).
+    """
+    known = len(problems)
+    lease = _seconds(env, LEASE_SECONDS, problems)
+    timeout = _seconds(env, AZUREML_TIMEOUT_SECONDS, problems)
+    if len(problems) == known and timeout >= lease:  # compared only once each is valid on its own
+        problems.append(f"EVERGREEN_AZUREML_TIMEOUT_SECONDS: {timeout} s must be less than EVERGREEN_LEASE_SECONDS "
+                        f"({lease} s): a lease must outlast the holder's longest call")
+    return lease, timeout
+
+
 # The settings `load_settings` knows, by name: `only=` takes a subset of these.
 SETTING_NAMES = frozenset({
     "AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME", "EVERGREEN_EVENTS_TOPIC_ENDPOINT",
     "EVERGREEN_LANDING_CONTAINER", "EVERGREEN_POLICY_PATH", "EVERGREEN_RETENTION_SCHEDULE",
-    "EVERGREEN_RECONCILE_SCHEDULE", "AzureWebJobsStorage", "DATA_STORAGE",
+    "EVERGREEN_RECONCILE_SCHEDULE", "AzureWebJobsStorage", "DATA_STORAGE", "EVERGREEN_LEASE_SECONDS",
+    "EVERGREEN_AZUREML_TIMEOUT_SECONDS",
 })
 LOCAL_SETTINGS = APP_ROOT / "local.settings.json"
 
@@ -176,6 +215,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, only: Collection[str]
 
     schedule = _schedule(env, "EVERGREEN_RETENTION_SCHEDULE", problems)
     reconcile_schedule = _schedule(env, "EVERGREEN_RECONCILE_SCHEDULE", problems)
+    lease_seconds, azureml_timeout_seconds = _lease_and_timeout(env, problems)
 
     app_storage = _storage(env, "AzureWebJobsStorage", problems)
     data_storage = _storage(env, "DATA_STORAGE", problems)
@@ -198,4 +238,6 @@ def load_settings(env: Mapping[str, str] | None = None, *, only: Collection[str]
         webhook_secret=_webhook_secret(env),
         retention_schedule=schedule,
         reconcile_schedule=reconcile_schedule,
+        lease_seconds=lease_seconds,
+        azureml_timeout_seconds=azureml_timeout_seconds,
     )

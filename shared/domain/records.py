@@ -21,6 +21,35 @@ HOLDER_WAIT = timedelta(seconds=3)  # how long a duplicate waits for a live hold
 # A retraining submission (load the pipeline YAML, create the job) is unconfirmed until Azure ML
 # answered; whoever finds its lease expired resumes it (the job name is deterministic: never twice).
 SUBMIT_LEASE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Leases:
+    """How long a holder owns a claim before anyone may take it over: what a dead holder costs its flow.
+
+    The production defaults are the constants above; `EVERGREEN_LEASE_SECONDS` sets all three
+    (`Leases.of`). A lease must outlast the holder's longest call (see `EVERGREEN_AZUREML_TIMEOUT_SECONDS`),
+    or a live holder loses its claim mid-work; then it and its taker both work for a while, which is
+    safe because every step is idempotent by key, only wasteful.
+    """
+
+    seal: timedelta = SEAL_LEASE  # a sealer's hold on a batch
+    content: timedelta = CONTENT_LEASE  # a registrar's hold on a content claim
+    submit: timedelta = SUBMIT_LEASE  # a retraining submission's hold on its dataset
+
+    @classmethod
+    def of(cls, seconds: float) -> Leases:
+        """One duration for every claim (the `EVERGREEN_LEASE_SECONDS` setting)."""
+        lease = timedelta(seconds=seconds)
+        return cls(seal=lease, content=lease, submit=lease)
+
+    @property
+    def longest(self) -> timedelta:
+        """The longest lease: an open-work entry older than this whose item never appeared was abandoned."""
+        return max(self.seal, self.content, self.submit)
+
+
+DEFAULT_LEASES = Leases()
 # A scheduled retraining re-check (end of the minimum interval) this late counts as lost.
 RECHECK_GRACE = timedelta(minutes=10)
 
@@ -48,9 +77,12 @@ class ContentRecord:
     owner: str = ""  # who holds the claim (an Ingestor instance id)
     lease_until: datetime | None = None  # after this anyone may take the claim over
 
-    def lease_expired(self, now: datetime) -> bool:
-        """Whether a pending claim outlived its lease (its holder died): then anyone may take it over."""
-        until = self.lease_until or (self.claimed_at + CONTENT_LEASE if self.claimed_at else None)
+    def lease_expired(self, now: datetime, lease: timedelta = CONTENT_LEASE) -> bool:
+        """Whether a pending claim outlived its lease (its holder died): then anyone may take it over.
+
+        Judged from the stored `lease_until`; `lease` after `claimed_at` only for an old row without one.
+        """
+        until = self.lease_until or (self.claimed_at + lease if self.claimed_at else None)
         return until is None or now >= until
 
 
@@ -69,11 +101,14 @@ class BatchRecord:
     lease_until: datetime | None = None  # while sealing: after this anyone may take the seal over
     seal_reason: str = ""  # why the holder sealed (kept, so a take-over tags the version alike)
 
-    def seal_held(self, now: datetime) -> bool:
-        """Whether a live sealer holds this batch (sealing, lease not yet expired)."""
+    def seal_held(self, now: datetime, lease: timedelta = SEAL_LEASE) -> bool:
+        """Whether a live sealer holds this batch (sealing, lease not yet expired).
+
+        Judged from the stored `lease_until`; `lease` after `sealing_since` only for an old row without one.
+        """
         if self.state != BatchState.SEALING:
             return False
-        until = self.lease_until or (self.sealing_since + SEAL_LEASE if self.sealing_since else None)
+        until = self.lease_until or (self.sealing_since + lease if self.sealing_since else None)
         return until is not None and now < until
 
     @property

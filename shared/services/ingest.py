@@ -61,7 +61,7 @@ from shared.domain.ingest import (
     stuck_batch,
 )
 from shared.domain.keys import digest
-from shared.domain.records import CONTENT_LEASE, HOLDER_WAIT, SEAL_LEASE, BatchRecord, ContentRecord, utcnow
+from shared.domain.records import DEFAULT_LEASES, HOLDER_WAIT, BatchRecord, ContentRecord, Leases, utcnow
 from shared.domain.urls import strip_query
 from shared.domain.vocabulary import BatchState, ContentState, IngestAction, Tag
 from shared.domain.workspace import DataVersionSpec
@@ -147,6 +147,7 @@ class Ingestor:
         sleep: Sleeper,
         clock: Clock = utcnow,
         owner: str | None = None,
+        leases: Leases = DEFAULT_LEASES,
     ) -> None:
         self._policy = policy
         self._blobs = blobs
@@ -159,6 +160,7 @@ class Ingestor:
         self._sleep = sleep
         self._clock = clock
         self._owner = owner or f"ingest-{uuid.uuid4().hex[:12]}"
+        self._leases = leases  # the seal and content leases (the ledger writes them; EVERGREEN_LEASE_SECONDS)
 
     # -- entry points ---------------------------------------------------------------------------
     def on_blob_created(self, blob: BlobCreated) -> IngestOutcome:
@@ -351,7 +353,7 @@ class Ingestor:
             if existing.state != ContentState.PENDING:
                 return existing  # registered but not yet announced: finish the job (publishing is idempotent)
             if not self._ledger.content_claim_expired(existing):
-                return Busy(existing.lease_until or self._clock() + CONTENT_LEASE,
+                return Busy(existing.lease_until or self._clock() + self._leases.content,
                             f"content {sha256[:12]} of {dataset.name} is being registered by "
                             f"{existing.owner or 'another instance'}")
             taken = self._ledger.take_over_content(existing, self._owner)
@@ -631,7 +633,7 @@ class Ingestor:
     def _abandoned(self, item: dict[str, Any], now: datetime) -> bool:
         """An entry whose item never appeared (its writer died before writing it), older than any lease."""
         since = datetime.fromisoformat(str(item["Since"])) if item.get("Since") else None
-        return since is None or now - since > max(SEAL_LEASE, CONTENT_LEASE)
+        return since is None or now - since > max(self._leases.seal, self._leases.content)
 
     def _redrive_batch(self, item: dict[str, Any], now: datetime) -> IngestOutcome | None:
         key, folder, generation = str(item["RowKey"]), str(item["Folder"]), int(item["Generation"])
@@ -665,7 +667,7 @@ class Ingestor:
             if record is not None or self._abandoned(item, now):
                 self._ledger.finish_work(FLOW, key)
             return None
-        if not record.lease_expired(now):
+        if not record.lease_expired(now, self._leases.content):
             return None  # its holder is alive (and may be publishing right now)
         stored = self._ledger.content_spec(record)
         if stored is None:

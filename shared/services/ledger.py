@@ -17,10 +17,10 @@ from typing import Any
 
 from shared.domain.keys import digest
 from shared.domain.records import (
-    CONTENT_LEASE,
-    SEAL_LEASE,
+    DEFAULT_LEASES,
     BatchRecord,
     ContentRecord,
+    Leases,
     RetrainState,
     RolloutRecord,
     Row,
@@ -125,9 +125,10 @@ def _retrain_state(row: Row) -> RetrainState:
 class Ledger:
     """Typed access to the ledger table (any `TableStore`: Table Storage in Azure, a dict in tests)."""
 
-    def __init__(self, table: TableStore, *, clock: Clock = utcnow) -> None:
+    def __init__(self, table: TableStore, *, clock: Clock = utcnow, leases: Leases = DEFAULT_LEASES) -> None:
         self._table = table
         self._clock = clock  # every timestamp the ledger writes or compares (tests and the harness move it)
+        self._leases = leases  # how long the claims it writes last (`LeaseUntil`); EVERGREEN_LEASE_SECONDS
 
     # -- generic -------------------------------------------------------------------------------
     def _get(self, pk: str, rk: str) -> Row | None:
@@ -212,7 +213,7 @@ class Ledger:
                 "Source": source,
                 "ClaimedAt": _iso(now),
                 "Owner": owner,
-                "LeaseUntil": _iso(now + CONTENT_LEASE),
+                "LeaseUntil": _iso(now + self._leases.content),
                 "Spec": json.dumps(asdict(spec)) if spec is not None else "",
                 "FileCount": len(files),
                 "Files": names if len(names) <= MAX_FILES_JSON else "",
@@ -231,13 +232,13 @@ class Ledger:
 
     def content_claim_expired(self, record: ContentRecord) -> bool:
         """Whether a pending claim outlived its lease (its holder died): then anyone may take it over."""
-        return record.state == ContentState.PENDING and record.lease_expired(self._clock())
+        return record.state == ContentState.PENDING and record.lease_expired(self._clock(), self._leases.content)
 
     def take_over_content(self, record: ContentRecord, owner: str = "") -> ContentRecord | None:
         """Take a stale pending claim (its holder died) under a new lease; None if someone else moved first."""
         now = self._clock()
         row = self._replace_if(_stored(record), {"ClaimedAt": _iso(now), "Owner": owner,
-                                                 "LeaseUntil": _iso(now + CONTENT_LEASE)})
+                                                 "LeaseUntil": _iso(now + self._leases.content)})
         return self._content(row) if row else None
 
     def release_content(self, record: ContentRecord) -> bool:
@@ -370,11 +371,11 @@ class Ledger:
         `reason` (why it is sealed) is kept; a take-over keeps the holder's reason, so the version is tagged alike.
         """
         now = self._clock()
-        if batch.state == BatchState.SEALED or batch.seal_held(now):
+        if batch.state == BatchState.SEALED or batch.seal_held(now, self._leases.seal):
             return None
         row = self._replace_if(_stored(batch), {
             "State": BatchState.SEALING.value, "SealingSince": _iso(now), "SealOwner": owner,
-            "LeaseUntil": _iso(now + SEAL_LEASE), "SealReason": batch.seal_reason or reason})
+            "LeaseUntil": _iso(now + self._leases.seal), "SealReason": batch.seal_reason or reason})
         return self._batch(row) if row else None
 
     def release_seal(self, batch: BatchRecord) -> bool:

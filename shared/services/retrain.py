@@ -30,7 +30,7 @@ from pathlib import Path
 from shared.config.policy import Policy
 from shared.domain.audit import AuditRecord
 from shared.domain.events import DataVersionRegistered
-from shared.domain.records import HOLDER_WAIT, SUBMIT_LEASE, RetrainState, utcnow
+from shared.domain.records import DEFAULT_LEASES, HOLDER_WAIT, Leases, RetrainState, utcnow
 from shared.domain.retrain import (
     Coalesce,
     Defer,
@@ -73,7 +73,8 @@ class Retrainer:
     """Executes retraining decisions; built once per process (composition root) from ports."""
 
     def __init__(self, *, policy: Policy, app_root: Path, ledger: Ledger, jobs: JobRunner, audit: AuditLog,
-                 rechecks: DelayedQueue[RetrainCheck], clock: Clock = utcnow, sleep: Sleeper = time.sleep) -> None:
+                 rechecks: DelayedQueue[RetrainCheck], clock: Clock = utcnow, sleep: Sleeper = time.sleep,
+                 leases: Leases = DEFAULT_LEASES) -> None:
         self._policy = policy
         self._root = app_root
         self._ledger = ledger
@@ -83,6 +84,7 @@ class Retrainer:
         self._clock = clock
         self._sleep = sleep
         self._instance = uuid.uuid4().hex[:8]  # names this process in lease owners
+        self._leases = leases  # a submission's lease (EVERGREEN_LEASE_SECONDS): what a dead submitter costs
 
     # -- entry points ---------------------------------------------------------------------------------
     def on_data_version_registered(self, event: DataVersionRegistered, event_id: str) -> RetrainOutcome:
@@ -250,7 +252,7 @@ class Retrainer:
         claimed = self._ledger.claim_submission(
             state, dataset=decision.dataset, job=decision.job_name, version=decision.data_version,
             asset=decision.asset_name, asset_type=decision.asset_type, event=trigger, owner=owner,
-            until=self._clock() + SUBMIT_LEASE, clear_pending=not decision.resume)
+            until=self._clock() + self._leases.submit, clear_pending=not decision.resume)
         if claimed is None:
             return None
         try:

@@ -21,7 +21,7 @@ from shared.config.policy import parse_policy
 from shared.domain.audit import AuditRecord
 from shared.domain.events import BlobCreated, DataVersionRegistered, SealRequest
 from shared.domain.ingest import REDRIVE_GRACE
-from shared.domain.records import CLAIM_LEASE
+from shared.domain.records import CLAIM_LEASE, DEFAULT_LEASES, Leases
 from shared.domain.vocabulary import BatchState, IngestAction, Tag
 from shared.domain.workspace import DataVersionSpec, RegisteredDataVersion
 from shared.errors import BlobChangedError, InvalidEventError
@@ -60,20 +60,22 @@ class World:
     workspace: MemoryWorkspace = field(default_factory=MemoryWorkspace)
     publisher: FlakyPublisher = field(default_factory=FlakyPublisher)
     audit: TableAuditLog = field(default_factory=lambda: TableAuditLog(MemoryTable()))
+    leases: Leases = DEFAULT_LEASES  # EVERGREEN_LEASE_SECONDS, as the composition root passes it
 
     def __post_init__(self) -> None:
         self.blobs = MemoryBlobStore(clock=self.clock, chunk_size=4096)
         self.queue: MemoryDelayedQueue[SealRequest] = MemoryDelayedQueue(clock=self.clock)
         self.retries: MemoryDelayedQueue[BlobCreated] = MemoryDelayedQueue(clock=self.clock)
         self.slept: list[float] = []
-        self.ledger = Ledger(self.table, clock=self.clock)
+        self.ledger = Ledger(self.table, clock=self.clock, leases=self.leases)
         self.ingestor = self.instance()
 
     def instance(self) -> Ingestor:
         """Another Function instance: its own service objects, the same storage, registry and topic."""
-        return Ingestor(policy=POLICY, blobs=self.blobs, ledger=Ledger(self.table, clock=self.clock),
+        return Ingestor(policy=POLICY, blobs=self.blobs, ledger=Ledger(self.table, clock=self.clock, leases=self.leases),
                         registry=self.workspace, publisher=self.publisher, seal_queue=self.queue,
-                        blob_retry=self.retries, audit=self.audit, sleep=self.slept.append, clock=self.clock)
+                        blob_retry=self.retries, audit=self.audit, sleep=self.slept.append, clock=self.clock,
+                        leases=self.leases)
 
     def upload(self, name: str, data: bytes) -> BlobCreated:
         self.blobs.put(CONTAINER, name, data)
@@ -645,4 +647,46 @@ def test_defect1_a_sealer_that_dies_mid_seal_is_taken_over_after_its_lease(world
     sealed = world.instance().on_seal_request(again)
     assert (sealed.action, sealed.version) == (IngestAction.SEALED, "1")
     assert world.versions("churn") == ["1"] and [e.version for e in world.publisher.events] == ["1"]
+    assert world.ledger.open_work("ingest") == []
+
+
+# -- issue 11: a dead holder costs one configured lease (EVERGREEN_LEASE_SECONDS), not ten minutes ----------
+SHORT = Leases.of(30)
+
+
+def test_defect1_a_sealer_that_dies_mid_seal_costs_one_configured_lease_not_ten_minutes(clock: FakeClock) -> None:
+    world = World(clock, workspace=FlakyWorkspace(), leases=SHORT)
+    drop(world, "churn/short/", 2)
+    world.ingestor.on_blob_created(world.upload("churn/short/_SUCCESS", b""))
+    (request,) = world.due("marker")
+    world.workspace.die = True
+    with pytest.raises(ProcessDied):  # registered in Azure ML, then the host died holding the seal
+        world.ingestor.on_seal_request(request)
+    batch = world.ledger.get_batch("churn", "churn/short/")
+    assert batch is not None and batch.lease_until == clock() + SHORT.seal  # the ledger wrote the short lease
+    world.clock.advance(SHORT.seal.total_seconds() - 1)
+    assert world.instance().reconcile(world.clock()) == []  # still its holder's
+    world.clock.advance(2)  # before: the seal stayed the dead holder's for 10 minutes
+    (outcome,) = world.instance().reconcile(world.clock())
+    assert (outcome.action, outcome.version) == (IngestAction.SEALED, "1") and "lease expired" in outcome.detail
+    assert world.versions("churn") == ["1"] and [e.version for e in world.publisher.events] == ["1"]
+    assert world.ledger.open_work("ingest") == []
+
+
+def test_defect8_a_registrar_that_dies_costs_one_configured_lease_and_waiters_come_back_then(clock: FakeClock) -> None:
+    world = World(clock, workspace=FlakyWorkspace(), leases=SHORT)
+    event = world.upload("reference/short.csv", b"s\n")
+    world.workspace.die = True
+    with pytest.raises(ProcessDied):  # the content is registered; its registrar died holding the claim
+        world.ingestor.on_blob_created(event)
+    waiting = world.instance().on_blob_created(event)  # a redelivery: the claim is live, so it re-schedules itself
+    assert waiting.action is IngestAction.WAITING
+    (retry,) = world.retries.items()
+    assert world.retries.due() == []
+    world.clock.advance(SHORT.content.total_seconds() + 1)  # before: due only after 10 minutes
+    (message,) = world.retries.due()
+    assert message.item == retry
+    done = world.instance().on_blob_created(message.item)
+    assert (done.action, done.version) == (IngestAction.REGISTERED, "1")
+    assert world.versions("ref") == ["1"] and len(world.publisher.events) == 1
     assert world.ledger.open_work("ingest") == []

@@ -18,7 +18,7 @@ from shared.adapters.memory.tables import MemoryTable
 from shared.config.policy import parse_policy
 from shared.domain.events import DataVersionRegistered
 from shared.domain.keys import digest
-from shared.domain.records import RECHECK_GRACE, SUBMIT_LEASE, Row
+from shared.domain.records import DEFAULT_LEASES, RECHECK_GRACE, SUBMIT_LEASE, Leases, Row
 from shared.domain.retrain import PipelineSubmission, RetrainCheck, RunFinished, job_name_for
 from shared.domain.vocabulary import RetrainAction, RunStatus, Tag
 from shared.errors import ClaimInProgressError
@@ -53,19 +53,22 @@ class FailingOnce(MemoryWorkspace):
 
 
 class World:
-    def __init__(self, clock: FakeClock, jobs: MemoryWorkspace | None = None) -> None:
+    def __init__(self, clock: FakeClock, jobs: MemoryWorkspace | None = None,
+                 leases: Leases = DEFAULT_LEASES) -> None:
         self.clock = clock
+        self.leases = leases  # EVERGREEN_LEASE_SECONDS, as the composition root passes it
         self.table = MemoryTable()
         self.jobs = jobs or MemoryWorkspace()
         self.audit = TableAuditLog(MemoryTable())
-        self.ledger = Ledger(self.table, clock=clock)
+        self.ledger = Ledger(self.table, clock=clock, leases=leases)
         self.rechecks: MemoryDelayedQueue[RetrainCheck] = MemoryDelayedQueue(clock=clock)
         self.slept: list[float] = []
 
     def instance(self) -> Retrainer:
-        return Retrainer(policy=POLICY, app_root=Path("/app"), ledger=Ledger(self.table, clock=self.clock),
-                         jobs=self.jobs, audit=self.audit, rechecks=self.rechecks, clock=self.clock,
-                         sleep=self.slept.append)
+        return Retrainer(policy=POLICY, app_root=Path("/app"),
+                         ledger=Ledger(self.table, clock=self.clock, leases=self.leases), jobs=self.jobs,
+                         audit=self.audit, rechecks=self.rechecks, clock=self.clock, sleep=self.slept.append,
+                         leases=self.leases)
 
     def submitted(self) -> list[str]:
         return [j.name for j in self.jobs.jobs()]
@@ -470,3 +473,23 @@ def test_reconcile_submits_an_active_job_that_does_not_exist(world: World) -> No
     (follow,) = world.instance().reconcile(world.clock())
     assert follow.job_name == job_name_for("churn", "2")
     assert world.ledger.retrain_run_status("churn", "1") is RunStatus.FAILED
+
+
+def test_defect2_a_submitter_that_died_costs_one_configured_lease_not_five_minutes(clock: FakeClock) -> None:
+    """EVERGREEN_LEASE_SECONDS=30: the submission is resumed, by its re-check and by the reconciler, after 30 s."""
+    short = Leases.of(30)
+    world = World(clock, DiesOnce(), leases=short)
+    with pytest.raises(ProcessDied):
+        world.instance().on_data_version_registered(event("1"), "e1")
+    state = world.ledger.get_retrain_state("churn")
+    assert state is not None and state.lease_until == clock() + short.submit  # before: now + 5 minutes
+    waited = world.instance().on_data_version_registered(event("1"), "e1")  # redelivered while the lease lives
+    assert waited.action is RetrainAction.DEFERRED
+    clock.advance(short.submit.total_seconds() - 1)
+    assert world.instance().reconcile(clock()) == [] and recheck_due(world) == []  # still its holder's
+    clock.advance(2)
+    (redriven,) = world.instance().reconcile(clock())
+    assert redriven.action is RetrainAction.REDRIVEN and "lease expired" in redriven.detail
+    assert world.submitted() == [job_name_for("churn", "1")]
+    assert all(o.action is RetrainAction.SKIPPED for o in recheck_due(world))  # the re-check finds it done
+    assert world.submitted() == [job_name_for("churn", "1")]

@@ -121,12 +121,17 @@ def test_the_operator_is_named_by_by_then_the_environment(monkeypatch: pytest.Mo
 
 
 def test_validate_passes_its_arguments_to_the_validator_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[list[str]] = []
+    seen: list[tuple[list[str], dict[str, object]]] = []
     fake = types.ModuleType("shared.config.validate")
-    fake.main = lambda argv: seen.append(argv) or 1  # type: ignore[attr-defined]
+    fake.main = lambda argv, **readers: seen.append((argv, readers)) or 1  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "shared.config.validate", fake)
+    for key in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME"):
+        monkeypatch.delenv(key, raising=False)
     assert cli.main(["validate", "--policy", "other.yaml"]) == 1
-    assert seen == [["--policy", "other.yaml"]]
+    [(argv, readers)] = seen
+    assert argv == ["--policy", "other.yaml"]
+    assert type(readers["pipelines"]).__name__ == "AmlPipelineReader"  # azure-ai-ml's load_job, as the issue asks
+    assert "workspace" in readers  # None here: no workspace settings in this test's environment
 
 
 # -- exit codes and output of the operator commands -------------------------------------------------------------

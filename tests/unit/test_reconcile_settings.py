@@ -20,7 +20,7 @@ def test_the_reconcile_schedule_defaults_to_every_five_minutes() -> None:
 def test_a_bad_reconcile_schedule_is_named() -> None:
     with pytest.raises(ConfigurationError) as raised:
         load_settings({**ENV, "EVERGREEN_RECONCILE_SCHEDULE": "*/5 * * * *"})
-    assert any(p.startswith("EVERGREEN_RECONCILE_SCHEDULE: '*/5 * * * *' is not a 6-field")
+    assert any(p.startswith("EVERGREEN_RECONCILE_SCHEDULE: '*/5 * * * *' is not a valid 6-field")
                for p in raised.value.problems)
 
 

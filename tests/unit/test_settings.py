@@ -77,3 +77,51 @@ def test_valid_schedules_are_kept():
     s = load_settings(dict(GOOD, EVERGREEN_RETENTION_SCHEDULE="30 15 2 * * sun",
                            EVERGREEN_RECONCILE_SCHEDULE="0 */10 * * * *"))
     assert (s.retention_schedule, s.reconcile_schedule) == ("30 15 2 * * sun", "0 */10 * * * *")
+
+
+# -- the claim lease and the Azure ML timeout (issue 11: a dead holder costs one lease) -----------------------
+def test_lease_and_azureml_timeout_default_to_ten_minutes_and_one_minute():
+    s = load_settings(GOOD)
+    assert (s.lease_seconds, s.azureml_timeout_seconds) == (600, 60)
+
+
+def test_lease_and_azureml_timeout_are_read_as_given():
+    s = load_settings(dict(GOOD, EVERGREEN_LEASE_SECONDS="30", EVERGREEN_AZUREML_TIMEOUT_SECONDS=" 10 "))
+    assert (s.lease_seconds, s.azureml_timeout_seconds) == (30, 10)
+
+
+@pytest.mark.parametrize(("lease", "timeout", "problem"), [
+    ("29", "10", "EVERGREEN_LEASE_SECONDS: 29 s is too short (at least 30 s)"),
+    ("ten", "10", "EVERGREEN_LEASE_SECONDS: 'ten' is not a whole number of seconds"),
+    ("600", "0", "EVERGREEN_AZUREML_TIMEOUT_SECONDS: 0 s is too short (at least 1 s)"),
+    ("600", "1.5", "EVERGREEN_AZUREML_TIMEOUT_SECONDS: '1.5' is not a whole number of seconds"),
+])
+def test_a_bad_lease_or_timeout_is_named(lease, timeout, problem):
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(dict(GOOD, EVERGREEN_LEASE_SECONDS=lease, EVERGREEN_AZUREML_TIMEOUT_SECONDS=timeout))
+    assert info.value.problems == (problem,)
+
+
+@pytest.mark.parametrize(("lease", "timeout"), [("30", "30"), ("60", "300"), (None, "600")])
+def test_a_lease_must_outlast_the_longest_azureml_call(lease, timeout):
+    """A holder blocked in a call longer than its lease is taken over while it still works."""
+    env = dict(GOOD, EVERGREEN_AZUREML_TIMEOUT_SECONDS=timeout)
+    if lease is not None:
+        env["EVERGREEN_LEASE_SECONDS"] = lease
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(env)
+    (problem,) = info.value.problems
+    assert problem.startswith(f"EVERGREEN_AZUREML_TIMEOUT_SECONDS: {timeout} s must be less than "
+                              f"EVERGREEN_LEASE_SECONDS ({lease or 600} s)")
+
+
+def test_a_bad_lease_is_reported_with_every_other_problem_and_kept_out_of_a_narrower_load():
+    env = {"EVERGREEN_LEASE_SECONDS": "5", "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(env)
+    assert "EVERGREEN_LEASE_SECONDS: 5 s is too short (at least 30 s)" in info.value.problems
+    assert len(info.value.problems) == 6  # with the four required settings and DATA_STORAGE (no comparison)
+    assert load_settings(env, only={"AzureWebJobsStorage"}).app_storage.connection_string
+    with pytest.raises(ConfigurationError) as narrow:
+        load_settings(env, only={"AzureWebJobsStorage", "EVERGREEN_LEASE_SECONDS"})
+    assert narrow.value.problems == ("EVERGREEN_LEASE_SECONDS: 5 s is too short (at least 30 s)",)

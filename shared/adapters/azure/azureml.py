@@ -45,9 +45,13 @@ REFUSED_FOR_GOOD = frozenset({400, 413, 422})  # HTTP answers to a job submissio
 class AzureML:
     """Creates the MLClient once, on first use, and exposes the few operations Evergreen needs."""
 
-    def __init__(self, credential: TokenCredential, subscription_id: str, resource_group: str, workspace: str):
+    def __init__(self, credential: TokenCredential, subscription_id: str, resource_group: str, workspace: str,
+                 *, timeout: float = 60.0):
         self._credential = credential
         self._coordinates = (subscription_id, resource_group, workspace)
+        # Connection and read timeout per HTTP call (azure-core's default is 300 s each): a holder blocked in a
+        # call must give up before its lease ends (EVERGREEN_AZUREML_TIMEOUT_SECONDS < EVERGREEN_LEASE_SECONDS).
+        self._timeout = timeout
         self._client: MLClient | None = None
         self._lock = threading.Lock()
 
@@ -59,7 +63,8 @@ class AzureML:
                     from azure.ai.ml import MLClient
 
                     sub, rg, ws = self._coordinates
-                    self._client = MLClient(self._credential, sub, rg, ws)
+                    self._client = MLClient(self._credential, sub, rg, ws, connection_timeout=self._timeout,
+                                            read_timeout=self._timeout)
         return self._client
 
     def register_data_version(self, spec: DataVersionSpec) -> RegisteredDataVersion:
