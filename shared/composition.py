@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from azure.core.credentials import AzureKeyCredential, TokenCredential
@@ -35,7 +36,7 @@ from shared.services.audit import AUDIT_TABLE, TableAuditLog
 from shared.services.ingest import Ingestor
 from shared.services.ledger import Ledger
 from shared.services.operator import Operator
-from shared.services.promotion import PROMOTION_RETRY_QUEUE, ROLLOUT_QUEUE, Promoter
+from shared.services.promotion import PROMOTION_RETRY_QUEUE, ROLLOUT_QUEUE, STALL_FLOOR, Promoter
 from shared.services.reconcile import Reconciler
 from shared.services.redrive import Redriver
 from shared.services.retention import RetentionRunner
@@ -146,7 +147,8 @@ def build_services(settings: Settings, policy: Policy) -> Services:
     promoter = Promoter(policy=policy, endpoints=OnlineEndpoints(clients.azureml), ledger=clients.ledger,
                         ticks=clients.queue(ROLLOUT_QUEUE, RolloutTick.to_json), audit=clients.audit,
                         app_root=settings.policy_path.parent,
-                        retries=clients.queue(PROMOTION_RETRY_QUEUE, CandidateRetry.to_json))
+                        retries=clients.queue(PROMOTION_RETRY_QUEUE, CandidateRetry.to_json),
+                        stall_after=min(STALL_FLOOR, timedelta(seconds=settings.lease_seconds)))
     return Services(settings=settings, policy=policy, ingestor=ingestor, retrainer=clients.retrainer(policy),
                     promoter=promoter, retention=clients.retention(policy), audit=clients.audit)
 

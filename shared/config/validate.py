@@ -36,7 +36,7 @@ from pydantic import BaseModel, ValidationError
 from shared.config.policy import Policy
 from shared.config.retention import legacy_spellings
 from shared.config.settings import APP_ROOT, SCHEDULE_DEFAULTS, cron_problem
-from shared.domain.vocabulary import Tag
+from shared.domain.vocabulary import LEGACY_DIRECTIONS, Tag
 from shared.errors import EvergreenError
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 # The inputs Evergreen sets on every submission (shared/services/retrain.py): a pipeline must declare them.
 EVERGREEN_INPUTS = ("training_data", "model_name", "data_asset", "data_version")
 PIPELINE_METRICS_TAG = Tag.PIPELINE_METRICS.value  # a pipeline may declare the metrics it writes: "roc_auc,accuracy"
-_LEGACY_DIRECTIONS = {"max": "higher_is_better", "min": "lower_is_better"}
 
 
 class Severity(StrEnum):
@@ -479,8 +478,9 @@ def _legacy_problems(doc: Mapping[str, Any]) -> list[Problem]:
     for i, rule in enumerate(rules if isinstance(rules, list) else []):
         directions += [(f"retention.rules[{i}].actions.{key}.direction", _get(rule, "actions", key, "direction"))
                        for key in ("keep_top_k", "keepTopK")]
-    problems += [Problem(path, f"{value!r} is deprecated; write {_LEGACY_DIRECTIONS[value]!r}", None, Severity.WARNING)
-                 for path, value in directions if isinstance(value, str) and value in _LEGACY_DIRECTIONS]
+    problems += [Problem(path, f"{value!r} is deprecated; write {LEGACY_DIRECTIONS[value].value!r}", None,
+                         Severity.WARNING)
+                 for path, value in directions if isinstance(value, str) and value in LEGACY_DIRECTIONS]
     return problems
 
 
@@ -576,7 +576,7 @@ def main(
     workspace: WorkspaceFacts | None = None,
 ) -> int:
     """`validate [--policy FILE] [--write-schema]`: one line per problem on stdout; 1 on an error, else 0."""
-    parser = argparse.ArgumentParser(prog="python -m shared.config.validate",
+    parser = argparse.ArgumentParser(prog="python -m shared.cli validate",
                                      description="Check evergreen.yaml: every problem, one line each.")
     parser.add_argument("--policy", type=Path, default=None,
                         help="policy file (default: EVERGREEN_POLICY_PATH, else evergreen.yaml at the app root)")

@@ -206,7 +206,7 @@ class Direction(StrEnum):
         if isinstance(value, Direction):
             return value
         text = str(value).strip().lower()
-        legacy = _LEGACY_DIRECTIONS.get(text)
+        legacy = LEGACY_DIRECTIONS.get(text)
         if legacy is not None:
             log.warning("policy: direction %r is deprecated; write %r", text, legacy.value)
             return legacy
@@ -217,7 +217,7 @@ class Direction(StrEnum):
                              f"(got {value!r})") from None
 
 
-_LEGACY_DIRECTIONS = {"max": Direction.HIGHER_IS_BETTER, "min": Direction.LOWER_IS_BETTER}
+LEGACY_DIRECTIONS = {"max": Direction.HIGHER_IS_BETTER, "min": Direction.LOWER_IS_BETTER}  # old spellings
 
 
 def version_order(version: str) -> tuple[int, int, str]:

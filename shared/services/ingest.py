@@ -308,14 +308,17 @@ class Ingestor:
         return result
 
     def _snapshot(self, dataset: DatasetPolicy, sha256: str, copies: list[SnapshotCopy]) -> None:
-        """Copy a content's files into its snapshot, unless the content is claimed already (then it has one).
+        """Copy a content's files into its snapshot, each unless it is there already.
 
         Idempotent and resumable: the path is content-addressed, so a file already there at its size
-        is that content (a crash mid-way is finished by the re-run). Raises BlobChangedError if a
-        landing blob changed since it was hashed (its own event brings the new content).
+        is that content (a crash mid-way is finished by the re-run). Content whose version is gone
+        (retired by retention, its snapshot reclaimed) is copied again: its upload registers it anew.
+        Raises BlobChangedError if a landing blob changed since it was hashed (its own event brings
+        the new content).
         """
-        if self._ledger.get_content(dataset.name, sha256) is not None:
-            return
+        existing = self._ledger.get_content(dataset.name, sha256)
+        if existing is not None and (existing.state == ContentState.PENDING or self._version_exists(existing)):
+            return  # claimed or held by a live version: that claim has (or is making) its snapshot
         copied = 0
         for copy in copies:
             there = self._blobs.properties(dataset.container, copy.to_name)
@@ -343,6 +346,13 @@ class Ingestor:
             existing = self._wait_for_holder(dataset.name, sha256)
             if existing is None:
                 raise ConcurrentUpdateError(f"content {sha256[:12]} of {dataset.name} vanished from the ledger")
+            if existing.state == ContentState.PUBLISHED and not self._version_exists(existing):
+                reclaimed = self._ledger.reclaim_content(existing, source, owner=self._owner, spec=spec, files=files)
+                if reclaimed is not None:
+                    log.info("content %s of %s was version %s, which is gone (retired): registering it again",
+                             sha256[:12], dataset.name, existing.version)
+                    return reclaimed
+                continue  # another instance reclaimed it first: look again
             if existing.state == ContentState.PUBLISHED:
                 self._ledger.finish_work(FLOW, key)
                 log.info("duplicate content dataset=%s sha256=%s: already version %s", dataset.name, sha256[:12],
@@ -362,6 +372,10 @@ class Ingestor:
                          existing.owner or "?")
                 return self._adopt(taken)
         return Busy(self._clock(), f"content {sha256[:12]} of {dataset.name} was taken over meanwhile")
+
+    def _version_exists(self, record: ContentRecord) -> bool:
+        """Whether the version that holds this content is still registered (retention may have deleted it)."""
+        return bool(record.version) and self._registry.get_data_version(record.dataset, record.version) is not None
 
     def _wait_for_holder(self, dataset: str, sha256: str) -> ContentRecord | None:
         """The content's record once it is no longer pending under a live lease, or after HOLDER_WAIT."""

@@ -241,6 +241,23 @@ class Ledger:
                                                  "LeaseUntil": _iso(now + self._leases.content)})
         return self._content(row) if row else None
 
+    def reclaim_content(self, record: ContentRecord, source: str, *, owner: str = "",
+                        spec: DataVersionSpec | None = None, files: tuple[str, ...] = ()) -> ContentRecord | None:
+        """Claim announced content again because its version is gone: pending, under our lease, with our
+        spec (its snapshot is the one we just made), no version.
+
+        Conditional on the row read, so of two instances that find the version gone one reclaims it;
+        None for the other (it looks again).
+        """
+        now = self._clock()
+        names = json.dumps(list(files))
+        row = self._replace_if(_stored(record), {
+            "State": ContentState.PENDING.value, "Version": "", "Source": source, "ClaimedAt": _iso(now),
+            "Owner": owner, "LeaseUntil": _iso(now + self._leases.content),
+            "Spec": json.dumps(asdict(spec)) if spec is not None else "", "FileCount": len(files),
+            "Files": names if len(names) <= MAX_FILES_JSON else ""})
+        return self._content(row) if row else None
+
     def release_content(self, record: ContentRecord) -> bool:
         """End our lease on a pending claim after a failure, so a retry takes it over at once; False if it moved."""
         return self._replace_if(_stored(record), {"Owner": "", "LeaseUntil": _iso(self._clock())}) is not None

@@ -28,7 +28,7 @@ from shared.domain.audit import AuditRecord
 from shared.domain.events import DataVersionRegistered
 from shared.domain.records import BatchRecord, RetrainState, RolloutRecord, utcnow
 from shared.domain.rollout import RolloutTick
-from shared.domain.vocabulary import ROLLBACK_PHASES, OperatorAction, Phase, Tag
+from shared.domain.vocabulary import ROLLBACK_PHASES, BatchState, OperatorAction, Phase, Tag
 from shared.errors import EvergreenError
 from shared.ports import AuditLog, Clock, DataRegistry, DelayedQueue
 from shared.services.ledger import Ledger
@@ -142,7 +142,7 @@ class Operator:
 
     def _seals(self, batch: BatchRecord, last_file_at: datetime | None) -> str:
         """When the batch will be sealed, as the seal plan sees it (quiet period, marker, or a sealer at work)."""
-        if batch.state == "sealing":
+        if batch.state == BatchState.SEALING:
             until = batch.lease_until.isoformat() if batch.lease_until else "?"
             return f"being sealed by {batch.owner or 'an instance'} (lease until {until})"
         try:

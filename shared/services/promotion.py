@@ -115,8 +115,12 @@ class Promoter:
 
     def __init__(self, *, policy: Policy, endpoints: Endpoints, ledger: Ledger, ticks: DelayedQueue[RolloutTick],
                  audit: AuditLog, app_root: Path, clock: Clock = utcnow,
-                 retries: DelayedQueue[CandidateRetry] | None = None) -> None:
+                 retries: DelayedQueue[CandidateRetry] | None = None, stall_after: timedelta = STALL_FLOOR) -> None:
+        """`stall_after`: how overdue a step must be (at least) before `reconcile` re-sends it. A step's
+        message is its lease: a host that dies mid-step hides it for minutes, so the composition root
+        passes the claim lease (`EVERGREEN_LEASE_SECONDS`, at most `STALL_FLOOR`)."""
         self._policy = policy
+        self._stall_after = stall_after
         self._retries = retries
         self._endpoints = endpoints
         self._ledger = ledger
@@ -431,12 +435,14 @@ class Promoter:
         go on; the next pass retries it.
         """
         outcomes = []
+        failure: Exception | None = None
         for record in self._ledger.rollouts():
             try:
                 outcome = self._redrive(record, now)
-            except TransientError as exc:
+            except Exception as exc:  # one endpoint's failure must not stop the others' re-drive
                 log.warning("rollout event=%s rollout=%s: re-drive on %s failed, next pass retries: %s",
                             record.event_id, record.rollout_id, record.endpoint, exc)
+                failure = failure or exc
                 continue
             if outcome is not None:
                 self._audit.record(AuditRecord(f"rollout.{TickAction.REDRIVEN.value}",
@@ -445,6 +451,8 @@ class Promoter:
                 log.info("rollout event=%s rollout=%s redriven: %s", record.event_id, record.rollout_id,
                          outcome.detail)
                 outcomes.append(outcome)
+        if failure is not None and not isinstance(failure, TransientError):
+            raise failure  # a bug, after the other endpoints were re-driven: surface it (the timer fails)
         return outcomes
 
     def _redrive(self, record: RolloutRecord, now: datetime) -> TickOutcome | None:
@@ -467,7 +475,7 @@ class Promoter:
                         record.endpoint)
             return None
         since = record.due_at or record.started_at
-        patience = max(STALL_FLOOR, timedelta(seconds=policy.poll_interval_seconds * STALL_POLL_INTERVALS))
+        patience = max(self._stall_after, timedelta(seconds=policy.poll_interval_seconds * STALL_POLL_INTERVALS))
         if since is not None and now - since <= patience:
             return None
         if record.due_at is None:

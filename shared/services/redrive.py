@@ -147,13 +147,20 @@ class Redriver:
         return outcomes
 
     def _drain(self, queue: PoisonQueue) -> Iterator[ReplayOutcome]:
+        """Replay every message of one poison queue. One that cannot be replayed stays hidden until the drain
+        ends (released then), so the queue's order cannot hand it back first and hide the ones behind it."""
         seen: set[str] = set()
-        while (message := queue.take()) is not None:
-            if message.id in seen:  # everything left was tried in this run (and released): stop
+        kept: list[PoisonMessage] = []
+        try:
+            while (message := queue.take()) is not None:
+                if message.id in seen:  # tried in this run already: everything left has been seen
+                    queue.release(message)
+                    return
+                seen.add(message.id)
+                yield self._replay_poison(queue, message, keep=kept)
+        finally:
+            for message in kept:
                 queue.release(message)
-                return
-            seen.add(message.id)
-            yield self._replay_poison(queue, message)
 
     def _poison_queue(self, name: str) -> PoisonQueue:
         return self._poison[name]
@@ -177,20 +184,35 @@ class Redriver:
                         item_id)
         return self._replayed(item_id, "; ".join(done))
 
-    def _replay_poison(self, queue: PoisonQueue, message: PoisonMessage) -> ReplayOutcome:
+    def _replay_poison(self, queue: PoisonQueue, message: PoisonMessage,
+                       keep: list[PoisonMessage] | None = None) -> ReplayOutcome:
+        """Replay one taken message. One that is not replayed goes back to the queue (or into `keep`, for the
+        caller to release later); a replayed one is deleted, and a lost receipt is reported, not raised."""
+
+        def give_back() -> None:
+            if keep is None:
+                queue.release(message)
+            else:
+                keep.append(message)
+
         item_id = poison_id(queue.name, message.id)
         plan = plan_poison_replay(queue.name, message.text)
         if isinstance(plan, Unsupported) or plan.queue not in self._queues:
-            queue.release(message)
+            give_back()
             reason = plan.reason if isinstance(plan, Unsupported) else f"no queue {plan.queue} to re-enqueue on"
             return self._unsupported(item_id, reason)
         try:
             target = self._execute(plan)
             self._audit_replay(item_id, message.id, plan, target)
         except Exception as exc:
-            queue.release(message)
+            give_back()
             return self._failed(item_id, exc)
-        queue.delete(message)
+        try:
+            queue.delete(message)
+        except LookupError:  # the replay outlasted the message's hidden time: it shows again; say so
+            log.warning("redrive item=%s outcome=replayed detail=its poison message could not be removed (it was "
+                        "visible again); remove it by hand or it will be replayed again", item_id)
+            return self._replayed(item_id, f"{target}; the poison message is still there: remove it")
         return self._replayed(item_id, target)
 
     def _execute(self, plan: Replay) -> str:

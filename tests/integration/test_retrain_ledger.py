@@ -7,6 +7,7 @@ semantics, and that the Azure ML adapter reports a job that can never run as ref
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -127,3 +128,42 @@ def test_defect2_the_azure_ml_adapter_refuses_a_pipeline_that_cannot_run_and_the
     nxt = retrainer(table, workspace, root=tmp_path).on_data_version_registered(event("2"), "e2")
     assert nxt.action is RetrainAction.SUBMITTED
     assert workspace.job_status(job_name_for("churn", "2")) is not None
+
+
+def test_a_job_created_by_a_racing_submitter_is_adopted_not_rejected(aml: Any, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two submitters of one job name (a holder whose lease ran out mid-submit, and its taker): the loser's
+    PUT is refused by the service with a 400, which must be read as "the job exists", never as a rejection
+    that would mark a running job's run failed."""
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.identity import DefaultAzureCredential
+
+    from shared.adapters.azure.azureml import AzureML
+    from tests.contract.test_data_registry import PIPELINE_YAML
+
+    workspace = AzureML(DefaultAzureCredential(), aml.subscription_id, aml.resource_group, aml.workspace)
+    pipeline = tmp_path / "pipeline.yml"
+    pipeline.write_text(PIPELINE_YAML)
+    submission = PipelineSubmission(yaml_path=pipeline, job_name=f"evergreen-race-{uuid.uuid4().hex[:8]}",
+                                    experiment="exp", data_input="azureml:churn:1", data_type="uri_folder",
+                                    inputs={}, tags={})
+    first = workspace.submit_pipeline(submission)  # the other submitter got there first
+    real_get = workspace.client.jobs.get
+    reads = {"n": 0}
+
+    def stale_get(name: str, *args: Any, **kwargs: Any) -> Any:
+        reads["n"] += 1
+        if reads["n"] == 1:  # our read happened before the other submitter's PUT
+            raise ResourceNotFoundError("not yet")
+        return real_get(name, *args, **kwargs)
+
+    monkeypatch.setattr(workspace.client.jobs, "get", stale_get)
+    # the racing PUT differs (e.g. a new deploy's YAML): the service answers 400 "A job with this name exists"
+    racing = dataclasses.replace(submission, inputs={"model_name": "other-model"})
+    assert workspace.submit_pipeline(racing) in {first, *workspace_states()}
+    assert reads["n"] >= 2  # it looked again after the refusal instead of reporting a rejection
+
+
+def workspace_states() -> set[str]:
+    """Statuses a just-submitted job may have moved on to by the time it is read again."""
+    return {"NotStarted", "Queued", "Preparing", "Starting", "Running", "Finalizing", "Completed"}

@@ -72,7 +72,8 @@ class World:
 
     def instance(self) -> Ingestor:
         """Another Function instance: its own service objects, the same storage, registry and topic."""
-        return Ingestor(policy=POLICY, blobs=self.blobs, ledger=Ledger(self.table, clock=self.clock, leases=self.leases),
+        return Ingestor(policy=POLICY, blobs=self.blobs,
+                        ledger=Ledger(self.table, clock=self.clock, leases=self.leases),
                         registry=self.workspace, publisher=self.publisher, seal_queue=self.queue,
                         blob_retry=self.retries, audit=self.audit, sleep=self.slept.append, clock=self.clock,
                         leases=self.leases)

@@ -183,3 +183,22 @@ def test_defect8_a_sas_url_never_reaches_tags_ledger_audit_events_or_logs(clock:
     assert [text for text in stored if "sig=" in text or "sv=2024" in text] == []
     assert version.spec.tags[Tag.SOURCE_URL.value] == (
         f"https://data.blob.core.windows.net/{CONTAINER}/reference/regions.csv")
+
+
+def test_an_upload_of_content_whose_version_retention_retired_registers_it_again(world: World) -> None:
+    """Retention deleted version 1 and reclaimed its snapshot; the same bytes uploaded again (a roll back to
+    known-good data) must become a new version with its bytes, not an alias of a version that is gone."""
+    body = b"region\nnorth\n"
+    world.ingestor.on_blob_created(world.upload("reference/regions.csv", body))
+    (first,) = world.workspace.data_versions("ref")
+    snapshot = unquote(first.spec.uri[len(PREFIX):])
+    assert world.workspace.delete_data_version("ref", "1")  # retention's delete_data
+    world.blobs.delete(CONTAINER, snapshot)  # ...then its blob rule reclaims the snapshot
+    world.clock.advance(1)
+
+    outcome = world.ingestor.on_blob_created(world.upload("reference/regions-again.csv", body))
+
+    assert (outcome.action, outcome.version) == (IngestAction.REGISTERED, "2")
+    (second,) = world.workspace.data_versions("ref")
+    assert reads(world, second.spec.uri) == {"regions-again.csv": body}  # a snapshot again, the same bytes
+    assert [e.version for e in world.publisher.events] == ["1", "2"]  # announced: retraining runs on it

@@ -38,6 +38,7 @@ from shared.services.promotion import (
     MAX_STEP_ATTEMPTS,
     RETRY_DELAY_SECONDS,
     STALL_FLOOR,
+    STALL_POLL_INTERVALS,
     Promoter,
     TickOutcome,
 )
@@ -752,3 +753,21 @@ def test_one_failed_smoke_request_is_retried_and_does_not_roll_back_a_good_candi
     assert done.phase is Phase.SUCCEEDED, done.failure
     assert isinstance(rig.endpoints, OneFailedScore) and rig.endpoints.failed  # the failure did happen
     assert rig.endpoints.calls.count("score") >= 1 and rig.serving_model() == f"{MODEL}:1"
+
+
+def test_defect4_a_short_claim_lease_re_drives_a_step_whose_host_died_mid_step_sooner() -> None:
+    """A host killed mid-step hides the step's message for minutes; the reconciler re-sends the step once it
+    is overdue by the configured lease (`stall_after`) instead of the fixed three-minute floor."""
+    rig = flaky_rig(FailOnce("send"))
+    with pytest.raises(TransientError):
+        rig.deliver(rig.register("0.80"))
+    quick = Promoter(policy=rig.policy, endpoints=rig.endpoints, ledger=Ledger(rig.table, clock=rig.clock),
+                     ticks=rig.queue, audit=rig.audit, app_root=REPO, clock=rig.clock,
+                     stall_after=timedelta(seconds=30))
+    patience = max(30.0, rig.policy.models[0].promotion.poll_interval_seconds * STALL_POLL_INTERVALS)
+    rig.clock.advance(patience + 1)
+    assert patience + 1 < STALL_FLOOR.total_seconds()
+    assert rig.promoter.reconcile(rig.clock()) == []  # the default floor still waits
+    (outcome,) = quick.reconcile(rig.clock())
+    assert outcome.action is TickAction.REDRIVEN
+    assert rig.run().phase is Phase.SUCCEEDED

@@ -180,3 +180,31 @@ def test_the_cli_lists_and_replays_through_the_service(world: World, capsys: pyt
                        world.redriver) == 0
     assert json.loads(capsys.readouterr().out) == [{"id": item, "action": "replayed", "detail": f"queue {SEAL}"}]
     assert run_redrive(argparse.Namespace(action="show", id=item, json=False), world.redriver) == 1
+
+
+class FlakyQueue(MemoryDelayedQueue[str]):
+    """A queue whose send fails for one message text (the replay of that message fails)."""
+
+    def __init__(self, clock: FakeClock, refuse: str) -> None:
+        super().__init__(clock=clock)
+        self.refuse = refuse
+
+    def send(self, item: str, delay_seconds: float) -> None:
+        if item == self.refuse:
+            raise ConnectionError("queue unreachable for this one")
+        super().send(item, delay_seconds)
+
+
+def test_replay_all_goes_past_a_message_that_cannot_be_replayed(clock: FakeClock) -> None:
+    world = World(clock)
+    bad = '{"dataset": "bad"}'
+    world.redriver._queues = {SEAL: FlakyQueue(clock, refuse=bad)}  # type: ignore[attr-defined]
+    world.seal_poison.add(bad)
+    world.seal_poison.add('{"dataset": "good-1"}')
+    world.seal_poison.add('{"dataset": "good-2"}')
+
+    outcomes = world.redriver.replay_all("poison")
+
+    assert sorted(o.action for o in outcomes) == ["failed", "replayed", "replayed"]
+    left = world.seal_poison.peek()
+    assert [m.text for m in left] == [bad]  # only the one that failed is left, visible again for the next try

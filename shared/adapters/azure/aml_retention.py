@@ -240,7 +240,7 @@ class AmlRetention:
         raise ValueError(f"not an Azure ML action: {action.kind.value}")
 
     def _scope(self) -> dict[str, Any]:
-        return {"resource_group_name": self._client._operation_scope.resource_group_name,
+        return {"resource_group_name": self._client.resource_group_name,
                 "workspace_name": self._client.workspace_name}
 
     def _version_rest(self, data: bool) -> Any:

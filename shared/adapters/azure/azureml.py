@@ -148,13 +148,18 @@ class AzureML:
         job = _pipeline_job(submission)
         try:
             created = self.client.jobs.create_or_update(job)
-        except ValidationException as exc:
-            raise JobRejectedError(f"job {submission.job_name} is invalid: {_first_line(exc)}") from exc
-        except HttpResponseError as exc:
-            if exc.status_code not in REFUSED_FOR_GOOD:
+        except (ValidationException, HttpResponseError) as exc:
+            if isinstance(exc, HttpResponseError) and exc.status_code not in REFUSED_FOR_GOOD:
                 raise
-            raise JobRejectedError(f"Azure ML refused job {submission.job_name} "
-                                   f"(HTTP {exc.status_code}): {_first_line(exc)}") from exc
+            # A racing submitter (a holder whose lease ran out mid-submit) may have created the job
+            # between our read and our PUT, and the service refuses a second PUT of the name: that
+            # job is ours, not a rejection, and must not end the run as failed.
+            status = self.job_status(submission.job_name)
+            if status is not None:
+                log.info("job %s was created meanwhile (%s): not submitting again", submission.job_name, status)
+                return status
+            code = f"HTTP {exc.status_code}" if isinstance(exc, HttpResponseError) else "invalid"
+            raise JobRejectedError(f"Azure ML refused job {submission.job_name} ({code}): {_first_line(exc)}") from exc
         return _state(created.status)
 
     def job_status(self, name: str) -> str | None:

@@ -30,10 +30,15 @@ class AmlPipelineReader:
         from azure.ai.ml import load_job
         from azure.ai.ml.entities import PipelineJob
 
+        experimental = logging.getLogger("azure.ai.ml._utils._experimental")
+        level = experimental.level
+        experimental.setLevel(logging.ERROR)  # its "experimental class" notices are not the user's problems
         try:
             job = load_job(source=path)
         except Exception as exc:  # azure-ai-ml raises ValidationException, marshmallow and YAML errors alike
             raise ValueError(f"cannot be loaded by azure-ai-ml: {' '.join(str(exc).split())[:300]}") from exc
+        finally:
+            experimental.setLevel(level)
         if not isinstance(job, PipelineJob):
             raise ValueError(f"is a {type(job).__name__}, not a pipeline job (type: pipeline)")
         computes = [job.settings.default_compute if job.settings is not None else None]

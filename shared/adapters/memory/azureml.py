@@ -36,17 +36,20 @@ class MemoryJob:
 class MemoryWorkspace:
     def __init__(self) -> None:
         self._data: dict[str, list[MemoryDataVersion]] = {}
+        self._highest: dict[str, int] = {}  # per name, as Azure ML's nextVersion: a deleted number is not reused
         self._jobs: dict[str, MemoryJob] = {}
         self._rejections: dict[str, str] = {}  # job name -> why Azure ML refuses it
         self._lock = threading.Lock()
 
     # -- DataRegistry ----------------------------------------------------------------------------
     def register_data_version(self, spec: DataVersionSpec) -> RegisteredDataVersion:
-        """Register the next version of the asset: one more than the highest number so far."""
+        """Register the next version of the asset: one more than the highest number ever given (not reused)."""
         with self._lock:
             versions = self._data.setdefault(spec.name, [])
             numbers = [int(v.version) for v in versions if v.version.isascii() and v.version.isdigit()]
-            version = str(max(numbers, default=0) + 1)
+            number = max([*numbers, self._highest.get(spec.name, 0)]) + 1
+            self._highest[spec.name] = number
+            version = str(number)
             versions.append(MemoryDataVersion(spec.name, version, spec))
         return RegisteredDataVersion(name=spec.name, version=version, uri=spec.uri)
 
@@ -71,6 +74,14 @@ class MemoryWorkspace:
             return None
         spec = found.spec
         return DataVersionInfo(name, found.version, spec.uri, spec.asset_type, dict(spec.tags))
+
+    def delete_data_version(self, name: str, version: str) -> bool:
+        """Remove a version, as retention's delete does; False if there was none."""
+        with self._lock:
+            versions = self._data.get(name, [])
+            kept = [v for v in versions if v.version != version]
+            self._data[name] = kept
+            return len(kept) != len(versions)
 
     def data_versions(self, name: str) -> list[MemoryDataVersion]:
         """Every registered version of `name`, in registration order."""
