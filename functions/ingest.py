@@ -18,7 +18,12 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
                  source=func.BlobSource.EVENT_GRID)
 @edge(blob_client(), subject=lambda blob: blob.path)
 def on_blob_created(blob: BlobCreated, delivery: Delivery) -> Settled:
-    """A blob landed: register it, add it to its folder's batch, or ignore it with a reason."""
+    """A blob landed: register it, add it to its folder's batch, or ignore it with a reason.
+
+    The host acknowledges Event Grid at once and runs this from its own queue: a failure is retried
+    `maxDequeueCount` times, then lands in `webjobs-blobtrigger-poison` of the data account (not in
+    Event Grid's dead letters); `python -m shared.cli redrive` replays it.
+    """
     return get_services().ingestor.on_blob_created(blob)
 
 
