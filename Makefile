@@ -18,8 +18,8 @@ down:  ## stop it
 status:
 	$(PYTHON) -m devstack status
 
-bench: ## benchmarks (print numbers)
-	$(PYTHON) -m devstack bench
+bench: ## benchmarks: one table, bench/results/latest.json (QUICK=1: reduced sizes; ONLY=bench_burst,...)
+	$(PYTHON) -m devstack bench $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
 
 chaos: ## a fault at every port call of every flow, plus a larger random multi-fault budget; prints the summary
 	$(PYTHON) -m devstack chaos

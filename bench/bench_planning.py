@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
+from bench.report import BenchResult
 from shared.config.policy import parse_policy
 from shared.config.retention import RetentionRule
 from shared.domain.events import BlobCreated
@@ -29,10 +30,10 @@ RULES = [
 ]
 
 
-def inventory(scale: int) -> Inventory:
+def inventory(scale: float) -> Inventory:
     """10,000·scale data versions, 2,000·scale models, 20,000·scale blobs."""
     data, blobs = [], []
-    for n in range(100 * scale):
+    for n in range(max(1, int(100 * scale))):
         for v in range(1, 101):
             created = NOW - timedelta(days=200 - v)
             data.append(DataVersion(f"ds{n}", str(v), created, archived=v <= 50,
@@ -40,8 +41,8 @@ def inventory(scale: int) -> Inventory:
             blobs += [Blob("landing", f"ds{n}/{v}/part-{i}.parquet", created) for i in range(2)]
     models = [ModelVersion(f"m{n}", str(v), NOW - timedelta(days=100 - v), metrics={"auc": (v * 37 % 100) / 100},
                            data_asset=f"ds{n}", data_version=str(v))
-              for n in range(20 * scale) for v in range(1, 101)]
-    deployments = [Deployment(f"e{n}", "blue", 100, None, f"m{n}", "1") for n in range(20 * scale)]
+              for n in range(max(1, int(20 * scale))) for v in range(1, 101)]
+    deployments = [Deployment(f"e{n}", "blue", 100, None, f"m{n}", "1") for n in range(max(1, int(20 * scale)))]
     return Inventory(NOW, tuple(data), tuple(models), tuple(blobs), tuple(deployments))
 
 
@@ -49,6 +50,31 @@ def timed(fn: object, *args: object) -> tuple[float, object]:
     start = time.perf_counter()
     result = fn(*args)  # type: ignore[operator]
     return time.perf_counter() - start, result
+
+
+def run(quick: bool, scales: tuple[float, float] | None = None, events: int | None = None) -> list[BenchResult]:
+    """The `make bench` entry: planning growth (1× → 10×; quick 0.1× → 1×) and upload-planner throughput.
+
+    `scales` and `events` override the sizes (the smoke test uses tiny ones).
+    """
+    small, large = scales or ((0.1, 1.0) if quick else (1.0, 10.0))
+    seconds = {scale: timed(plan_retention, inventory(scale), RULES)[0] for scale in (small, large)}
+    growth = seconds[large] / seconds[small] if seconds[small] else None
+    factor = large / small
+    policy = parse_policy({"datasets": [
+        {"name": "churn", "container": "landing", "prefix": "churn/", "type": "uri_folder", "datastore": "landing",
+         "batch": {"marker": "_SUCCESS"}}]})
+    blobs = [BlobCreated("landing", f"churn/drop{i // 500}/part {i:05d}.csv", f"http://x/{i}")
+             for i in range(events or (20_000 if quick else 100_000))]
+    planning, _ = timed(lambda: [plan_blob(e, policy) for e in blobs])
+    figures: dict[str, float | int | str] = {
+        f"plan_{small:g}x_s": round(seconds[small], 3), f"plan_{large:g}x_s": round(seconds[large], 3),
+        "upload_plans_per_s": round(len(blobs) / planning) if planning else 0,
+    }
+    return [BenchResult("retention_planning", f"retention planning (pure), {large:g}x / {small:g}x the assets", figures,
+                        f"time at {large:g}x / time at {small:g}x", None if growth is None else round(growth, 2),
+                        f"<= {factor * 1.05:g}", growth is not None and growth <= factor * 1.05,
+                        "in memory, no I/O; linear growth would equal the size factor")]
 
 
 def main() -> None:

@@ -1,18 +1,23 @@
-"""A retention run on the local stack at the issue's size, then at 10×: how its cost grows.
+"""Retention on the local stack at the issue's size and at 10×: how a dry run grows, and apply under 429s.
 
 For each size, a fresh Azurite and Azure ML emulator (free ports, temporary state, the emulator's
 default page size of 100) are seeded with 10,000·k data versions (10 data assets of 1,000·k versions
 each, so paging goes deep), 2,000·k model versions with metrics and lineage tags, and 20,000·k
 blobs (two per data version). Seeding uses the emulator's bulk route and threaded uploads and is
-not measured.
+not measured. k is 1 and 10 (`make bench`), 0.1 and 1 (`QUICK=1`).
 
-What is measured is the retention run as the timer runs it, through the real SDKs: listing
-(azure-ai-ml for data and models, azure-storage-blob for blobs), then planning. The run is a dry
-run: apply costs a fixed number of requests per action (archive = GET + PUT), so its cost follows
-the size of the plan, which the rules choose, not the size of the workspace; `--apply` also
-applies the plan and reports its throughput.
+What is measured is the retention run as the timer runs it: listing (Azure ML's public REST API for
+data, models and jobs through `shared.adapters.azure.aml_rest`, the SDK's public listings for
+datastores and endpoints, azure-storage-blob for blobs), then planning; a dry run. Goals: the larger
+size takes ≤ 10.5× the smaller (linear is 10×), and the 10× dry run ≤ 60 s.
 
-    python -m bench.bench_retention_stack [--scales 1,10] [--apply]
+Then, on the same stack, apply: rules that delete the oldest data versions and archive old models
+(`APPLY_RULES`), with the emulator's 429 switch on for 10 % of every Azure ML call
+(`/_emulator/request-faults`, Retry-After 1 s). Reported: actions/s, retries (429s answered), and
+that nothing was applied twice: the DELETE and PUT calls the emulator processed (counted at
+`/_emulator/stats`, minus the 429s) equal the deletes and archives the plan made.
+
+    python -m bench.bench_retention_stack [--quick] [--scales 1,10] [--no-apply]
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 import httpx
 import yaml
 
+from bench.report import BenchResult, table
 from devstack.aml import client_env, start_aml
 from devstack.azurite import connection_string, ensure_installed, start_azurite
 from devstack.procs import Service, free_port
@@ -83,11 +89,26 @@ class Stack:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def seed(stack: Stack, scale: int) -> None:
+APPLY_RULES = yaml.safe_load("""
+rules:
+  - name: oldest-data
+    type: data_versions
+    actions: {keep_latest: 100, delete: {days_after_creation_greater_than: 355}}
+  - name: oldest-models
+    type: model_versions
+    actions: {keep_latest: 10, keep_top_k: {k: 3, metric: auc}, archive: {days_after_creation_greater_than: 355}}
+""")
+THROTTLED_FRACTION = 0.1
+GROWTH_GOAL = 10.5
+TEN_X_GOAL_S = 60.0
+
+
+def seed(stack: Stack, scale: float) -> None:
+    """Seed the emulator and Azurite at `scale` × the issue's sizes (not measured)."""
     from azure.storage.blob import BlobServiceClient
 
     now = datetime.now(UTC)
-    per_name = 1000 * scale
+    per_name = max(1, round(1000 * scale))
     base = stack.env["AZUREML_DEV_URL_MFE"].rstrip("/")
     with httpx.Client(verify=stack.env["REQUESTS_CA_BUNDLE"], timeout=600,
                       headers={"Authorization": "Bearer bench"}) as client:
@@ -101,7 +122,7 @@ def seed(stack: Stack, scale: int) -> None:
                      "dataType": "uri_folder", "isArchived": v <= per_name * 4 // 10,
                      "createdAt": (now - timedelta(days=365 * (per_name - v) / per_name)).isoformat()}
                     for v in range(start, min(start + 5000, per_name + 1))])
-        models = 2000 * scale // MODEL_NAMES
+        models = max(1, round(2000 * scale) // MODEL_NAMES)
         for n in range(MODEL_NAMES):
             for start in range(1, models + 1, 5000):
                 post("models", f"m{n}", [
@@ -123,7 +144,8 @@ def seed(stack: Stack, scale: int) -> None:
         list(pool.map(lambda name: container.upload_blob(name, b"a,b\n1,2\n"), names, chunksize=64))
 
 
-def retention_run(stack: Stack, *, apply: bool) -> Any:
+def runner_for(stack: Stack, rules: dict[str, Any], audit_table: str) -> Any:
+    """A RetentionRunner built as the composition root builds it, on this stack."""
     from azure.data.tables import TableServiceClient
     from azure.identity import DefaultAzureCredential
     from azure.storage.blob import BlobServiceClient
@@ -131,7 +153,7 @@ def retention_run(stack: Stack, *, apply: bool) -> Any:
     from shared.adapters.azure.aml_retention import AmlRetention
     from shared.adapters.azure.azureml import AzureML
     from shared.adapters.azure.blob_retention import BlobRetention
-    from shared.services.audit import AUDIT_TABLE, TableAuditLog
+    from shared.services.audit import TableAuditLog
     from shared.services.retention import RetentionRunner
 
     env = stack.env
@@ -140,63 +162,138 @@ def retention_run(stack: Stack, *, apply: bool) -> Any:
     azureml.client  # noqa: B018 - import azure.ai.ml (~1.3 s) before the clock starts, as a warm function would
     blobs = BlobRetention(BlobServiceClient.from_connection_string(stack.storage))
     tables = TableServiceClient.from_connection_string(stack.storage)
-    audit = TableAuditLog(AzureTable(tables.create_table(AUDIT_TABLE)))
-    runner = RetentionRunner(policy=parse_retention(RULES), workspace=AmlRetention(azureml), blobs=blobs,
-                             rollouts=lambda: [], audit=audit)
+    audit = TableAuditLog(AzureTable(tables.create_table_if_not_exists(audit_table)))
+    return RetentionRunner(policy=parse_retention(rules), workspace=AmlRetention(azureml), blobs=blobs,
+                           rollouts=lambda: [], audit=audit)
+
+
+def dry_run(stack: Stack) -> tuple[Any, float, float]:
+    """The measured dry run: its summary, wall seconds and this process's CPU seconds."""
+    from shared.services.audit import AUDIT_TABLE
+
+    runner = runner_for(stack, RULES, AUDIT_TABLE)
     started, cpu = time.perf_counter(), time.process_time()
     summary = runner.run(run_id="bench", dry_run=True)
-    total, cpu = time.perf_counter() - started, time.process_time() - cpu
-    applied = None
+    return summary, time.perf_counter() - started, time.process_time() - cpu
+
+
+def _emulator(stack: Stack) -> httpx.Client:
+    # No kept-alive connections: these admin calls are minutes apart, around a run that keeps the emulator busy.
+    transport = httpx.HTTPTransport(verify=stack.env["REQUESTS_CA_BUNDLE"], retries=2,
+                                    limits=httpx.Limits(max_keepalive_connections=0))
+    return httpx.Client(base_url=stack.env["AZUREML_DEV_URL_MFE"].rstrip("/"), timeout=60, transport=transport,
+                        headers={"Authorization": "Bearer bench"})
+
+
+def apply_throttled(stack: Stack) -> dict[str, float | int]:
+    """Plan APPLY_RULES, then apply it with 10 % of Azure ML calls answered 429; count at the emulator."""
+    from shared.domain.retention.planner import ActionKind
+
+    runner = runner_for(stack, APPLY_RULES, "benchapplyaudit")
+    plan = runner.run(run_id="bench-plan", dry_run=True).plan
+    kinds = [a.kind for a in plan.actions]
+    deletes = sum(k in (ActionKind.DELETE_DATA, ActionKind.DELETE_MODEL) for k in kinds)
+    archives = sum(k in (ActionKind.ARCHIVE_DATA, ActionKind.ARCHIVE_MODEL) for k in kinds)
+    with _emulator(stack) as emu:
+        emu.delete("/_emulator/stats").raise_for_status()
+        for seed_, method in enumerate(("GET", "PUT", "DELETE")):
+            emu.post("/_emulator/request-faults", json={"fault": "throttle", "method": method, "pathContains": "/",
+                                                        "fraction": THROTTLED_FRACTION, "seed": seed_,
+                                                        "retryAfter": 1}).raise_for_status()
+        started = time.perf_counter()
+        outcomes = runner.apply(plan, "bench-apply")
+        seconds = time.perf_counter() - started
+        rules = emu.get("/_emulator/request-faults").json()["value"]
+        stats = emu.get("/_emulator/stats").json()
+        emu.delete("/_emulator/request-faults").raise_for_status()
+    fired = {r["method"]: int(r.get("fired", 0)) for r in rules}
+    by_method = stats.get("byMethod", {})
+    statuses = [o.status for o in outcomes]
+    return {
+        "actions": len(outcomes), "apply_s": round(seconds, 2),
+        "actions_per_s": round(len(outcomes) / seconds, 1) if seconds else 0.0,
+        "failed": statuses.count("failed"), "retries_429": sum(fired.values()),
+        "deletes_planned": deletes, "deletes_processed": int(by_method.get("DELETE", 0)) - fired.get("DELETE", 0),
+        "archives_planned": archives, "archive_puts_processed": int(by_method.get("PUT", 0)) - fired.get("PUT", 0),
+    }
+
+
+def measure(scale: float, *, apply: bool) -> dict[str, Any]:
+    """Seed one fresh stack at `scale`, time a dry run, then (with `apply`) apply under 429s."""
+    stack = Stack()
+    try:
+        seed(stack, scale)
+        summary, total, cpu = dry_run(stack)
+        applied = apply_throttled(stack) if apply else {}
+    finally:
+        stack.close()
+    return {"total": total, "cpu": cpu, "listed": dict(summary.listed), "timings": dict(summary.timings),
+            "actions": len(summary.plan.actions), "applied": applied}
+
+
+def _scale_name(scale: float) -> str:
+    return f"{scale:g}x"
+
+
+def run(quick: bool, *, scales: tuple[float, float] | None = None, apply: bool = True) -> list[BenchResult]:
+    """Two rows: the dry run's growth from the small to the large size (10×), and apply under 429s."""
+    small, large = scales or ((0.1, 1.0) if quick else (1.0, 10.0))
+    runs = {scale: measure(scale, apply=apply) for scale in (small, large)}
+    growth = runs[large]["total"] / runs[small]["total"]
+    figures: dict[str, float | int | str] = {}
+    for scale, r in runs.items():
+        name = _scale_name(scale)
+        figures |= {f"{name}_dry_run_s": round(r["total"], 2), f"{name}_cpu_s": round(r["cpu"], 2),
+                    f"{name}_data_versions": r["listed"].get("data_versions", 0),
+                    f"{name}_model_versions": r["listed"].get("model_versions", 0),
+                    f"{name}_blobs": r["listed"].get("blobs", 0), f"{name}_actions": r["actions"]}
+        figures |= {f"{name}_{phase}_s": round(seconds, 2) for phase, seconds in r["timings"].items()}
+    size_ratio = large / small
+    ten_x = runs[large]["total"] if large == 10 else None
+    met = growth <= GROWTH_GOAL * size_ratio / 10 and (ten_x is None or ten_x <= TEN_X_GOAL_S)
+    results = [BenchResult(
+        name="retention_10x", title=f"retention dry run on the stack, {_scale_name(small)} vs {_scale_name(large)}",
+        figures=figures,
+        ratio_name=f"dry run time {_scale_name(large)} / {_scale_name(small)} (linear = {size_ratio:g})",
+        ratio=round(growth, 2), goal=f"<= {GROWTH_GOAL * size_ratio / 10:g}" + (", 10x <= 60 s" if ten_x else ""),
+        met=met, notes="Listing over Azure ML's public REST API (raw JSON, names concurrently) and blobs; "
+                       "seeding is not measured.")]
     if apply:
-        mark = time.perf_counter()
-        outcomes = runner.apply(summary.plan, "bench-apply")
-        applied = (len(outcomes), time.perf_counter() - mark)
-    return summary, (total, cpu), applied
+        apply_figures: dict[str, float | int | str] = {}
+        twice = False
+        for scale, r in runs.items():
+            a = r["applied"]
+            apply_figures |= {f"{_scale_name(scale)}_{k}": v for k, v in a.items()}
+            twice = twice or a["deletes_processed"] != a["deletes_planned"] or \
+                a["archive_puts_processed"] != a["archives_planned"] or a["failed"] > 0
+        big = runs[large]["applied"]
+        results.append(BenchResult(
+            name="retention_apply_429", title=f"retention apply with {THROTTLED_FRACTION:.0%} of Azure ML calls 429",
+            figures=apply_figures, ratio_name=f"actions/s at {_scale_name(large)} under 429s",
+            ratio=big["actions_per_s"], goal="0 failed, none twice", met=not twice,
+            notes="deletes/archive PUTs processed are counted at the emulator minus the 429s it answered; "
+                  "equal to the plan's count means nothing was applied twice. Retry-After is 1 s."))
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_retention_stack")
-    parser.add_argument("--scales", default="1,10", help="comma-separated multiples of the issue's sizes")
-    parser.add_argument("--apply", action="store_true", help="also apply the plan and report its throughput")
+    parser.add_argument("--quick", action="store_true", help="0.1x and 1x instead of 1x and 10x")
+    parser.add_argument("--scales", default=None, help="two comma-separated multiples of the issue's sizes")
+    parser.add_argument("--no-apply", action="store_true", help="only the dry runs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     ensure_installed()
-    print("retention run on the local stack (real SDKs against Azurite + the Azure ML emulator; dry run)")
-    totals: dict[int, float] = {}
-    cpus: dict[int, float] = {}
-    phases: dict[int, dict[str, float]] = {}
-    for scale in (int(s) for s in args.scales.split(",")):
-        stack = Stack()
-        try:
-            mark = time.perf_counter()
-            seed(stack, scale)
-            seeded = time.perf_counter() - mark
-            summary, (total, cpu), applied = retention_run(stack, apply=args.apply)
-        finally:
-            stack.close()
-        listed = summary.listed
-        totals[scale], cpus[scale], phases[scale] = total, cpu, dict(summary.timings)
-        print(f"\n  {scale}×: {listed['data_versions']:,} data versions, {listed['model_versions']:,} model versions, "
-              f"{listed['blobs']:,} blobs (seeded in {seeded:.0f} s, not measured)")
-        for phase, seconds in summary.timings.items():
-            print(f"    {phase:<32} {seconds:8.2f} s")
-        print(f"    {'total':<32} {total:8.2f} s   plan: {len(summary.plan.actions):,} actions, "
-              f"{len(summary.plan.protected):,} spared")
-        pages = -(-listed["blobs"] // 5000)
-        print(f"    {'list_blobs per page (5,000)':<32} {summary.timings['list_blobs'] / pages:8.2f} s   "
-              f"({pages} pages)")
-        print(f"    {'of which CPU in this process':<32} {cpu:8.2f} s   (SDK parsing + planning; the rest is "
-              "waiting on the emulator and Azurite)")
-        if applied:
-            count, seconds = applied
-            print(f"    apply (8 workers)                {seconds:8.2f} s   {count:,} actions, "
-                  f"{count / seconds:,.0f} actions/s")
-    if 1 in totals and 10 in totals:
-        print("\n  10× / 1× time ratio (linear = 10):")
-        for phase in phases[1]:
-            print(f"    {phase:<32} {phases[10][phase] / phases[1][phase]:8.1f}")
-        print(f"    {'total':<32} {totals[10] / totals[1]:8.1f}")
-        print(f"    {'CPU in this process':<32} {cpus[10] / cpus[1]:8.1f}")
+    scales: tuple[float, float] | None = None
+    if args.scales:
+        small, _, large = args.scales.partition(",")
+        scales = (float(small), float(large))
+    results = run(args.quick, scales=scales, apply=not args.no_apply)
+    print(table(results))
+    for r in results:
+        print(f"\n{r.name}: {r.title}")
+        for key, value in r.figures.items():
+            print(f"  {key:<40} {value}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 # Module names (under bench/) in the order `make bench` runs them.
-BENCHMARKS: tuple[str, ...] = ()
+BENCHMARKS: tuple[str, ...] = ("bench_compare", "bench_planning", "bench_burst", "bench_overhead", "bench_status",
+                               "bench_cold_start", "bench_rollout", "bench_retention_stack")
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,47 @@ def env(state_dir: Path) -> int:
 
 
 def test(pytest_args: list[str]) -> int:
+    from devstack.browser import ensure_chromium
+
     ensure_installed()
+    ensure_chromium()  # the status page's browser test drives it; missing, that test fails saying how to install
     args = [a for a in pytest_args if a != "--"]
     return subprocess.call([sys.executable, "-m", "pytest", *args], cwd=REPO_ROOT)
+
+
+def bench(*, quick: bool, only: str | None = None, results: Path | None = None) -> int:
+    """Run each module of `bench.report.BENCHMARKS` (`run(quick)`), print one table, write `latest.json`.
+
+    `only` is a comma-separated subset of module names. A module that fails is reported and the
+    others still run; the exit status is 1 if any failed (and `latest.json` is written without it).
+    """
+    import importlib
+    import time
+
+    from bench.report import BENCHMARKS, BenchResult, table, write_latest
+
+    wanted = [name.strip() for name in only.split(",")] if only else list(BENCHMARKS)
+    unknown = [name for name in wanted if name not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    collected: list[BenchResult] = []
+    failed: list[str] = []
+    for name in wanted:
+        started = time.monotonic()
+        print(f"== {name} ({'quick' if quick else 'full'})", flush=True)
+        try:
+            collected.extend(importlib.import_module(f"bench.{name}").run(quick))
+        except Exception as exc:  # one broken benchmark must not hide the others' numbers
+            logging.getLogger(__name__).exception("benchmark %s failed", name)
+            failed.append(f"{name}: {type(exc).__name__}: {exc}")
+        print(f"   {name} took {time.monotonic() - started:.0f}s", flush=True)
+    print(table(collected))
+    path = write_latest(collected, quick=quick, path=results)
+    print(f"wrote {path}")
+    for line in failed:
+        print(f"FAILED {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def chaos(examples: int) -> int:
@@ -68,9 +106,7 @@ def run(args: argparse.Namespace, state_dir: Path) -> int:
     if args.command == "test":
         return test(args.pytest_args)
     if args.command == "bench":
-        planning = subprocess.call([sys.executable, "-m", "bench.bench_planning"], cwd=REPO_ROOT)
-        stack = subprocess.call([sys.executable, "-m", "bench.bench_retention_stack"], cwd=REPO_ROOT)
-        return planning or stack
+        return bench(quick=args.quick, only=args.only, results=args.results)
     if args.command == "chaos":
         return chaos(args.examples)
     if args.command == "demo":

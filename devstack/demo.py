@@ -9,15 +9,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import tempfile
 import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from devstack import demo_data
+from devstack.demo_data import DemoDrop, write_drop
+from devstack.demo_tables import comparison_lines, parse_recorded
 from devstack.polling import wait_for
 from devstack.procs import REPO_ROOT, port_open
 from devstack.stack import Ports, Stack, applied_env, read_env, start_stack, stop_stack
+from shared.domain.retrain import job_name_for
 
 ML_SRC = REPO_ROOT / "ml" / "src"
 
@@ -51,17 +56,63 @@ def churn_rows(n: int, seed: int, label_noise: float = 0.0) -> str:
     return out.getvalue()
 
 
+def demo_policy(app_dir: Path) -> Path:
+    """The policy the demo's Functions host runs: evergreen.yaml with the fair gate on for churn-model.
+
+    `promotion.evaluation` is commented out in the shipped evergreen.yaml (a workspace needs labelled
+    evaluation data first); the demo uploads `churn-holdout` drops, so it turns it on, with the values
+    the comment shows. The app folder links the repo's `ml/`, so the pipelines resolve as in a deployment.
+    """
+    import yaml
+
+    policy = yaml.safe_load((REPO_ROOT / "evergreen.yaml").read_text(encoding="utf-8"))
+    churn = next(m for m in policy["models"] if m["name"] == MODEL)
+    churn["promotion"]["evaluation"] = dict(EVALUATION)
+    app_dir.mkdir(parents=True, exist_ok=True)
+    ml = app_dir / "ml"
+    if not ml.is_symlink():
+        ml.symlink_to(REPO_ROOT / "ml")
+    path = app_dir / "evergreen.yaml"
+    header = "# written by `python -m devstack demo`: evergreen.yaml with churn-model's promotion.evaluation on\n"
+    path.write_text(header + yaml.safe_dump(policy, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _host_on_policy(state_dir: Path, ports: Ports, stack: Stack | None, policy: Path) -> None:
+    """(Re)start the Functions host with EVERGREEN_POLICY_PATH = the demo's policy; record it in the env file."""
+    from devstack.host import start_host
+    from devstack.procs import stop_pid
+
+    env = {**read_env(state_dir), "EVERGREEN_POLICY_PATH": str(policy)}
+    pid_file = state_dir / "pids.json"
+    pids: dict[str, int] = json.loads(pid_file.read_text(encoding="utf-8")) if pid_file.exists() else {}
+    if stack is None and "functions-host" in pids:
+        stop_pid(pids["functions-host"])
+    host = start_host(REPO_ROOT, ports.host, state_dir=state_dir, env=env)
+    if stack is not None:
+        stack.services.append(host)
+    host.wait_ready(timeout=60)
+    pids["functions-host"] = host.process.pid
+    pid_file.write_text(json.dumps(pids, indent=2), encoding="utf-8")
+    (state_dir / "env").write_text("\n".join(f"{k}={v}" for k, v in sorted(env.items())) + "\n", encoding="utf-8")
+
+
 def run_demo(state_dir: Path, *, keep: bool = False) -> int:
     ports = Ports()
     started: Stack | None = None
-    if port_open(ports.host) and (state_dir / "env").exists():
-        _say("using the local stack that is already up")
-    else:
-        _say("starting the local stack (Azurite, Azure ML emulator, Event Grid, Functions host)...")
-        started = start_stack(state_dir, ports)
+    policy = demo_policy(state_dir / "demo-app")
     try:
+        if port_open(ports.host) and (state_dir / "env").exists():
+            _say("using the local stack that is already up; restarting its Functions host on the demo's policy")
+        else:
+            _say("starting the local stack (Azurite, Azure ML emulator, Event Grid, Functions host)...")
+            started = start_stack(state_dir, ports, with_host=False)
+        _host_on_policy(state_dir, ports, started, policy)
+        _say(f"   the host runs {policy}: evergreen.yaml with churn-model's promotion.evaluation on")
         with applied_env(read_env(state_dir)):
             _run(read_env(state_dir))
+        _say(f"\nstatus page: http://127.0.0.1:{ports.host}/api/status  (JSON: /api/status.json)")
+        _say("it stays up while the stack does: run the demo with --keep to leave the stack up, `make down` to stop it")
     finally:
         if started is not None and not keep:
             _say("\nstopping the local stack")
@@ -71,6 +122,13 @@ def run_demo(state_dir: Path, *, keep: bool = False) -> int:
 
 ENDPOINT = "churn-endpoint"
 MODEL = "churn-model"
+TRAINING = "churn-training"
+# The fair gate's settings for the demo (the values evergreen.yaml's commented `evaluation:` block shows).
+EVALUATION: dict[str, Any] = {
+    "data": "churn-holdout@latest", "label_column": "churned", "min_rows": 500, "confidence": 0.95,
+    "resamples": 1000, "seed": 7, "slices": ["region", "contract"], "min_slice_rows": 200,
+    "max_slice_regression": 0.02, "max_decay": 0.02,
+}
 
 
 def _run(env: dict[str, str]) -> None:
@@ -97,11 +155,14 @@ def _run(env: dict[str, str]) -> None:
     drop = _step_upload_and_register(demo)
     _step_identical_copy(demo)
     _step_first_model(demo, drop)
-    _step_gate_outcomes(demo)
+    _step_better_but_faulty(demo)
+    _step_canary(demo)
+    _step_rejections(demo)
+    _step_decay(demo)
     _step_show_events(demo)
     _step_retention()
-    _say("\ndemo complete: upload → data version → retraining → model → gate → blue/green rollout → scoring "
-         "→ retention, on the local stack")
+    _say("\ndemo complete: upload → data version → retraining → model → comparison on shared evaluation rows → "
+         "gate → blue/green rollout → scoring → re-scoring the champion → retention, on the local stack")
 
 
 @dataclass(frozen=True)
@@ -127,19 +188,35 @@ class _Demo:
             return None
 
 
+def _upload(demo: _Demo, drop: DemoDrop) -> Any:
+    """Upload one demo drop (its CSV, then `_SUCCESS`) and wait for its data version; returns it."""
+    prefix = "churn" if drop.dataset == TRAINING else "holdout"
+    folder = f"{prefix}/{drop.name}-{demo.stamp}/"
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in write_drop(drop, Path(tmp), success_marker=False):
+            demo.landing.upload_blob(f"{folder}{path.name}", path.read_bytes(), overwrite=True)
+    demo.landing.upload_blob(f"{folder}_SUCCESS", b"", overwrite=True)
+    noise = f", label noise {drop.label_noise:.0%}" if drop.label_noise else ""
+    _say(f"   uploaded landing/{folder} ({drop.rows} rows{noise}) and its _SUCCESS marker")
+    data = wait_for(f"the {drop.name} drop's data version",
+                    lambda: demo.version_for(drop.dataset, "evergreen.source_folder", f"landing/{folder}"))
+    _say(f"   → data version {data.name}:{data.version}")
+    return data
+
+
 def _step_upload_and_register(demo: _Demo) -> Any:
-    """Steps 1-2: a drop and a reference file land; both become data versions. Returns the drop's."""
+    """Steps 1-2: labelled evaluation rows, a training drop and a reference file land; each becomes a data
+    version. Returns the training drop's."""
     landing, stamp = demo.landing, demo.stamp
-    folder = f"churn/drop-{stamp}/"
-    _say(f"\n1. uploading a data drop to landing/{folder} (5 parts, then the _SUCCESS marker)")
-    _upload_drop(landing, folder, stamp, label_noise=0.4, verbose=True)
+    _say("\n1. uploading labelled evaluation rows (churn-holdout: the champion and every challenger are scored on "
+         "the same rows), a first training drop and a reference file")
+    _upload(demo, demo_data.HOLDOUT_1)
     reference = f"reference/regions-{stamp}.csv"
     landing.upload_blob(reference, f"region,code,drop\nnorth,N,{stamp}\nsouth,S,{stamp}\n", overwrite=True)
     _say(f"   uploaded landing/{reference}")
+    drop = _upload(demo, demo_data.FIRST)
 
-    _say("\n2. waiting for Evergreen to register the data versions...")
-    drop = wait_for("the drop's data version",
-                     lambda: demo.version_for("churn-training", "evergreen.source_folder", f"landing/{folder}"))
+    _say("\n2. waiting for Evergreen to register the reference file's data version...")
     reference_url = landing.get_blob_client(reference).url
     ref = wait_for("the reference file's data version",
                     lambda: demo.version_for("churn-reference", "evergreen.source_url", reference_url))
@@ -168,52 +245,97 @@ def _step_identical_copy(demo: _Demo) -> None:
 
 
 def _step_first_model(demo: _Demo, drop: Any) -> None:
-    """Steps 3-5: retraining on the drop, its model, and the gate's first rollout."""
-    champion = _show_retraining(demo.ml, demo.env, str(drop.version), step="3")
-    _say(f"\n5. ModelRegistered → on_model_registered: the champion/challenger gate on {ENDPOINT}")
-    first = _await_decision(demo.ml, demo.ledger, demo.audit, champion)
-    if first.state != "succeeded":
-        raise RuntimeError(f"the first model was not rolled out: {first.state} {first.failure}")
+    """Steps 3-5: retraining on the first drop, its model scored alone, deployed (no threshold to miss)."""
+    champion = _show_retraining(demo, job_name_for(TRAINING, str(drop.version)), step="3")
+    _say(f"\n5. ModelRegistered → a comparison job scores {champion.name}:{champion.version} alone on the "
+         f"evaluation rows ({ENDPOINT} has no champion yet)")
+    _expect(_await_decision(demo, champion), "succeeded", champion, "first_model")
     _show_endpoint(demo.ml, demo.env, "   a scoring request to the endpoint is answered by")
 
 
-def _step_gate_outcomes(demo: _Demo) -> None:
-    """Steps 6-8: a model that loses the gate, one whose rollout is rolled back, one that wins."""
-    _say("\n6. a second drop whose labels are mostly noise: its model must lose the gate")
-    _drop_and_decide(demo, "6", "noisy", 0.95, "skipped", "   the endpoint still answers with")
-
-    _say("\n7. a third, clean drop gives a better model, but its deployment is faulty (injected: smoke test fails)")
+def _step_better_but_faulty(demo: _Demo) -> None:
+    """Step 6: a clearly better model wins the comparison, but its deployment is faulty: rolled back."""
+    _say("\n6. a bigger, clean training drop gives a clearly better model, but its deployment is faulty "
+         "(injected: its smoke test fails)")
     _inject_fault(demo.env, "smoke")
-    _drop_and_decide(demo, "7", "clean", 0.0, "rolled_back", "   after the rollback the champion still answers:")
-
-    _say("\n8. the fault is gone; another clean drop: a better model, rolled out blue/green in canary steps")
-    _drop_and_decide(demo, "8", "clean2", 0.0, "succeeded", "   the new champion answers:")
+    _drop_and_decide(demo, demo_data.ROLLED_BACK, "6", "rolled_back", "improved")
+    _show_endpoint(demo.ml, demo.env, "   after the rollback the champion still answers:")
 
 
-def _drop_and_decide(demo: _Demo, step: str, suffix: str, label_noise: float, expected: str, lead: str) -> None:
-    """Another drop → its data version → retraining → the gate (and rollout); checks the outcome."""
-    folder = f"churn/drop-{demo.stamp}-{suffix}/"
-    _upload_drop(demo.landing, folder, demo.stamp + suffix, label_noise=label_noise)
-    data = wait_for(f"the {suffix} drop's data version",
-                    lambda: demo.version_for("churn-training", "evergreen.source_folder", f"landing/{folder}"))
-    model = _show_retraining(demo.ml, demo.env, str(data.version), step=step, verbose=False)
-    decision = _await_decision(demo.ml, demo.ledger, demo.audit, model)
-    if decision.state != expected:
+def _step_canary(demo: _Demo) -> None:
+    """Step 7: the fault is gone; the next clean drop's model is promoted, canary 25 % → 100 %."""
+    _say("\n7. the fault is gone; the next clean drop gives a better model again: rolled out blue/green in canary "
+         "steps")
+    _drop_and_decide(demo, demo_data.BETTER, "7", "succeeded", "improved")
+    _show_endpoint(demo.ml, demo.env, "   the new champion answers:")
+
+
+def _step_rejections(demo: _Demo) -> None:
+    """Steps 8-9: a noise-level model (not_significant) and one worse on a slice (slice_regressed)."""
+    _say("\n8. a drop with 10 % label noise: its model differs from the champion at noise level")
+    _drop_and_decide(demo, demo_data.NOISY, "8", "skipped", "not_significant")
+    _say("\n9. a drop that lets the model see region but learns north like the rest: better overall, worse in "
+         "north")
+    _drop_and_decide(demo, demo_data.SLICE, "9", "skipped", "slice_regressed")
+
+
+def _step_decay(demo: _Demo) -> None:
+    """Steps 10-11: a drop from after a drift loses on today's rows; a new evaluation drop shows the champion
+    has decayed → Evergreen.ChampionDegraded → that drop retrained → compared on the new rows → promoted."""
+    _say("\n10. a training drop from after a drift (long-tenure customers now churn): on today's evaluation rows "
+         "its model is worse")
+    data = _drop_and_decide(demo, demo_data.RETRAIN, "10", "skipped")
+    _say("\n11. new labelled evaluation rows land: the world has drifted; the champion is re-scored alone on them")
+    holdout = _upload(demo, demo_data.HOLDOUT_2)
+    before = {m.version for m in _models_on(demo, str(data.version))}
+    degraded = wait_for("the champion's re-score", lambda: _champion_verdict(demo, f"{holdout.name}:{holdout.version}"),
+                        timeout=240)
+    _say(f"   champion.{degraded.kind.removeprefix('champion.')}: {degraded.reason[:300]}")
+    for score in demo.ledger.champion_scores(ENDPOINT)[-4:]:
+        _say(f"     {score.at.strftime('%H:%M:%S')} {score.model} on {score.data_asset}:{score.data_version}: "
+             f"{score.metric} {score.value or '—'}{'  (degraded)' if score.degraded else ''}")
+    if degraded.kind != "champion.degraded":
+        raise RuntimeError(f"the champion should have decayed on {holdout.name}:{holdout.version}: {degraded}")
+    model = _show_retraining(demo, _new_model(demo, str(data.version), before), step="12", verbose=False,
+                             lead="12. Evergreen.ChampionDegraded → the newest training drop is retrained")
+    _expect(_await_decision(demo, model), "succeeded", model)
+    _show_endpoint(demo.ml, demo.env, "   the retrained champion answers:")
+
+
+def _champion_verdict(demo: _Demo, data: str) -> Any:
+    """The monitor's verdict (audit `champion.healthy|degraded|skipped`) on the re-score on `data`."""
+    for record in demo.audit.query(kind_prefix="champion."):
+        if record.assets.get("data") == data and record.kind != "champion.rescore_submitted":
+            return record
+    return None
+
+
+def _drop_and_decide(demo: _Demo, drop: DemoDrop, step: str, expected: str, code: str = "") -> Any:
+    """Another drop → its data version → retraining → the comparison and the gate; checks the outcome."""
+    data = _upload(demo, drop)
+    model = _show_retraining(demo, job_name_for(TRAINING, str(data.version)), step=step,
+                             verbose=False)
+    _expect(_await_decision(demo, model), expected, model, code)
+    return data
+
+
+def _expect(decision: Decision, expected: str, model: Any, code: str = "") -> None:
+    """The demo stops if a scenario did not come out as intended (its data, or the flow, changed)."""
+    if decision.state != expected or (code and decision.code != code):
         raise RuntimeError(f"{model.name}:{model.version} should have ended {expected}, not {decision}")
-    _show_endpoint(demo.ml, demo.env, lead)
 
 
 def _step_show_events(demo: _Demo) -> None:
     """Step 9: this run's events as the local Event Grid saw and routed them, and the dead letters."""
     eventgrid, stamp = demo.eventgrid, demo.stamp
-    _say("\n9. the events that flowed (local Event Grid):")
+    _say("\n13. the events that flowed (local Event Grid):")
     deliveries = {d["eventId"]: d for d in _get_json(f"{eventgrid}/deliveries?limit=1000")}
     for item in reversed(_get_json(f"{eventgrid}/events?limit=400")):
         if item["receivedAt"] < demo.started_at:
             continue  # an earlier demo's events (the stack keeps its state)
         event = item["event"]
         subject = event.get("subject", "")
-        if stamp not in subject and not subject.startswith(("datasets/", "experiments/", "models/")):
+        if stamp not in subject and not subject.startswith(("datasets/", "experiments/", "models/", "endpoints/")):
             continue
         delivery = deliveries.get(event.get("id"), {})
         route = f"→ {delivery['function']} ({delivery['status']})" if delivery else "(no subscription)"
@@ -228,19 +350,8 @@ def _step_retention() -> None:
     """Step 10: the retention policy, first as a dry run, then applied."""
     from devstack.demo_retention import run_retention_step
 
-    _say("\n10. retention (evergreen.yaml `retention:`), first as a dry run, then for real")
+    _say("\n14. retention (evergreen.yaml `retention:`), first as a dry run, then for real")
     run_retention_step(_say)
-
-
-def _upload_drop(landing: Any, folder: str, stamp: str, *, label_noise: float, verbose: bool = False) -> None:
-    for part in range(5):
-        name = f"{folder}part-{part:04d}.csv"
-        landing.upload_blob(name, churn_rows(400, seed=hash((stamp, part)) & 0xFFFF, label_noise=label_noise),
-                            overwrite=True)
-        if verbose:
-            _say(f"   uploaded landing/{name}")
-    landing.upload_blob(f"{folder}_SUCCESS", b"", overwrite=True)
-    _say(f"   uploaded landing/{folder} (5 parts, label noise {label_noise:.0%}) and its _SUCCESS marker")
 
 
 def _reset_endpoint(ml: Any, ledger: Any) -> None:
@@ -277,35 +388,74 @@ class Decision:
     state: str  # skipped | succeeded | rolled_back
     reason: str
     failure: str = ""
+    code: str = ""  # the gate's code on the comparison (first_model, improved, not_significant, slice_regressed…)
 
 
-def _await_decision(ml: Any, ledger: Any, audit: Any, model: Any) -> Decision:
-    """Follow the gate's decision for `model` and, if it won, its rollout to the end (from the audit log)."""
+def _await_decision(demo: _Demo, model: Any) -> Decision:
+    """Follow the gate's decision for `model` (its comparison, as recorded) and, if it won, its rollout to the
+    end (from the audit log and the ledger)."""
     ref = f"{model.name}:{model.version}"
 
-    def decided() -> Decision | None:
-        for record in audit.query(kind_prefix="promotion."):
+    def decided() -> Any:
+        for record in demo.audit.query(kind_prefix="promotion."):
             if record.assets.get("model") == ref and record.kind in ("promotion.skipped", "promotion.started"):
-                return Decision(record.kind.removeprefix("promotion."), record.reason)
+                return record
         return None
 
-    decision = wait_for(f"the gate's decision on {ref}", decided, timeout=120)
-    verb = "promote" if decision.state == "started" else "reject"
-    _say(f"   gate: {verb} {ref} — {decision.reason}")
-    if decision.state != "started":
-        return decision
+    record = wait_for(f"the gate's decision on {ref}", decided, timeout=300)
+    code = _show_comparison(demo, ref)
+    state = record.kind.removeprefix("promotion.")
+    _say(f"   gate: {'promote' if state == 'started' else 'reject'} {ref} — {record.reason[:300]}")
+    if state != "started":
+        return Decision(state, record.reason, code=code)
 
     def finished() -> Any:
-        record = ledger.get_rollout(ENDPOINT)
-        return record if record and record.candidate == ref and not record.active else None
+        rollout = demo.ledger.get_rollout(ENDPOINT)
+        return rollout if rollout and rollout.candidate == ref and not rollout.active else None
 
-    record = wait_for(f"the rollout of {ref}", finished, timeout=300)
-    steps = [r for r in audit.query(kind_prefix="rollout.") if r.assets.get("model") == ref]
-    _say(f"   rollout of {ref} as deployment {record.deployment} (a persisted state machine, one queue message "
+    rollout = wait_for(f"the rollout of {ref}", finished, timeout=300)
+    steps = [r for r in demo.audit.query(kind_prefix="rollout.") if r.assets.get("model") == ref]
+    _say(f"   rollout of {ref} as deployment {rollout.deployment} (a persisted state machine, one queue message "
          "per step):")
     for step in reversed(steps):
         _say(f"     {step.at.strftime('%H:%M:%S')} {step.decision:<12} {step.reason[:140]}")
-    return Decision(record.state, record.reason, record.failure)
+    return Decision(rollout.state, rollout.reason, rollout.failure, code)
+
+
+def _show_comparison(demo: _Demo, ref: str) -> str:
+    """Print the comparison the gate judged `ref` on, as the audit record `promotion.compared` holds it;
+    returns the gate's code ("" if there was no comparison)."""
+    compared = next((r for r in demo.audit.query(kind_prefix="promotion.compared")
+                     if r.assets.get("model") == ref), None)
+    if compared is None:
+        return ""
+    _say(f"   comparison job {compared.assets.get('job', '?')} → {compared.decision}")
+    document = parse_recorded(compared.assets.get("comparison", ""))
+    if document is not None:
+        for line in comparison_lines(document, min_slice_rows=int(EVALUATION["min_slice_rows"]),
+                                     max_slice_regression=float(EVALUATION["max_slice_regression"])):
+            _say(line)
+    return str(compared.decision)
+
+
+def _models_on(demo: _Demo, data_version: str) -> list[Any]:
+    """The churn-model versions trained on `churn-training:<data_version>`."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return [m for m in demo.ml.models.list(name=MODEL)
+                if (m.tags or {}).get("evergreen.data_asset") == TRAINING
+                and (m.tags or {}).get("evergreen.data_version") == data_version]
+    except ResourceNotFoundError:
+        return []
+
+
+def _new_model(demo: _Demo, data_version: str, before: set[str]) -> str:
+    """Wait for a new model trained on `data_version` (a retrain of it); returns its pipeline job's name."""
+    model = wait_for(f"a retrained model on {TRAINING}:{data_version}",
+                     lambda: next((m for m in _models_on(demo, data_version) if m.version not in before), None),
+                     timeout=300)
+    return str((model.tags or {}).get("evergreen.job_name", ""))
 
 
 def _show_endpoint(ml: Any, env: dict[str, str], lead: str) -> None:
@@ -317,9 +467,9 @@ def _show_endpoint(ml: Any, env: dict[str, str], lead: str) -> None:
          + ", ".join(f"{n} ({(d.tags or {}).get('evergreen.model', '?')})" for n, d in deployments.items()))
     key = ml.online_endpoints.get_keys(ENDPOINT).primary_key
     request = {"input_data": [{"tenure_months": 2, "monthly_charges": 110.0, "support_calls": 6,
-                               "contract": "month-to-month"},
+                               "contract": "month-to-month", "region": "north", "num_products": 1},
                               {"tenure_months": 70, "monthly_charges": 25.0, "support_calls": 0,
-                               "contract": "two-year"}]}
+                               "contract": "two-year", "region": "south", "num_products": 3}]}
     uri = str(endpoint.scoring_uri)
     verify: Any = env["REQUESTS_CA_BUNDLE"] if uri.startswith("https") else True
     reply = httpx.post(uri, json=request, headers={"Authorization": f"Bearer {key}"}, verify=verify, timeout=30)
@@ -329,15 +479,15 @@ def _show_endpoint(ml: Any, env: dict[str, str], lead: str) -> None:
     _say(f"{lead} deployment {answered} = model {model}: {reply.json()}")
 
 
-def _show_retraining(ml: Any, env: dict[str, str], data_version: str, *, step: str, verbose: bool = True) -> Any:
+def _show_retraining(demo: _Demo, job_name: str, *, step: str, verbose: bool = True, lead: str = "") -> Any:
+    """The retraining pipeline job `job_name` to its end, its steps, and the model it registered."""
     import httpx
     from azure.core.exceptions import ResourceNotFoundError
     from azure.identity import DefaultAzureCredential
 
-    from shared.domain.retrain import job_name_for
-
-    job_name = job_name_for("churn-training", data_version)
-    _say(f"\n{step}. the new data version starts the retraining pipeline ml/pipeline.yml as job {job_name}")
+    ml, env = demo.ml, demo.env
+    first = f"\n{step}. the new data version starts" if step == "3" else "   it starts"
+    _say(f"{lead or first + ' the retraining pipeline ml/pipeline.yml'} (job {job_name})")
 
     def finished() -> Any:
         try:
@@ -361,14 +511,14 @@ def _show_retraining(ml: Any, env: dict[str, str], data_version: str, *, step: s
 
     def model() -> Any:
         try:
-            models = ml.models.list(name="churn-model")
+            models = ml.models.list(name=MODEL)
             return next((m for m in models if (m.tags or {}).get("evergreen.job_name") == job_name), None)
         except ResourceNotFoundError:
             return None
 
     registered = wait_for("the registered model", model, timeout=60)
     tags = registered.tags or {}
-    _say(f"\n{'4' if step == '3' else step}. registered model {registered.name}:{registered.version}  "
+    _say(f"\n{'4. r' if step == '3' else '   r'}egistered model {registered.name}:{registered.version}  "
          f"path={registered.path}")
     _say(f"   lineage: data {tags.get('evergreen.data_asset')}:{tags.get('evergreen.data_version')}"
          f" → job {tags.get('evergreen.job_name')} → model; code sha256 {tags.get('evergreen.code_sha256', '')[:12]}…")

@@ -73,8 +73,10 @@ def stack_env(state_dir: Path, ports: Ports) -> dict[str, str]:
             "EVERGREEN_HOST_URL": f"http://127.0.0.1:{ports.host}",
             "EVERGREEN_RETENTION_SCHEDULE": "0 0 3 * * *",  # the retention timer (03:00 UTC daily)
             "EVERGREEN_RECONCILE_SCHEDULE": "0 */5 * * * *",  # the reconciler timer (every 5 minutes)
+            "EVERGREEN_RESCORE_SCHEDULE": "0 30 4 * * *",  # champions re-scored (04:30 UTC daily)
             "EVERGREEN_WEBHOOK_SECRET": WEBHOOK_SECRET,  # registry webhooks (MLflow/Databricks) sign with it
             "FUNCTIONS_WORKER_RUNTIME": "python",
+            "EVERGREEN_TRACE_FILE": str(state_dir / "traces.jsonl"),  # one JSON line per finished span
         }
     )
     return env

@@ -37,8 +37,10 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import azure.functions as func
 from azurefunctions.extensions.bindings import blob
 
+from shared import telemetry
 from shared.domain.audit import AuditRecord
 from shared.domain.events import BlobCreated
+from shared.domain.telemetry import TRACEPARENT, TRACEPARENT_TAG, Attr
 from shared.domain.urls import strip_query  # the one helper; re-exported for the edge's callers
 from shared.domain.vocabulary import EdgeAction
 from shared.domain.webhooks import HttpReply, to_http
@@ -97,6 +99,7 @@ class Source(Generic[P, E, R]):
     respond: Callable[[Settled], R]
     refuse: Callable[[Rejection], R]
     attempt: Callable[[P], int] = lambda _raw: 1
+    traceparent: Callable[[P], str] = lambda _raw: ""  # the trace context the input carries ("" = none)
 
 
 # -- sources -------------------------------------------------------------------------------------------
@@ -119,6 +122,7 @@ def queue_message(parse: Callable[[str], E], arg_name: str = "msg") -> Source[fu
         identify=lambda msg: str(msg.id or "-"),
         parse=lambda msg: parse(message_text(msg)),
         attempt=lambda msg: msg.dequeue_count or 1,
+        traceparent=_message_traceparent,
         respond=_acknowledge, refuse=_acknowledge,
     )
 
@@ -136,8 +140,37 @@ def event_grid(parse: Callable[[Mapping[str, Any]], E],
         arg_name=arg_name, binding=func.EventGridEvent, returns=None,
         identify=lambda event: str(event.id or "-"),
         parse=lambda event: parse(event_grid_document(event)),
+        traceparent=_event_traceparent,
         respond=_acknowledge, refuse=_acknowledge,
     )
+
+
+def _message_traceparent(msg: func.QueueMessage) -> str:
+    """The `traceparent` a queue message carries (the queue adapters add it to every message they send)."""
+    try:
+        return telemetry.traceparent_of_message(msg.get_body().decode("utf-8"))
+    except UnicodeDecodeError:
+        return ""
+
+
+_TAG_FIELDS = ("modelTags", "runTags", "tags")  # Azure ML's ModelRegistered / Run* events carry the asset's tags
+
+
+def _event_traceparent(event: func.EventGridEvent) -> str:
+    """The trace context an event carries: Evergreen's own events have `data.traceparent`; Azure ML's events
+    carry the model's or the run's `evergreen.traceparent` tag (the retraining job got it when submitted)."""
+    try:
+        data = event.get_json()
+    except ValueError:
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    found = telemetry.valid_traceparent(data.get(TRACEPARENT))
+    for key in _TAG_FIELDS:
+        tags = data.get(key)
+        if not found and isinstance(tags, dict):
+            found = telemetry.valid_traceparent(tags.get(TRACEPARENT_TAG))
+    return found
 
 
 def blob_created(client: blob.BlobClient) -> BlobCreated:
@@ -171,6 +204,7 @@ def http_request(parse: Callable[[func.HttpRequest], E],
     return Source(
         arg_name=arg_name, binding=func.HttpRequest, returns=func.HttpResponse,
         identify=_request_id, parse=parse,
+        traceparent=lambda req: telemetry.valid_traceparent(req.headers.get(TRACEPARENT)),
         respond=_reply_of, refuse=lambda exc: _http_response(to_http(exc)),
     )
 
@@ -245,24 +279,31 @@ def _settle(
 ) -> R:
     started = time.monotonic()
     delivery = Delivery(function=name, id=source.identify(raw), attempt=source.attempt(raw))
-    about = "-"
-    try:
-        event = source.parse(raw)
-        if subject is not None:
-            about = subject(event)
-        outcome = handler(event, delivery)
-    except (InvalidEventError, SignatureError) as exc:
-        _line(logging.WARNING, delivery, about, EdgeAction.REJECTED.value, str(exc), started)
-        _audit_rejection(delivery, exc, audit, about, started)
-        return source.refuse(exc)
-    except TransientError as exc:
-        _line(logging.WARNING, delivery, about, "retry", f"{type(exc).__name__}: {exc}", started)
-        raise
-    except Exception as exc:
-        _line(logging.ERROR, delivery, about, "failed", f"{type(exc).__name__}: {exc}", started)
-        raise
-    _line(logging.INFO, delivery, about, action_value(outcome.action), outcome.detail, started)
-    return source.respond(outcome)
+    with telemetry.handler_span(name, traceparent=source.traceparent(raw), event_id=delivery.id):
+        about = "-"
+        try:
+            event = source.parse(raw)
+            if isinstance(event, BlobCreated):
+                telemetry.annotate({Attr.BLOB: event.path})
+            if subject is not None:
+                about = subject(event)
+            outcome = handler(event, delivery)
+        except (InvalidEventError, SignatureError) as exc:
+            _line(logging.WARNING, delivery, about, EdgeAction.REJECTED.value, str(exc), started)
+            telemetry.annotate({Attr.REJECTED: True, Attr.OUTCOME: EdgeAction.REJECTED.value})
+            _audit_rejection(delivery, exc, audit, about, started)
+            return source.refuse(exc)
+        except TransientError as exc:
+            _line(logging.WARNING, delivery, about, "retry", f"{type(exc).__name__}: {exc}", started)
+            telemetry.annotate({Attr.OUTCOME: "retry"})
+            raise
+        except Exception as exc:
+            _line(logging.ERROR, delivery, about, "failed", f"{type(exc).__name__}: {exc}", started)
+            telemetry.annotate({Attr.OUTCOME: "failed"})
+            raise
+        _line(logging.INFO, delivery, about, action_value(outcome.action), outcome.detail, started)
+        telemetry.annotate({Attr.OUTCOME: action_value(outcome.action), Attr.REJECTED: False})
+        return source.respond(outcome)
 
 
 def _audit_rejection(delivery: Delivery, exc: Rejection, audit: Callable[[], AuditLog], about: str,

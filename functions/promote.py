@@ -9,7 +9,14 @@ import azure.functions as func
 from functions.edge import Delivery, Handled, Settled, action_value, edge, event_grid, http_request, queue_message
 from shared.composition import get_services
 from shared.domain.events import ModelVersionEvent
-from shared.domain.rollout import CandidateRetry, RolloutTick, candidate_retry_from_json, tick_from_json
+from shared.domain.rollout import (
+    PROMOTION_RETRY_QUEUE,
+    ROLLOUT_QUEUE,
+    CandidateRetry,
+    RolloutTick,
+    candidate_retry_from_json,
+    tick_from_json,
+)
 from shared.domain.webhooks import (
     Ignored,
     Received,
@@ -18,7 +25,6 @@ from shared.domain.webhooks import (
     parse_webhook_request,
     to_http,
 )
-from shared.services.promotion import PROMOTION_RETRY_QUEUE, ROLLOUT_QUEUE
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 

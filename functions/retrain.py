@@ -6,7 +6,7 @@ from __future__ import annotations
 import azure.functions as func
 
 from functions.edge import Delivery, Settled, edge, event_grid, queue_message
-from shared.composition import RETRAIN_QUEUE, get_services
+from shared.composition import RETRAIN_QUEUE, get_monitor, get_services
 from shared.domain.events import DataVersionRegistered
 from shared.domain.retrain import (
     RetrainCheck,
@@ -15,6 +15,7 @@ from shared.domain.retrain import (
     parse_run_event,
     retrain_check_from_json,
 )
+from shared.domain.vocabulary import ComparisonPurpose, Tag
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
@@ -24,8 +25,15 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
 @edge(event_grid(lambda event: parse_data_version_registered(event["data"])),
       subject=lambda data: f"{data.asset_name}:{data.version}")
 def on_data_version_registered(registered: DataVersionRegistered, delivery: Delivery) -> Settled:
-    """Start (or coalesce, or skip with a reason) the dataset's retraining pipeline."""
-    return get_services().retrainer.on_data_version_registered(registered, delivery.id)
+    """Start (or coalesce, or skip with a reason) the dataset's retraining pipeline; a version of some model's
+    evaluation data re-scores that model's champion on it (`shared.services.monitor`)."""
+    monitor = get_monitor()
+    if monitor.evaluates(registered) and get_services().policy.retraining_for(registered.dataset) is None:
+        return monitor.on_data_version(registered, delivery.id)
+    outcome = get_services().retrainer.on_data_version_registered(registered, delivery.id)
+    if monitor.evaluates(registered):  # a dataset both trained on and evaluated on: both happen
+        monitor.on_data_version(registered, delivery.id)
+    return outcome
 
 
 @bp.function_name("on_run_event")
@@ -33,7 +41,12 @@ def on_data_version_registered(registered: DataVersionRegistered, delivery: Deli
 @edge(event_grid(lambda event: parse_run_event(event["eventType"], event["data"])),
       subject=lambda run: f"{run.run_id}:{run.status}")
 def on_run_event(finished: RunFinished, delivery: Delivery) -> Settled:
-    """A run ended: record it, and start the coalesced follow-up run if newer data arrived meanwhile."""
+    """A run ended: a challenger's comparison job goes to the promoter (it decides from comparison.json);
+    a retraining run is recorded, and the coalesced follow-up run starts if newer data arrived meanwhile."""
+    if finished.tags.get(Tag.COMPARISON.value) == ComparisonPurpose.CHALLENGER.value:
+        return get_services().promoter.on_comparison_finished(finished, delivery.id)
+    if finished.tags.get(Tag.COMPARISON.value) == ComparisonPurpose.RESCORE.value:  # a champion re-scored alone
+        return get_monitor().on_rescore_finished(finished, delivery.id)
     return get_services().retrainer.on_run_finished(finished, delivery.id)
 
 

@@ -58,6 +58,15 @@ param deployEventSubscriptions bool = false
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
+@description('Put App Service Authentication (Entra ID sign-in) in front of the HTTP functions, e.g. the status page. Off by default: function keys guard them.')
+param enableAuth bool = false
+
+@description('With enableAuth: the client id of the Entra ID app registration people sign in with.')
+param authClientId string = ''
+
+@description('E-mail address Evergreen\'s Azure Monitor alerts go to (dead letters, failed retraining, rolled-back rollouts, stuck work, retention errors). Empty: the alert rules fire without notifying anyone.')
+param alertEmail string = ''
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName, application: 'evergreen' }
 var functionAppName = 'func-evergreen-${resourceToken}'
@@ -87,6 +96,21 @@ module app 'modules/app.bicep' = {
     policyPath: policyPath
     webhookSecret: webhookSecret
     maximumInstanceCount: maximumInstanceCount
+    enableAuth: enableAuth
+    authClientId: authClientId
+  }
+}
+
+// Azure Monitor: the action group (alertEmail), log alert rules over Evergreen's spans, and the workbook.
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'evergreen-monitoring'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    resourceToken: resourceToken
+    appInsightsId: app.outputs.appInsightsId
+    alertEmail: alertEmail
   }
 }
 

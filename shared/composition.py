@@ -2,6 +2,11 @@
 
 Functions call `get_services()`; tests build `Services` from their own clients. Nothing here runs
 at import time, so importing `function_app` stays cheap and needs no network.
+
+Cold start is benchmarked (`bench/bench_cold_start.py`): `import function_app` imports this module to
+validate the configuration, so only settings and policy are imported at the top. Adapters, SDK clients
+and services are imported inside the builders that use them (they are annotated under TYPE_CHECKING);
+`tests/unit/test_cold_start.py` keeps azure.ai.ml, azure.monitor and azure-data-tables out of start-up.
 """
 
 from __future__ import annotations
@@ -12,35 +17,34 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from azure.core.credentials import AzureKeyCredential, TokenCredential
-from azure.data.tables import TableServiceClient
-from azure.storage.blob import BlobServiceClient
-
-from shared.adapters.azure.aml_retention import AmlRetention
-from shared.adapters.azure.azureml import AzureML, OnlineEndpoints
-from shared.adapters.azure.blob_retention import BlobRetention
-from shared.adapters.azure.blobs import AzureBlobStore
-from shared.adapters.azure.eventgrid import EventGridPublisher
-from shared.adapters.azure.queues import AzureDelayedQueue, queue_client
-from shared.adapters.azure.tables import AzureTable
-from shared.config.connections import StorageConnection
 from shared.config.policy import Policy, load_policy
 from shared.config.settings import Settings, load_settings
-from shared.domain.ingest import blob_created_to_json, seal_request_to_json
-from shared.domain.records import Leases
-from shared.domain.retrain import retrain_check_to_json
-from shared.domain.rollout import CandidateRetry, RolloutTick
-from shared.services.audit import AUDIT_TABLE, TableAuditLog
-from shared.services.ingest import Ingestor
-from shared.services.ledger import Ledger
-from shared.services.operator import Operator
-from shared.services.promotion import PROMOTION_RETRY_QUEUE, ROLLOUT_QUEUE, STALL_FLOOR, Promoter
-from shared.services.reconcile import Reconciler
-from shared.services.redrive import Redriver
-from shared.services.retention import RetentionRunner
-from shared.services.retrain import Retrainer
+
+if TYPE_CHECKING:  # imported where used: see the module docstring (cold start)
+    from azure.core.credentials import TokenCredential
+    from azure.data.tables import TableServiceClient
+    from azure.storage.blob import BlobServiceClient
+
+    from shared.adapters.azure.azureml import AzureML
+    from shared.adapters.azure.eventgrid import EventGridPublisher
+    from shared.adapters.azure.queues import AzureDelayedQueue
+    from shared.config.connections import StorageConnection
+    from shared.services.approval import Approvals
+    from shared.services.audit import TableAuditLog
+    from shared.services.ingest import Ingestor
+    from shared.services.ledger import Ledger
+    from shared.services.lineage import LineageReader
+    from shared.services.monitor import ChampionMonitor
+    from shared.services.operator import Operator
+    from shared.services.promotion import Promoter
+    from shared.services.reconcile import Reconciler
+    from shared.services.redrive import Redriver
+    from shared.services.retention import RetentionRunner
+    from shared.services.retrain import Retrainer
+    from shared.services.status import StatusReader
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,6 +65,8 @@ def credential_for(client_id: str | None) -> TokenCredential:
 
 
 def blob_service(conn: StorageConnection, credential: TokenCredential) -> BlobServiceClient:
+    from azure.storage.blob import BlobServiceClient
+
     if conn.connection_string:
         return BlobServiceClient.from_connection_string(conn.connection_string)
     assert conn.blob_service_uri is not None
@@ -68,6 +74,8 @@ def blob_service(conn: StorageConnection, credential: TokenCredential) -> BlobSe
 
 
 def table_service(conn: StorageConnection, credential: TokenCredential) -> TableServiceClient:
+    from azure.data.tables import TableServiceClient
+
     if conn.connection_string:
         return TableServiceClient.from_connection_string(conn.connection_string)
     assert conn.table_service_uri is not None
@@ -83,12 +91,16 @@ class Services:
     retention: RetentionRunner
     promoter: Promoter
     audit: TableAuditLog  # the edge records rejected events here
+    approvals: Approvals | None = None  # manual approval (the reconciler expires and reads studio verdicts)
+    monitor: ChampionMonitor | None = None  # champion re-scores and code-change retrains (`functions/monitor.py`)
 
 
 class _Clients:
     """The clients and adapters every builder below shares, each created once, on first use."""
 
     def __init__(self, settings: Settings) -> None:
+        from shared.domain.records import Leases
+
         self.settings = settings
         self.credential = credential_for(settings.client_id)
         self.leases = Leases.of(settings.lease_seconds)  # EVERGREEN_LEASE_SECONDS: every claim's lease
@@ -99,17 +111,34 @@ class _Clients:
 
     @functools.cached_property
     def ledger(self) -> Ledger:
+        from shared.adapters.azure.tables import AzureTable
+        from shared.services.ledger import Ledger
+
         return Ledger(AzureTable(self._tables.create_table_if_not_exists(LEDGER_TABLE)), leases=self.leases)
 
     @functools.cached_property
     def audit(self) -> TableAuditLog:
+        from shared.adapters.azure.tables import AzureTable
+        from shared.services.audit import AUDIT_TABLE, TableAuditLog
+
         return TableAuditLog(AzureTable(self._tables.create_table_if_not_exists(AUDIT_TABLE)))
 
     @functools.cached_property
     def azureml(self) -> AzureML:
+        from shared.adapters.azure.azureml import AzureML
+
         s = self.settings
         return AzureML(self.credential, s.subscription_id, s.resource_group, s.workspace_name,
-                       timeout=s.azureml_timeout_seconds)
+                       timeout=s.azureml_timeout_seconds, workspace_blobs=self.workspace_blobs)
+
+    def workspace_blobs(self, account: str, endpoint: str) -> BlobServiceClient:
+        """Blobs of a workspace datastore's account (job outputs such as comparison.json): the data account's
+        client when it is that account (the local stack's one Azurite), else the app's identity on it."""
+        if self.data_blobs.account_name == account:
+            return self.data_blobs
+        from azure.storage.blob import BlobServiceClient
+
+        return BlobServiceClient(f"https://{account}.blob.{endpoint}", credential=self.credential)
 
     @functools.cached_property
     def data_blobs(self) -> BlobServiceClient:
@@ -117,20 +146,57 @@ class _Clients:
 
     def queue(self, name: str, encode: Callable[[T], str]) -> AzureDelayedQueue[T]:
         """One of Evergreen's queues in the app's storage (created if missing)."""
+        from shared.adapters.azure.queues import AzureDelayedQueue, queue_client
+
         return AzureDelayedQueue(queue_client(self.settings.app_storage, self.credential, name), encode)
 
     def retrainer(self, policy: Policy) -> Retrainer:
+        from shared.domain.retrain import retrain_check_to_json
+        from shared.services.retrain import Retrainer
+
         return Retrainer(policy=policy, app_root=self.settings.policy_path.parent, ledger=self.ledger,
                          jobs=self.azureml, audit=self.audit, rechecks=self.queue(RETRAIN_QUEUE, retrain_check_to_json),
                          leases=self.leases)
 
+    def approvals(self, policy: Policy) -> Approvals:
+        """Manual approval (`promotion.approval: manual`): the Promoter's hold, the CLI's approve/reject."""
+        from shared.adapters.azure.azureml import OnlineEndpoints
+        from shared.domain.rollout import CandidateRetry
+        from shared.services.approval import Approvals
+        from shared.services.promotion import PROMOTION_RETRY_QUEUE
+
+        return Approvals(policy=policy, ledger=self.ledger, endpoints=OnlineEndpoints(self.azureml),
+                         retries=self.queue(PROMOTION_RETRY_QUEUE, CandidateRetry.to_json), audit=self.audit)
+
+    def monitor(self, policy: Policy, retrainer: Retrainer) -> ChampionMonitor:
+        """Champion re-scores (`functions/monitor.py`, re-score run events) on the Function App's own Retrainer."""
+        from shared.adapters.azure.azureml import OnlineEndpoints
+        from shared.services.monitor import ChampionMonitor
+
+        root = self.settings.policy_path.parent
+        return ChampionMonitor(policy=policy, endpoints=OnlineEndpoints(self.azureml), jobs=self.azureml,
+                               data=self.azureml, ledger=self.ledger, audit=self.audit,
+                               publisher=_publisher(self.settings, self.credential), retrainer=retrainer,
+                               app_root=root, code_hash=functools.partial(deployed_code_hash, root))
+
     def retention(self, policy: Policy) -> RetentionRunner:
+        from shared.adapters.azure.aml_retention import AmlRetention
+        from shared.adapters.azure.blob_retention import BlobRetention
+        from shared.services.retention import RetentionRunner
+
         return RetentionRunner(policy=policy.retention, workspace=AmlRetention(self.azureml),
                                blobs=BlobRetention(self.data_blobs), rollouts=self.ledger.rollouts, audit=self.audit)
 
 
 def build_services(settings: Settings, policy: Policy) -> Services:
     """Every service of the Function App, on the Azure adapters."""
+    from shared.adapters.azure.azureml import OnlineEndpoints
+    from shared.adapters.azure.blobs import AzureBlobStore
+    from shared.domain.ingest import blob_created_to_json, seal_request_to_json
+    from shared.domain.rollout import CandidateRetry, RolloutTick
+    from shared.services.ingest import SNAPSHOT_COPY_WORKERS, Ingestor
+    from shared.services.promotion import PROMOTION_RETRY_QUEUE, ROLLOUT_QUEUE, STALL_FLOOR, Promoter
+
     clients = _Clients(settings)
     ingestor = Ingestor(
         policy=policy,
@@ -143,14 +209,19 @@ def build_services(settings: Settings, policy: Policy) -> Services:
         audit=clients.audit,
         sleep=time.sleep,
         leases=clients.leases,
+        copy_workers=SNAPSHOT_COPY_WORKERS,
     )
+    approvals = clients.approvals(policy)
     promoter = Promoter(policy=policy, endpoints=OnlineEndpoints(clients.azureml), ledger=clients.ledger,
                         ticks=clients.queue(ROLLOUT_QUEUE, RolloutTick.to_json), audit=clients.audit,
                         app_root=settings.policy_path.parent,
                         retries=clients.queue(PROMOTION_RETRY_QUEUE, CandidateRetry.to_json),
-                        stall_after=min(STALL_FLOOR, timedelta(seconds=settings.lease_seconds)))
-    return Services(settings=settings, policy=policy, ingestor=ingestor, retrainer=clients.retrainer(policy),
-                    promoter=promoter, retention=clients.retention(policy), audit=clients.audit)
+                        stall_after=min(STALL_FLOOR, timedelta(seconds=settings.lease_seconds)),
+                        approvals=approvals, jobs=clients.azureml, data=clients.azureml)
+    retrainer = clients.retrainer(policy)
+    return Services(settings=settings, policy=policy, ingestor=ingestor, retrainer=retrainer,
+                    promoter=promoter, retention=clients.retention(policy), audit=clients.audit,
+                    approvals=approvals, monitor=clients.monitor(policy, retrainer))
 
 
 @functools.cache
@@ -167,16 +238,44 @@ def get_services() -> Services:
     return build_services(*load_configuration())
 
 
+@functools.cache
+def deployed_code_hash(app_root: Path) -> str:
+    """The training code's hash as the pipeline's steps compute it (`ml/src/steplib.code_sha256` over `ml/src`):
+    the same function, loaded from the deployed file, so the two can never disagree. "" if ml/src is absent."""
+    import importlib.util
+
+    source = app_root / "ml" / "src"
+    spec = importlib.util.spec_from_file_location("evergreen_ml_steplib", source / "steplib.py")
+    if spec is None or spec.loader is None or not (source / "steplib.py").is_file():
+        log.warning("no training code at %s: code-change retraining is off", source)
+        return ""
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.code_sha256(source))
+
+
+def get_monitor() -> ChampionMonitor:
+    """The champion monitor of the Function App's services (the rescore timer and re-score run events)."""
+    monitor = get_services().monitor
+    if monitor is None:
+        raise RuntimeError("the services were built without the champion monitor")
+    return monitor
+
+
 # -- recovery (issue 11): the reconciler and the redrive command --------------------------------------------
 def get_reconciler() -> Reconciler:
     """The reconciler over every flow's service (the `reconcile` timer and `python -m shared.cli reconcile`)."""
+    from shared.services.reconcile import Reconciler
+
     services = get_services()
     return Reconciler(flows={"ingest": services.ingestor, "retrain": services.retrainer,
-                             "promotion": services.promoter})
+                             "promotion": services.promoter, "approval": services.approvals},
+                      dead_letters=lambda: build_redriver(services).count_waiting())
 
 
 def build_redriver(services: Services) -> Redriver:
     """The redrive command's service: dead letters and poison queues of both accounts, and where replays go."""
+    from shared.adapters.azure.queues import AzureDelayedQueue
     from shared.adapters.azure.redrive import (
         DEAD_LETTER_CONTAINER,
         AzurePoisonQueue,
@@ -188,6 +287,7 @@ def build_redriver(services: Services) -> Redriver:
     from shared.domain.redrive import BLOB_TRIGGER_POISON, BLOB_TRIGGER_QUEUE, POISON_SUFFIX
     from shared.domain.retrain import RUN_COMPLETED, RUN_STATUS_CHANGED, parse_run_event
     from shared.domain.webhooks import MODEL_REGISTERED, parse_model_registered
+    from shared.services.redrive import Redriver
 
     settings = services.settings
     credential = credential_for(settings.client_id)
@@ -228,6 +328,9 @@ def build_operator(settings: Settings, policy: Policy, *, workspace: bool = Fals
     The ledger, the audit log and the rollout queue come from the app's storage; with `workspace`
     (for `retrain`) also Azure ML and a Retrainer built as the Function App builds it.
     """
+    from shared.domain.rollout import ROLLOUT_QUEUE, RolloutTick
+    from shared.services.operator import Operator
+
     clients = _Clients(settings)
     ticks = clients.queue(ROLLOUT_QUEUE, RolloutTick.to_json)
     if not workspace:
@@ -236,6 +339,66 @@ def build_operator(settings: Settings, policy: Policy, *, workspace: bool = Fals
                     retrainer=clients.retrainer(policy), registry=clients.azureml)
 
 
+def build_approvals(settings: Settings, policy: Policy) -> Approvals:
+    """`python -m shared.cli approve|reject`: the ledger, the audit log, the retry queue and the model registry."""
+    return _Clients(settings).approvals(policy)
+
+
+def build_lineage(settings: Settings, policy: Policy, *, days: int = 30) -> LineageReader:
+    """`python -m shared.cli lineage`: Azure ML (registry, jobs, endpoints), the ledger and the audit log."""
+    from datetime import UTC, datetime
+
+    from shared.adapters.azure.azureml import OnlineEndpoints
+    from shared.services.lineage import LineageReader
+
+    clients = _Clients(settings)
+    endpoints = OnlineEndpoints(clients.azureml)
+    return LineageReader(policy=policy, data=clients.azureml, jobs=clients.azureml, models=endpoints,
+                         endpoints=endpoints, audit=clients.audit, ledger=clients.ledger,
+                         clock=lambda: datetime.now(UTC), days=days)
+
+
 def _publisher(settings: Settings, credential: TokenCredential) -> EventGridPublisher:
+    from azure.core.credentials import AzureKeyCredential
+
+    from shared.adapters.azure.eventgrid import EventGridPublisher
+
     key = settings.events_topic_key
     return EventGridPublisher(settings.events_topic_endpoint, AzureKeyCredential(key) if key else credential)
+
+
+# -- observing (issue 14): the status page's read model ----------------------------------------------------
+@functools.cache
+def get_status_reader() -> StatusReader:
+    """The status page's read model on the Function App's settings and clients (built once per process).
+
+    Poison queues are listed on each read (the host creates them when a message first fails).
+    """
+    from shared.adapters.azure.azureml import OnlineEndpoints
+    from shared.adapters.azure.redrive import (
+        DEAD_LETTER_CONTAINER,
+        AzurePoisonQueue,
+        BlobDeadLetters,
+        poison_queue_names,
+        queue_service,
+    )
+    from shared.domain.redrive import BLOB_TRIGGER_POISON
+    from shared.services.status import StatusReader
+
+    settings, policy = load_configuration()
+    clients = _Clients(settings)
+    app_queues = queue_service(settings.app_storage, clients.credential)
+    data_queues = queue_service(settings.data_storage, clients.credential)
+
+    def poison() -> list[AzurePoisonQueue]:
+        names = poison_queue_names(app_queues.list_queues(name_starts_with="evergreen-"))
+        return [*(AzurePoisonQueue(app_queues.get_queue_client(n)) for n in names),
+                AzurePoisonQueue(data_queues.get_queue_client(BLOB_TRIGGER_POISON))]
+
+    return StatusReader(
+        policy=policy, registry=clients.azureml, endpoints=OnlineEndpoints(clients.azureml), ledger=clients.ledger,
+        audit=clients.audit, retention_schedule=settings.retention_schedule, retention=clients.retention(policy),
+        dead_letters=BlobDeadLetters(blob_service(settings.app_storage, clients.credential)
+                                     .get_container_client(DEAD_LETTER_CONTAINER)),
+        poison_queues=poison, stuck_after=timedelta(seconds=settings.lease_seconds),
+    )

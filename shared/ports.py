@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from shared.domain.audit import AuditRecord
+from shared.domain.audit import AuditRecord, AuditTail
+from shared.domain.decay import ChampionDegraded
 from shared.domain.events import DataVersionRegistered
+from shared.domain.lineage import JobInfo
 from shared.domain.records import Row
 from shared.domain.retention.addresses import AddressBook, Datastore
 from shared.domain.retention.inventory import Blob, DataVersion, Deployment, Job, ModelVersion
@@ -139,6 +141,10 @@ class EventPublisher(Protocol):
         """Publish; returns the (deterministic) event id, so a re-publish is deduplicated downstream."""
         ...
 
+    def champion_degraded(self, event: ChampionDegraded) -> str:
+        """Publish `Evergreen.ChampionDegraded`; returns its (deterministic) event id."""
+        ...
+
 
 class AuditLog(Protocol):
     """Where every automated decision is recorded."""
@@ -149,6 +155,13 @@ class AuditLog(Protocol):
 
     def query(self, *, days: int = 1, kind_prefix: str = "", now: datetime | None = None) -> Iterator[AuditRecord]:
         """Records of the last `days` UTC days, newest first."""
+        ...
+
+    def tail(self, *, limit: int, kind_prefix: str = "", assets: Mapping[str, str] | None = None,
+             days: int = 7, now: datetime | None = None, scan_limit: int = 5000) -> AuditTail:
+        """The newest `limit` records of the last `days` UTC days with that kind prefix and those assets,
+        newest first, reading at most `scan_limit` records (bounded, whatever the log's size). An `assets`
+        item matches the asset of that key (any asset for the key "") equal to it or `<it>:<version>`."""
         ...
 
 
@@ -184,6 +197,11 @@ class JobRunner(Protocol):
         """The job's status as the service spells it (NotStarted, Running, Completed, …); None if there is none."""
         ...
 
+    def read_comparison(self, job_name: str) -> str | None:
+        """The `comparison.json` a compare job (`ml/compare.yml`) wrote to its `comparison` output, as text;
+        None if the job or the file does not exist."""
+        ...
+
 
 class Endpoints(Protocol):
     """Managed online endpoints and the model registry, as the rollout needs them.
@@ -194,6 +212,12 @@ class Endpoints(Protocol):
     """
 
     def get_model(self, name: str, version: str) -> ModelInfo | None: ...
+    def set_model_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        """Merge `tags` into the model version's (mutable) tags, so the studio shows Evergreen's decision."""
+        ...
+    def latest_model(self, name: str) -> ModelInfo | None:
+        """The model's newest version (the registry's `latest` label); None if there is no such model."""
+        ...
     def endpoint(self, name: str) -> EndpointView | None: ...
     def begin_create_endpoint(self, name: str, tags: dict[str, str]) -> None: ...
     def begin_create_deployment(self, spec: DeploymentSpec) -> None: ...
@@ -201,6 +225,25 @@ class Endpoints(Protocol):
     def begin_delete_deployment(self, endpoint: str, name: str) -> None: ...
     def deployment_logs(self, endpoint: str, name: str, lines: int = 20) -> str: ...
     def score(self, endpoint: str, deployment: str, request: dict[str, Any]) -> Any: ...
+
+
+# -- lineage (`python -m shared.cli lineage`): bounded registry queries --------------------------------------
+class ModelRegistry(Protocol):
+    """The model registry, read by tag (which versions were trained on a data version)."""
+
+    def list_model_versions(self, name: str, *, tags: Mapping[str, str] | None = None,
+                            limit: int = 100) -> list[ModelInfo]:
+        """Versions of model `name` carrying every tag=value of `tags`, newest first (by `version_order`), at
+        most `limit` of them, reading at most `limit` × 10 versions; none if there is no such model."""
+        ...
+
+
+class JobInspector(Protocol):
+    """A pipeline job as lineage shows it."""
+
+    def get_job(self, name: str) -> JobInfo | None:
+        """The job with its status, tags and child steps (statuses where the service lists them); None if none."""
+        ...
 
 
 # -- retention's two sides ------------------------------------------------------------------------------------

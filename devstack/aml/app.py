@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 
-from devstack.aml import assets, components, endpoints, identity, jobs, lro, request_faults, workspace
+from devstack.aml import assets, components, endpoints, identity, jobs, lro, request_faults, stats, workspace
 from devstack.aml.config import AmlConfig
 from devstack.aml.emulator import Emulator
 from devstack.aml.errors import ArmError
@@ -48,6 +48,7 @@ def build_router() -> Router:
     request_faults.register(r)  # /_emulator/request-faults (429, 5xx, hangs) and /_emulator/throttle
     components.register(r)  # codes, environments, components
     jobs.register(r)  # jobs (+ local execution) and /_emulator/jobs/{name}/logs
+    stats.register(r)  # /_emulator/stats (Azure ML calls counted) and /_emulator/compute (hold jobs)
     return r
 
 
@@ -175,6 +176,7 @@ def create_app(config: AmlConfig) -> Starlette:
         if isinstance(matched, bool) or matched is None:
             return _unrouted(request.method, path, matched)
         route, params = matched
+        stats.count(emu, request.method, path)
         if route.workspace_scoped and not config.coords.matches(params["sub"], params["rg"], params["ws"]):
             return _json(404, {"error": {
                 "code": "ResourceNotFound",

@@ -7,6 +7,8 @@ how a simulated provisioning delay is expressed without a background thread.
 
 - `GET …/locations/{loc}/mfeOperationsStatus/{name}` -> 200 `{id,name,status,startTime,endTime,percentComplete}`
 - `GET …/locations/{loc}/mfeOperationResults/{name}` -> 202 `{}` while running, 200 empty when done
+- `GET /_emulator/operations` -> 200 `{"value": [{name,status,startTime,endTime}, …]}`: every operation,
+  oldest first (emulator only: benchmarks measure Azure ML's own time from it, `bench/bench_rollout.py`)
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def register(r: Router) -> None:
     """The operation status and result polls the SDK follows."""
     r.add("GET", f"{LOCATIONS}/mfeOperationsStatus/(?P<op>[^/]+)", get_status)
     r.add("GET", f"{LOCATIONS}/mfeOperationResults/(?P<op>[^/]+)", get_result)
+    r.add("GET", "/_emulator/operations", list_operations)
 
 
 def _iso(ts: float) -> str:
@@ -148,3 +151,12 @@ def get_result(emu: Emulator, call: Call) -> Reply:
         error = state.get("error") or {"code": "InternalServerError", "message": "The operation failed."}
         raise ArmError(400 if error.get("code") == "UserError" else 500, error["code"], error["message"])
     return Reply(200, empty=True)
+
+
+def list_operations(emu: Emulator, call: Call) -> Reply:
+    """Every stored operation with its start and end (the end is NEVER while it runs), oldest first."""
+    with emu.store.read() as tx:
+        rows = tx.rows(KIND, newest_first=False)
+    keys = ("name", "status", "startTime", "endTime")
+    listed = sorted(({k: row.body.get(k) for k in keys} for row in rows), key=lambda op: str(op["startTime"]))
+    return Reply(200, {"value": listed})

@@ -5,8 +5,11 @@ pipeline runs its nodes in graph order, each as a child job (Azure ML creates th
 
 1. downloads its code snapshot (code asset → blob folder in Azurite) into a work dir,
 2. materialises inputs: `azureml:` data (`azureml:n:v`, ARM ids, `azureml://…datastores/…`) is
-   downloaded from the datastore's Azurite container; `mode: direct` gets the datastore URI
-   instead; literals are substituted; `${{parent.inputs.x}}` and
+   downloaded from the datastore's Azurite container; model inputs (`custom_model`/`mlflow_model`:
+   `name:version`, `azureml:name:version`, `azureml:name@latest`, ARM ids) get the model version's
+   files, as Azure ML mounts them; `mode: direct` gets the datastore URI instead; a binding of a
+   pipeline input the job does not set is absent (an optional input's `$[[…]]` vanishes); literals are
+   substituted; `${{parent.inputs.x}}` and
    `${{parent.jobs.<node>.outputs.<o>}}` are bound,
 3. runs `command` with `${{inputs.x}}`/`${{outputs.y}}` replaced, through bash, cwd = the code,
    with the project venv's `bin` first on PATH (so `python` is the emulator's interpreter),
@@ -43,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devstack.aml import components, job_shapes, lro
+from devstack.aml import components, job_shapes, lro, stats
 from devstack.aml.storage import parse_azureml_uri
 
 if TYPE_CHECKING:
@@ -67,6 +70,9 @@ _PARENT_INPUT = re.compile(r"^\$\{\{\s*parent\.inputs\.([A-Za-z0-9_.-]+)\s*\}\}$
 _PARENT_OUTPUT = re.compile(r"^\$\{\{\s*parent\.outputs\.([A-Za-z0-9_.-]+)\s*\}\}$")
 _NODE_OUTPUT = re.compile(r"^\$\{\{\s*parent\.jobs\.([A-Za-z0-9_.-]+)\.outputs\.([A-Za-z0-9_.-]+)\s*\}\}$")
 _DATA_SHORT = re.compile(r"^azureml:(?P<name>[^/:@]+)(?::(?P<version>[^/:@]+)|@(?P<label>[^/:@]+))?$")
+# azure-ai-ml sends a model input as `name:version` (it strips `azureml:`); `azureml:` forms are kept too.
+_MODEL_SHORT = re.compile(r"^(?:azureml:)?(?P<name>[^/:@]+)(?::(?P<version>[^/:@]+)|@(?P<label>[^/:@]+))$")
+MODEL_INPUTS = ("custom_model", "mlflow_model", "triton_model")
 
 _runners: dict[int, Runner] = {}
 _runners_lock = threading.Lock()
@@ -131,6 +137,9 @@ class Runner:
     def submit(self, name: str) -> None:
         with self._lock:
             self._cancel[name.lower()] = threading.Event()
+        if stats.held(self.emu):  # POST /_emulator/compute {"hold": true}: accepted, stays queued
+            log.info("job %s accepted and held (compute hold is on): not run", name)
+            return
         self.pool.submit(self._run, name)
 
     def cancel(self, name: str) -> None:
@@ -288,8 +297,9 @@ class Runner:
         step_dir.mkdir(parents=True, exist_ok=True)
         try:
             code_dir = self._code(step, step_dir)
-            values = {k: self._resolve_input(step, k, b, req, produced, step_dir / "inputs" / k)
-                      for k, b in step.inputs.items()}
+            resolved = {k: self._resolve_input(step, k, b, req, produced, step_dir / "inputs" / k)
+                        for k, b in step.inputs.items()}
+            values = {k: v for k, v in resolved.items() if v is not None}  # None: an unset optional input
             for key, default in step.defaults.items():
                 values.setdefault(key, Value(_literal(default)))
             out_values: dict[str, Value] = {}
@@ -370,7 +380,9 @@ class Runner:
         return code_dir
 
     def _resolve_input(self, step: Step, key: str, binding: Any, req: dict[str, Any],
-                       produced: dict[tuple[str, str], Value], dest: Path) -> Value:
+                       produced: dict[tuple[str, str], Value], dest: Path) -> Value | None:
+        """The input's value; None when it binds a pipeline input the job does not set (absent, as an unset
+        optional input: `$[[…]]` drops it; a required one fails when the command is rendered)."""
         if not isinstance(binding, dict):
             return Value(_literal(binding))
         kind = binding.get("jobInputType") or binding.get("job_input_type") or "literal"
@@ -385,14 +397,14 @@ class Runner:
             if m := _PARENT_INPUT.match(text):
                 parent = (req.get("inputs") or {}).get(m.group(1))
                 if parent is None:
-                    raise StepFailed(f"Input {key}: pipeline input {m.group(1)} is not set.")
+                    return None
                 merged = {**parent, **({"mode": binding["mode"]} if binding.get("mode") else {})}
                 return self._resolve_input(step, key, merged, {}, produced, dest)
             return Value(text)
         uri = binding.get("uri")
         if not isinstance(uri, str) or not uri:
             raise StepFailed(f"Input {key} ({kind}) has no uri.")
-        data_uri = self._data_uri(uri)
+        data_uri = self._model_uri(uri) if kind in MODEL_INPUTS else self._data_uri(uri)
         if mode == "direct" or data_uri is None:
             return Value(data_uri or uri, data_uri)
         local = self._materialise(data_uri, kind, dest, key)
@@ -417,9 +429,28 @@ class Runner:
             else:
                 return None
         if row is None:
-            raise StepFailed(f"Data {ref!r} was not found in the workspace.")
+            what = "Model" if parsed is not None and parsed[0] == "models" else "Data"
+            raise StepFailed(f"{what} {ref!r} was not found in the workspace.")
         uri = row.body["properties"].get("dataUri") or row.body["properties"].get("modelUri")
         return str(uri) if parse_azureml_uri(str(uri)) else None
+
+    def _model_uri(self, ref: str) -> str | None:
+        """A model input (`name:version`, `azureml:name:version`, `…@latest`, an ARM id) as the datastore
+        URI of the model version's files; falls back to data lookup for a URI that names no model."""
+        m = _MODEL_SHORT.match(ref)
+        if m is None:
+            return self._data_uri(ref)
+        with self.emu.store.read() as tx:
+            if m["version"]:
+                row = tx.get("models/versions", m["version"], parent=m["name"])
+            else:  # @latest (or another label): the newest active version, as `azureml:name` for data
+                active = [r for r in tx.rows("models/versions", m["name"])
+                          if not r.body["properties"].get("isArchived")]
+                row = active[0] if active else None
+        if row is None:
+            raise StepFailed(f"Model {ref!r} was not found in the workspace.")
+        uri = str(row.body["properties"].get("modelUri") or "")
+        return uri if parse_azureml_uri(uri) else None
 
     def _materialise(self, uri: str, kind: str, dest: Path, key: str) -> Path:
         resolved = self.emu.datastores.resolve(uri)
@@ -433,6 +464,10 @@ class Runner:
             self._download_file(location.container, path, target)
             return target
         count = self._download(location.container, path.strip("/"), dest)
+        if count == 0 and kind in MODEL_INPUTS and not path.endswith("/"):  # a model registered from one file
+            dest.mkdir(parents=True, exist_ok=True)
+            self._download_file(location.container, path, dest / Path(path).name)
+            count = 1
         if count == 0:
             raise StepFailed(f"Input {key}: no files under {uri}.")
         return dest

@@ -15,6 +15,10 @@ param policyPath string
 @secure()
 param webhookSecret string
 param maximumInstanceCount int
+@description('Put App Service Authentication (Entra ID sign-in) in front of the HTTP functions, e.g. the status page (/api/status). Off by default: function keys guard them.')
+param enableAuth bool = false
+@description('With enableAuth: the client id of the Entra ID app registration people sign in with (ID tokens enabled; redirect URI https://<app>/.auth/login/aad/callback).')
+param authClientId string = ''
 
 // Dead-letter containers named in the shared subscription file, created once each in Evergreen's storage.
 var subscriptionsFile = loadJsonContent('../eventgrid-subscriptions.json')
@@ -229,11 +233,18 @@ var appSettings = {
   EVERGREEN_POLICY_PATH: policyPath
   EVERGREEN_RETENTION_SCHEDULE: retentionSchedule
   EVERGREEN_RECONCILE_SCHEDULE: '0 */5 * * * *'
+  EVERGREEN_RESCORE_SCHEDULE: '0 30 4 * * *'
   EVERGREEN_WEBHOOK_SECRET: '@Microsoft.KeyVault(SecretUri=${vault.properties.vaultUri}secrets/${webhookSecretName})'
   // Holds the instrumentation key, an identifier, not a credential: local auth is disabled on the component
   // and ingestion is authenticated by the next setting (Entra ID, Monitoring Metrics Publisher).
   APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identity.properties.clientId};Authorization=AAD'
+  // host.json sets "telemetryMode": "OpenTelemetry": the host exports its own spans and hands each invocation's
+  // trace context to the worker (this setting); the app's code exports its spans itself
+  // (shared/telemetry.py: configure_azure_monitor with the identity above). The worker's built-in exporter
+  // (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY) stays off, or every span would be sent twice.
+  PYTHON_ENABLE_OPENTELEMETRY: 'true'
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'false'
 }
 
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
@@ -286,6 +297,46 @@ resource functionAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   properties: appSettings
 }
 
+// Optional sign-in in front of the site (status page). Event Grid's deliveries and the registry webhook
+// authenticate on their own (system key, signature), so their paths stay open to them.
+resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = if (enableAuth) {
+  parent: functionApp
+  name: 'authsettingsV2'
+  properties: {
+    platform: {
+      enabled: true
+    }
+    globalValidation: {
+      requireAuthentication: true
+      unauthenticatedClientAction: 'RedirectToLoginPage'
+      redirectToProvider: 'azureactivedirectory'
+      excludedPaths: [
+        '/runtime/webhooks/eventgrid'
+        '/api/registry-webhook'
+      ]
+    }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: true
+        registration: {
+          clientId: authClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0'
+        }
+        validation: {
+          allowedAudiences: [
+            'api://${authClientId}'
+          ]
+        }
+      }
+    }
+    login: {
+      tokenStore: {
+        enabled: false
+      }
+    }
+  }
+}
+
 output identityPrincipalId string = identity.properties.principalId
 output identityClientId string = identity.properties.clientId
 output functionAppName string = functionApp.name
@@ -295,3 +346,4 @@ output eventsTopicName string = eventsTopic.name
 output eventsTopicEndpoint string = eventsTopic.properties.endpoint
 output eventsTopicPrincipalId string = eventsTopic.identity.principalId
 output keyVaultName string = vault.name
+output appInsightsId string = appInsights.id

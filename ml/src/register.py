@@ -51,6 +51,8 @@ log = logging.getLogger("evergreen.ml.register")
 
 CODE_DIR = Path(__file__).resolve().parent
 TAG_PREFIX = "evergreen."
+TRACEPARENT_TAG = f"{TAG_PREFIX}traceparent"  # the W3C trace context Evergreen gave the retraining job
+COPIED_JOB_TAGS = (TRACEPARENT_TAG,)  # the pipeline job's tags the model carries on (ModelRegistered brings them back)
 REMOTE_PREFIXES = ("azureml://", "https://", "http://", "wasbs://", "wasb://", "abfss://", "abfs://")
 # Azure ML asset names: start with a letter or digit; letters, digits, '-', '_' and '.'; at most 255.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -192,6 +194,24 @@ def find_existing(client: Any, model_name: str, job_name: str) -> Any | None:
     return None
 
 
+def job_tags_to_copy(client: Any, job_name: str) -> dict[str, str]:
+    """The tags in COPIED_JOB_TAGS that the pipeline job `job_name` has (its trace context, so the model's
+    promotion continues the trace that submitted the job).
+
+    Best effort: if the job cannot be read (an Azure error), that is logged and the model is registered
+    without them; the trace then breaks at the model, the registration does not fail.
+    """
+    from azure.core.exceptions import AzureError
+
+    try:
+        tags = client.jobs.get(job_name).tags or {}
+    except AzureError as exc:
+        log.warning("job %s: its tags could not be read (%s); the model will not carry %s", job_name,
+                    type(exc).__name__, ", ".join(COPIED_JOB_TAGS))
+        return {}
+    return {key: str(tags[key]) for key in COPIED_JOB_TAGS if tags.get(key)}
+
+
 def register_model(
     client: Any,
     *,
@@ -276,6 +296,8 @@ def main(argv: list[str] | None = None, client: Any = None, env: Mapping[str, st
     source = choose_model_source(args.model_uri, model_dir)
     if client is None:
         client = build_ml_client(resolve_workspace(env), env)
+    copied = job_tags_to_copy(client, job_name)
+    tags, properties = {**tags, **copied}, {**properties, **copied}
     primary = tags[f"{TAG_PREFIX}metric_primary"]
     description = (
         f"Trained by pipeline job {job_name} on {args.data_asset}:{args.data_version}; "

@@ -10,6 +10,10 @@
 - `reconcile`: one reconciler pass: every flow re-drives its stuck work (what the timer does).
 - `redrive list|show <id>|replay <id>|replay --all [--source deadletter|poison]`: Event Grid dead letters and
   poison-queue messages (each replay audited).
+- `lineage NAME:VERSION [--days N]`: the chain around a model or data version, from the blobs to the
+  deployments and retention (`shared.cli.lineage`).
+- `approve|reject MODEL:VERSION --reason … [--by …]`: a verdict on a candidate awaiting manual approval
+  (`shared.cli.approve`).
 - `validate [--policy FILE]`: check the policy and the pipelines it names (`shared.config.validate`).
 
 Reads the Function App's settings from the environment, completed by `local.settings.json` (its
@@ -25,10 +29,12 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.cli.approve import add_approval_parsers, run_approval
+from shared.cli.lineage import add_lineage_parser, run_lineage
 from shared.cli.operate import (
     NEEDS,
     add_operator_parsers,
@@ -65,6 +71,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     reconcile = sub.add_parser("reconcile", help="one reconciler pass: every flow re-drives its stuck work")
     reconcile.add_argument("--json", action="store_true", help="print the run id and summary as JSON")
     add_redrive_parser(sub)
+    add_approval_parsers(sub)
+    add_lineage_parser(sub)
     sub.add_parser("validate", help="check evergreen.yaml and the pipelines it names (usable in CI); "
                    "`validate --help` lists its options")
     return parser, retention
@@ -96,8 +104,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return run_retention(dry_run=args.dry_run, as_json=args.json, as_of=args.as_of)
     if args.command == "reconcile":
         return run_reconcile(as_json=args.json)
-    if args.command == "redrive":
-        return run_redrive(args)
+    by_args: dict[str, Callable[[argparse.Namespace], int]] = {
+        "redrive": run_redrive, "lineage": run_lineage, "approve": run_approval, "reject": run_approval}
+    if args.command in by_args:  # the commands that build what they need from `args` alone
+        return by_args[args.command](args)
     if args.command == "audit":
         from shared.adapters.azure.tables import AzureTable
         from shared.composition import credential_for, table_service

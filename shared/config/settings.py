@@ -27,7 +27,8 @@ _UNRESOLVED_KEY_VAULT_REFERENCE = "@microsoft.keyvault("
 
 _CONTAINER_RE = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
 # The timers' NCRONTAB settings and their defaults (03:00 UTC daily; every five minutes).
-SCHEDULE_DEFAULTS = {"EVERGREEN_RETENTION_SCHEDULE": "0 0 3 * * *", "EVERGREEN_RECONCILE_SCHEDULE": "0 */5 * * * *"}
+SCHEDULE_DEFAULTS = {"EVERGREEN_RETENTION_SCHEDULE": "0 0 3 * * *", "EVERGREEN_RECONCILE_SCHEDULE": "0 */5 * * * *",
+                     "EVERGREEN_RESCORE_SCHEDULE": "0 30 4 * * *"}  # rescore: champions re-scored daily, 04:30 UTC
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Settings:
     reconcile_schedule: str = "0 */5 * * * *"  # EVERGREEN_RECONCILE_SCHEDULE: the reconciler timer
     lease_seconds: int = 600  # EVERGREEN_LEASE_SECONDS: a claim's lease (seal, content, submission)
     azureml_timeout_seconds: int = 60  # EVERGREEN_AZUREML_TIMEOUT_SECONDS: connect + read timeout per Azure ML call
+    rescore_schedule: str = "0 30 4 * * *"  # EVERGREEN_RESCORE_SCHEDULE: champions re-scored, code hash compared
 
     def __repr__(self) -> str:  # never leak keys or connection strings into logs
         return (
@@ -142,7 +144,7 @@ SETTING_NAMES = frozenset({
     "AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME", "EVERGREEN_EVENTS_TOPIC_ENDPOINT",
     "EVERGREEN_LANDING_CONTAINER", "EVERGREEN_POLICY_PATH", "EVERGREEN_RETENTION_SCHEDULE",
     "EVERGREEN_RECONCILE_SCHEDULE", "AzureWebJobsStorage", "DATA_STORAGE", "EVERGREEN_LEASE_SECONDS",
-    "EVERGREEN_AZUREML_TIMEOUT_SECONDS",
+    "EVERGREEN_AZUREML_TIMEOUT_SECONDS", "EVERGREEN_RESCORE_SCHEDULE",
 })
 LOCAL_SETTINGS = APP_ROOT / "local.settings.json"
 
@@ -215,6 +217,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, only: Collection[str]
 
     schedule = _schedule(env, "EVERGREEN_RETENTION_SCHEDULE", problems)
     reconcile_schedule = _schedule(env, "EVERGREEN_RECONCILE_SCHEDULE", problems)
+    rescore_schedule = _schedule(env, "EVERGREEN_RESCORE_SCHEDULE", problems)
     lease_seconds, azureml_timeout_seconds = _lease_and_timeout(env, problems)
 
     app_storage = _storage(env, "AzureWebJobsStorage", problems)
@@ -240,4 +243,40 @@ def load_settings(env: Mapping[str, str] | None = None, *, only: Collection[str]
         reconcile_schedule=reconcile_schedule,
         lease_seconds=lease_seconds,
         azureml_timeout_seconds=azureml_timeout_seconds,
+        rescore_schedule=rescore_schedule,
     )
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    """Where spans go (`shared.telemetry.configure`): Application Insights, a local file, both, or nowhere."""
+
+    connection_string: str | None  # APPLICATIONINSIGHTS_CONNECTION_STRING: an identifier, not a credential
+    client_id: str | None  # AZURE_CLIENT_ID: the user-assigned identity that authenticates ingestion
+    trace_file: Path | None  # EVERGREEN_TRACE_FILE: one JSON line per finished span (the local stack's)
+
+    def __repr__(self) -> str:
+        return (f"TelemetrySettings(azure_monitor={self.connection_string is not None}, "
+                f"trace_file={self.trace_file})")
+
+
+def load_telemetry_settings(env: Mapping[str, str] | None = None) -> TelemetrySettings:
+    """Read the telemetry settings; raise ConfigurationError naming every problem at once.
+
+    Read apart from `load_settings` so that tracing is set up (and can record a configuration failure)
+    even when another setting is wrong.
+    """
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    connection = env.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "").strip() or None
+    if connection and "instrumentationkey=" not in connection.lower():
+        problems.append("APPLICATIONINSIGHTS_CONNECTION_STRING: not a connection string (no InstrumentationKey=…); "
+                        "copy it from the Application Insights resource's overview")
+    trace_raw = env.get("EVERGREEN_TRACE_FILE", "").strip()
+    trace_file = Path(trace_raw) if trace_raw else None
+    if trace_file is not None and not trace_file.parent.is_dir():
+        problems.append(f"EVERGREEN_TRACE_FILE: the folder {trace_file.parent} does not exist")
+    if problems:
+        raise ConfigurationError("Telemetry settings", problems)
+    return TelemetrySettings(connection_string=connection, client_id=env.get("AZURE_CLIENT_ID") or None,
+                             trace_file=trace_file)

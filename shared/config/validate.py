@@ -36,6 +36,7 @@ from pydantic import BaseModel, ValidationError
 from shared.config.policy import Policy
 from shared.config.retention import legacy_spellings
 from shared.config.settings import APP_ROOT, SCHEDULE_DEFAULTS, cron_problem
+from shared.domain.comparison import COMPARE_INPUTS, COMPARE_PIPELINE
 from shared.domain.vocabulary import LEGACY_DIRECTIONS, Tag
 from shared.errors import EvergreenError
 
@@ -303,7 +304,7 @@ class _Facts:
 def consistency_problems(doc: Mapping[str, Any], *, landing_container: str | None = None) -> list[Problem]:
     """Names unique, prefixes disjoint, references resolve: the checks between entries of the file."""
     return (_dataset_problems(doc, landing_container) + _retraining_references(doc)
-            + _model_uniqueness(doc))
+            + _model_uniqueness(doc) + _evaluation_references(doc))
 
 
 def _dataset_problems(doc: Mapping[str, Any], landing_container: str | None) -> list[Problem]:
@@ -341,6 +342,24 @@ def _retraining_references(doc: Mapping[str, Any]) -> list[Problem]:
             problems.append(Problem(f"retraining[{i}].dataset", f"{dataset!r} already has a retraining entry; "
                                     "one entry per dataset"))
         seen.append(dataset) if isinstance(dataset, str) else None
+    return problems
+
+
+def _evaluation_references(doc: Mapping[str, Any]) -> list[Problem]:
+    """`promotion.evaluation.data` names a declared dataset, so new evaluation drops become its versions."""
+    if not isinstance(doc.get("datasets"), list):
+        return []  # the schema reports it
+    declared = _names(d.get("name") for _, d in _entries(doc, "datasets"))
+    problems = []
+    for i, m in _entries(doc, "models"):
+        data = _get(m, "promotion", "evaluation", "data")
+        if not isinstance(data, str):
+            continue
+        name = data.split("@", 1)[0].split(":", 1)[0]
+        if name not in declared:
+            problems.append(Problem(f"models[{i}].promotion.evaluation.data", f"{name!r} is not a declared dataset; "
+                                    "declare the evaluation data under datasets: so its drops become versions",
+                                    close(name, declared)))
     return problems
 
 
@@ -384,6 +403,20 @@ def _pipeline_problems(facts: _Facts, root: Path, reader: PipelineReader) -> lis
                              "submission would fail", close(key, declared))
                      for key in (inputs if isinstance(inputs, dict) else ()) if key not in declared]
     return problems
+
+
+def _evaluation_pipeline_problems(facts: _Facts, root: Path, reader: PipelineReader) -> list[Problem]:
+    """With `promotion.evaluation`, the comparison pipeline exists and declares every input Evergreen sets."""
+    governed = [i for i, m in _entries(facts.doc, "models") if isinstance(_get(m, "promotion", "evaluation"), dict)]
+    if not governed:
+        return []
+    path = f"models[{governed[0]}].promotion.evaluation"
+    try:
+        declared = reader.read(root / COMPARE_PIPELINE).inputs
+    except (ValueError, OSError) as exc:
+        return [Problem(path, f"{COMPARE_PIPELINE} (the comparison job) cannot be read: {_one_line(exc)}")]
+    return [Problem(path, f"{COMPARE_PIPELINE} does not declare the input {name!r}, which Evergreen sets on every "
+                    "comparison job") for name in COMPARE_INPUTS if name not in declared]
 
 
 def _model_problems(facts: _Facts) -> list[Problem]:
@@ -529,6 +562,7 @@ def check_document(
     if root is not None:
         facts = _Facts(document)
         problems += _pipeline_problems(facts, root, pipelines or YamlPipelineReader())
+        problems += _evaluation_pipeline_problems(facts, root, pipelines or YamlPipelineReader())
         problems += _model_problems(facts) + _code_problems(facts, root) + _retention_problems(facts)
     problems += schedule_problems(env) if env is not None else []
     if root is not None and (workspace is not None or env is not None):

@@ -15,3 +15,12 @@ class AuditRecord:
     event_id: str  # the triggering event / correlation id
     assets: Mapping[str, str] = field(default_factory=dict)  # e.g. {"data": "churn:3", "job": "..."}
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class AuditTail:
+    """The newest records that matched a bounded search, and whether it stopped before its window's end."""
+
+    records: tuple[AuditRecord, ...]
+    scanned: int  # index rows read
+    truncated: bool  # the scan limit was reached: older matches may exist

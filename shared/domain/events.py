@@ -96,6 +96,10 @@ class DataVersionRegistered:
     file_count: int
     files: tuple[str, ...] = field(default_factory=tuple)
     files_truncated: bool = False
+    # The W3C trace context of the work that registered the version ("" = none). Evergreen's topic uses the
+    # Event Grid schema, which has no extension attributes, so it rides in `data` (a CloudEvents topic would
+    # carry it as the `traceparent` extension); not part of the event's identity.
+    traceparent: str = field(default="", compare=False)
 
     @property
     def event_id(self) -> str:

@@ -24,7 +24,7 @@ ENDPOINT_TAG = Tag.ENDPOINT.value
 
 _MAX_METRIC_TEXT = 64
 _MAX_EXPONENT = 1000  # keeps decimal arithmetic exact and far from overflow
-_EXACT_PRECISION = 2 * _MAX_EXPONENT + 4 * _MAX_METRIC_TEXT  # digits enough for exact differences
+EXACT_PRECISION = 2 * _MAX_EXPONENT + 4 * _MAX_METRIC_TEXT  # digits enough for exact differences
 
 
 class PromoteCode(str, Enum):
@@ -42,6 +42,13 @@ class SkipCode(str, Enum):
     NOT_BETTER = "not_better"
     TOO_SMALL = "improvement_too_small"
     CHAMPION_UNSCORED = "champion_unscored"
+    # the comparison on shared evaluation data (`shared.domain.comparison`)
+    NOT_SIGNIFICANT = "not_significant"
+    SLICE_REGRESSED = "slice_regressed"
+    EVALUATION_TOO_SMALL = "evaluation_too_small"
+    INVALID_COMPARISON = "invalid_comparison"
+    COMPARISON_FAILED = "comparison_failed"
+    EVALUATION_DATA_MISSING = "evaluation_data_missing"
 
 
 # -- inputs (values) ------------------------------------------------------------------------------
@@ -139,7 +146,7 @@ def plan_promotion(candidate: ModelSnapshot, champion: ModelSnapshot | None, rul
 
     A sequence of small checks, each returning a coded `Skip` or None (go on), then the comparison.
     """
-    skip = _other_endpoint(candidate, rule) or _already_champion(candidate, champion, rule)
+    skip = precheck(candidate, champion, rule)
     if skip is not None:
         return skip
     new = _candidate_value(candidate, rule)
@@ -155,6 +162,11 @@ def plan_promotion(candidate: ModelSnapshot, champion: ModelSnapshot | None, rul
     if isinstance(old, Skip):
         return old
     return _compare(candidate, champion, rule, new, old)
+
+
+def precheck(candidate: ModelSnapshot, champion: ModelSnapshot | None, rule: PromotionRule) -> Skip | None:
+    """The checks that need no metric: the candidate belongs to another endpoint, or already serves."""
+    return _other_endpoint(candidate, rule) or _already_champion(candidate, champion, rule)
 
 
 def _other_endpoint(candidate: ModelSnapshot, rule: PromotionRule) -> Skip | None:
@@ -199,14 +211,21 @@ def _candidate_value(candidate: ModelSnapshot, rule: PromotionRule) -> Decimal |
         new = parse_metric(candidate.metrics[metric])
     except ValueError as exc:
         return Skip(f"{candidate.model}'s {metric!r} metric is unusable: {exc}", SkipCode.INVALID_METRIC)
-    if rule.threshold is not None:
-        bound = _dec(rule.threshold)
-        higher = rule.direction is Direction.HIGHER_IS_BETTER
-        if (new < bound) if higher else (new > bound):
-            limit = "at least" if higher else "at most"
-            return Skip(f"{candidate.model} has {metric}={new}; the policy requires {limit} {bound}",
-                        SkipCode.BELOW_THRESHOLD)
+    missed = threshold_missed(new, rule)
+    if missed is not None:
+        return Skip(f"{candidate.model} has {metric}={new}; the policy requires {missed}", SkipCode.BELOW_THRESHOLD)
     return new
+
+
+def threshold_missed(value: Decimal, rule: PromotionRule) -> str | None:
+    """What `rule.threshold` requires ("at least 0.85" / "at most 12.5") if `value` misses it; None if it holds."""
+    if rule.threshold is None:
+        return None
+    bound = policy_decimal(rule.threshold)
+    higher = rule.direction is Direction.HIGHER_IS_BETTER
+    if (value < bound) if higher else (value > bound):
+        return f"{'at least' if higher else 'at most'} {bound}"
+    return None
 
 
 def _champion_value(champion: ModelSnapshot, rule: PromotionRule) -> Decimal | Skip:
@@ -223,9 +242,9 @@ def _compare(candidate: ModelSnapshot, champion: ModelSnapshot, rule: PromotionR
     """Promote only if the candidate improves on the champion by at least the policy's margin (exact decimals)."""
     metric = rule.metric
     with localcontext() as ctx:
-        ctx.prec = _EXACT_PRECISION
+        ctx.prec = EXACT_PRECISION
         improvement = new - old if rule.direction is Direction.HIGHER_IS_BETTER else old - new
-        required = max(_dec(rule.min_improvement), _dec(rule.min_relative_improvement) * abs(old))
+        required = max(policy_decimal(rule.min_improvement), policy_decimal(rule.min_relative_improvement) * abs(old))
     scores = f"{candidate.model} {metric}={new} vs champion {champion.model} {metric}={old}"
     if improvement <= 0:
         what = "ties" if improvement == 0 else "is worse"
@@ -236,6 +255,6 @@ def _compare(candidate: ModelSnapshot, champion: ModelSnapshot, rule: PromotionR
                    candidate, champion, rule.endpoint, metric, float(new), float(old))
 
 
-def _dec(value: float) -> Decimal:
+def policy_decimal(value: float) -> Decimal:
     """A policy number as the decimal its author wrote (0.1, not 0.1000000000000000055...)."""
     return Decimal(repr(float(value)))

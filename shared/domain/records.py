@@ -76,6 +76,7 @@ class ContentRecord:
     row: Row | None = field(default=None, compare=False, repr=False)
     owner: str = ""  # who holds the claim (an Ingestor instance id)
     lease_until: datetime | None = None  # after this anyone may take the claim over
+    traceparent: str = ""  # the W3C trace context the content was claimed in (a re-drive continues it)
 
     def lease_expired(self, now: datetime, lease: timedelta = CONTENT_LEASE) -> bool:
         """Whether a pending claim outlived its lease (its holder died): then anyone may take it over.
@@ -100,6 +101,7 @@ class BatchRecord:
     owner: str = ""  # who holds the seal (an Ingestor instance id); "" when not sealing
     lease_until: datetime | None = None  # while sealing: after this anyone may take the seal over
     seal_reason: str = ""  # why the holder sealed (kept, so a take-over tags the version alike)
+    traceparent: str = ""  # the W3C trace context the generation was opened in (a re-drive continues it)
 
     def seal_held(self, now: datetime, lease: timedelta = SEAL_LEASE) -> bool:
         """Whether a live sealer holds this batch (sealing, lease not yet expired).
@@ -136,6 +138,7 @@ class RetrainState:
     lease_until: datetime | None = None  # after this, anyone may resume the submission
     last_version: str | None = None  # the newest version a run was started for (older late events are skipped)
     recheck_at: datetime | None = None  # when the scheduled re-check of the pending version is due
+    traceparent: str = ""  # the W3C trace context of the newest work the row holds (a re-drive continues it)
 
     @property
     def submitting(self) -> bool:
@@ -176,6 +179,7 @@ class RolloutRecord:
     attempts: int  # failed tries of the current step (transient errors are retried, then rolled back)
     failure: str  # why the rollout is rolling back ("" = it is not)
     row: Row | None = field(default=None, compare=False, repr=False)
+    traceparent: str = ""  # the W3C trace context of the promotion that started it (a re-drive continues it)
 
     @property
     def candidate(self) -> str:

@@ -60,6 +60,7 @@ def parse_data_version_registered(data: object) -> DataVersionRegistered:
         uri=str(data["uri"]), asset_type=str(data["asset_type"]), sha256=str(data["sha256"]),
         file_count=_count(data.get("file_count", len(files))), files=tuple(str(f) for f in files),
         files_truncated=bool(data.get("files_truncated", False)),
+        traceparent=str(data.get("traceparent") or ""),
     )
 
 
@@ -155,6 +156,17 @@ class SubmitRetrain:
     reason: str
     resume: bool = False  # the job is the dataset's unconfirmed submission: take its expired lease over
     trigger_event: str = ""  # the event the run was started for ("" = the one being handled)
+    rerun: str = ""  # a deliberate second run of a version already run (`plan_retrain(rerun=…)`): its key
+
+    @property
+    def run_key(self) -> str:
+        """Under what the ledger remembers this run's status: the data version, plus the rerun's key if any."""
+        return run_key(self.data_version, self.rerun)
+
+
+def run_key(version: str, rerun: str = "") -> str:
+    """The ledger's key of one run of a data version: the version, or `<version>+<rerun>` for a rerun."""
+    return f"{version}+{rerun}" if rerun else version
 
 
 @dataclass(frozen=True)
@@ -199,10 +211,13 @@ RetrainDecision = SubmitRetrain | Coalesce | Defer | Wait | Skip
 _SLUG = re.compile(r"[^a-z0-9-]+")
 
 
-def job_name_for(dataset: str, version: str) -> str:
-    """Deterministic Azure ML job name for (dataset, data version): the run's idempotency key."""
+def job_name_for(dataset: str, version: str, rerun: str = "") -> str:
+    """Deterministic Azure ML job name for (dataset, data version[, rerun key]): the run's idempotency key."""
     slug = _SLUG.sub("-", dataset.lower()).strip("-")[:60] or "data"
-    return f"evergreen-{slug}-v{_SLUG.sub('-', version.lower())[:20]}-{digest(dataset, version, length=8)}"
+    base = f"evergreen-{slug}-v{_SLUG.sub('-', version.lower())[:20]}"
+    if rerun:
+        return f"{base}-r-{digest(dataset, version, rerun, length=12)}"
+    return f"{base}-{digest(dataset, version, length=8)}"
 
 
 def _newer(version: str, than: str | None) -> bool:
@@ -236,9 +251,16 @@ def _pending_run(state: RetrainState, pipeline: RetrainPolicy, reason: str) -> S
                          pipeline, reason)
 
 
-def _while_active(event: DataVersionRegistered, state: RetrainState, exists: RunStatus | None) -> Skip | Coalesce:
-    """A run is active: coalesce the version as its follow-up if it is the newest seen (newest wins)."""
-    name = job_name_for(event.dataset, event.version)
+def _while_active(event: DataVersionRegistered, state: RetrainState, exists: RunStatus | None,
+                  rerun: str = "") -> Skip | Coalesce:
+    """A run is active: coalesce the version as its follow-up if it is the newest seen (newest wins).
+
+    A rerun is not coalesced: the active run already retrains the dataset (its model is the rerun's answer).
+    """
+    name = job_name_for(event.dataset, event.version, rerun)
+    if rerun:
+        return Skip(f"run {state.active_job} is active and retrains {event.dataset} already; "
+                    f"the rerun {rerun} of {event.version} is not started")
     if exists is not None:
         return Skip(f"a run for {event.dataset}:{event.version} already exists ({name}, {exists.value})")
     if state.pending_version and not _newer(event.version, state.pending_version):
@@ -250,11 +272,17 @@ def _while_active(event: DataVersionRegistered, state: RetrainState, exists: Run
 
 
 def _while_idle(event: DataVersionRegistered, pipeline: RetrainPolicy, state: RetrainState | None,
-                exists: RunStatus | None, now: datetime) -> RetrainDecision:
-    """No run is active: run the newest of the event's and the waiting version, or defer it to the window's end."""
-    name = job_name_for(event.dataset, event.version)
+                exists: RunStatus | None, now: datetime, rerun: str = "") -> RetrainDecision:
+    """No run is active: run the newest of the event's and the waiting version, or defer it to the window's end.
+
+    A rerun (its own job name) may run the last version again, never an older one.
+    """
+    name = job_name_for(event.dataset, event.version, rerun)
     last = state.last_version if state else None
-    fresh = exists is None and _newer(event.version, last)
+    if rerun:
+        fresh = exists is None and (last is None or version_order(event.version) >= version_order(last))
+    else:
+        fresh = exists is None and _newer(event.version, last)
     if state is not None and state.pending_version and not (fresh and _newer(event.version, state.pending_version)):
         return _run_waiting(state, pipeline, now)  # the version already waiting is the newest
     if not fresh:
@@ -265,8 +293,9 @@ def _while_idle(event: DataVersionRegistered, pipeline: RetrainPolicy, state: Re
         return Defer(event.dataset, event.version, event.asset_name, event.asset_type, end,
                      f"inside the minimum interval of {pipeline.min_interval_minutes:g} min: {event.version} "
                      f"waits until {end.isoformat()} (newest wins)")
+    why = f"rerun {rerun} of" if rerun else "new data version"
     return SubmitRetrain(event.dataset, event.asset_name, event.version, event.asset_type, name, pipeline,
-                         f"new data version {event.asset_name}:{event.version}")
+                         f"{why} {event.asset_name}:{event.version}", rerun=rerun)
 
 
 def _run_waiting(state: RetrainState, pipeline: RetrainPolicy, now: datetime) -> SubmitRetrain | Defer:
@@ -284,24 +313,26 @@ def _run_waiting(state: RetrainState, pipeline: RetrainPolicy, now: datetime) ->
 
 def plan_retrain(
     event: DataVersionRegistered, policy: Policy, state: RetrainState | None, run_status: RunStatus | None,
-    now: datetime,
+    now: datetime, rerun: str = "",
 ) -> RetrainDecision:
     """Decide what a new data version means for retraining. Pure.
 
     An unconfirmed submission of this very version is resumed (or waited for, while its holder's
     lease lasts); during an active run the newest version becomes the follow-up; inside the minimum
-    interval the newest version waits for the window's end (`Defer`), never dropped.
+    interval the newest version waits for the window's end (`Defer`), never dropped. `rerun` (a key,
+    e.g. a champion's degradation) runs a version again once under its own job name; `run_status` is
+    then that rerun's status.
     """
     pipeline = policy.retraining_for(event.dataset)
     if pipeline is None:
         return Skip(f"dataset {event.dataset!r} has no retraining pipeline in the policy")
-    name = job_name_for(event.dataset, event.version)
+    name = job_name_for(event.dataset, event.version, rerun)
     if state is not None and state.active_job == name and (state.submitting or run_status is RunStatus.SUBMITTING):
         return _resume_or_wait(state, pipeline, now)
     exists = run_status if run_status is not RunStatus.SUBMITTING else None  # a claim undone is no run
     if state is not None and state.active_job:
-        return _while_active(event, state, exists)
-    return _while_idle(event, pipeline, state, exists, now)
+        return _while_active(event, state, exists, rerun)
+    return _while_idle(event, pipeline, state, exists, now, rerun)
 
 
 def plan_recheck(state: RetrainState | None, policy: Policy, now: datetime) -> RetrainDecision:
@@ -381,6 +412,8 @@ class PipelineSubmission:
     data_type: str
     inputs: Mapping[str, str | int | float | bool]
     tags: Mapping[str, str]
+    data_input_name: str = "training_data"  # the pipeline input that takes `data_input`
+    model_inputs: Mapping[str, str] = field(default_factory=dict)  # input -> azureml:<model>:<version> (custom_model)
 
 
 def pipeline_submission(decision: SubmitRetrain, app_root: Path, event_id: str) -> PipelineSubmission:
@@ -395,5 +428,6 @@ def pipeline_submission(decision: SubmitRetrain, app_root: Path, event_id: str) 
         inputs={**p.inputs, "model_name": p.model_name, "data_asset": decision.asset_name,
                 "data_version": decision.data_version},
         tags={Tag.DATASET.value: decision.dataset, Tag.DATA_ASSET.value: decision.asset_name,
-              Tag.DATA_VERSION.value: decision.data_version, Tag.TRIGGER_EVENT.value: event_id},
+              Tag.DATA_VERSION.value: decision.data_version, Tag.TRIGGER_EVENT.value: event_id,
+              **({Tag.RERUN.value: decision.rerun} if decision.rerun else {})},
     )

@@ -35,6 +35,11 @@ from shared.domain.vocabulary import FAILED_STATES, IN_PROGRESS_STATES, Phase
 from shared.domain.workspace import DeploymentView, EndpointView
 from shared.errors import InvalidEventError
 
+# The queues of the rollout's steps (`RolloutTick`) and of re-decided candidates (`CandidateRetry`). Named here,
+# beside their messages, so the triggers bind them without importing the promotion service (cold start).
+ROLLOUT_QUEUE = "evergreen-rollout"
+PROMOTION_RETRY_QUEUE = "evergreen-promotion-retry"
+
 
 # -- actions (values; the executor performs them) ---------------------------------------------------
 @dataclass(frozen=True)

@@ -120,6 +120,41 @@ class PromotionAction(StrEnum):
     STARTED = "started"
     QUEUED = "queued"
     RESCHEDULED = "rescheduled"  # the endpoint's row kept changing: the candidate is looked at again later
+    COMPARING = "comparing"  # a comparison job scores it against the champion; its RunCompleted decides
+    AWAITING_APPROVAL = "awaiting_approval"  # passed the gate; `promotion.approval: manual` waits for a person
+    APPROVED = "approved"  # a person approved it (CLI or the studio tag): it continues into the rollout
+    REJECTED = "rejected"  # a person rejected it: never deployed
+    EXPIRED = "expired"  # nobody decided within `approval_expires_after`: never deployed
+
+
+class ComparisonPurpose(StrEnum):
+    """The `evergreen.comparison` tag of a comparison job: who reads its RunCompleted."""
+
+    CHALLENGER = "challenger"  # a candidate against the champion: the promoter decides
+    RESCORE = "rescore"  # the champion scored alone on new evaluation data (decay monitoring)
+
+
+class ApprovalState(StrEnum):
+    """A candidate's manual approval (ledger rows and the `evergreen.approval` tag, stored by value)."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+    @property
+    def final(self) -> bool:
+        return self is not ApprovalState.PENDING
+
+
+class MonitorAction(StrEnum):
+    """What re-scoring a champion did (audit kind `champion.<value>`)."""
+
+    RESCORE_SUBMITTED = "rescore_submitted"
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    CODE_CHANGED = "code_changed"
+    SKIPPED = "skipped"
 
 
 class TickAction(StrEnum):
@@ -169,6 +204,7 @@ class Tag(StrEnum):
     DATA_VERSION = "evergreen.data_version"
     JOB_NAME = "evergreen.job_name"
     TRIGGER_EVENT = "evergreen.trigger_event"
+    RERUN = "evergreen.rerun"  # a deliberate second run of a data version (a degraded champion, changed code)
     CODE_SHA = "evergreen.code_sha"
     # promotion
     ENDPOINT = "evergreen.endpoint"
@@ -176,6 +212,19 @@ class Tag(StrEnum):
     ROLLOUT = "evergreen.rollout"
     EVENT = "evergreen.event"
     MANAGED = "evergreen.managed"
+    # the comparison of a challenger with the champion on the same evaluation data (issue 13)
+    COMPARISON = "evergreen.comparison"  # on a comparison job: what it is for (`ComparisonPurpose`)
+    COMPARED_WITH = "evergreen.compared_with"  # the champion model (n:v) it was compared with; "" = scored alone
+    COMPARISON_JOB = "evergreen.comparison_job"
+    INTERVAL = "evergreen.interval"  # "[low, high]" of challenger - champion, in the metric's units
+    DECISION = "evergreen.decision"  # the gate's code (improved, not_significant, slice_regressed, …)
+    # manual approval (`promotion.approval: manual`): pending|approved|rejected|expired, who, when (ISO)
+    APPROVAL = "evergreen.approval"
+    APPROVED_BY = "evergreen.approved_by"
+    APPROVED_AT = "evergreen.approved_at"
+    APPROVAL_REASON = "evergreen.approval_reason"
+    # the code hash the training pipeline's register step writes on a model (`ml/src/steplib.code_sha256`)
+    CODE_SHA256 = "evergreen.code_sha256"
     # retention
     KEEP = "evergreen.keep"
     # retraining pipeline jobs: the metrics a pipeline writes, "roc_auc,accuracy" (checked by `validate`)

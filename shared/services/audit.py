@@ -2,24 +2,33 @@
 
 Partitioned by UTC day, so "what did Evergreen do today and why" is one partition query (sorted
 newest first on the record's time). A row is keyed by what the record is, so a retried write rewrites
-it; a retry that crosses UTC midnight lands in the next day's partition, a second row.
+it; a retry that crosses UTC midnight lands in the next day's partition, a second row. Each record is
+also written to two time-ordered indexes of its day (`tail-<yyyymmdd>` for every kind and
+`tail.<flow>-<yyyymmdd>` for its flow's kinds, RowKey newest first), so `tail` (the status page) reads
+the newest N records with filters without reading whole days.
 Implements the `shared.ports.AuditLog` port over any `TableStore`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 
-from shared.domain.audit import AuditRecord
+from shared.domain.audit import AuditRecord, AuditTail
 from shared.domain.keys import digest
 from shared.ports import TableStore
 
 log = logging.getLogger(__name__)
 
 AUDIT_TABLE = "evergreenaudit"
+TAIL_PREFIX = "tail-"  # the time-ordered index: partition `tail-<yyyymmdd>` (and `tail.<flow>-…`), newest first
+TAIL_SCAN_LIMIT = 5000  # index rows a filtered `tail` reads at most (it says so in its result)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NEWEST_FIRST = 10**17  # microseconds until ~5138 AD: RowKey = this minus the record's time
 
 
 class TableAuditLog:
@@ -34,18 +43,16 @@ class TableAuditLog:
         So a retried write on the same UTC day rewrites the same row instead of adding a second one.
         Table errors propagate (the caller's platform retries, and the retry lands on the same row).
         """
-        self._table.upsert(
-            {
-                "PartitionKey": rec.at.astimezone(UTC).strftime("%Y%m%d"),
-                "RowKey": record_key(rec),
-                "Kind": rec.kind,
-                "Decision": rec.decision,
-                "Reason": rec.reason,
-                "EventId": rec.event_id,
-                "Assets": json.dumps(dict(rec.assets), sort_keys=True),
-                "At": rec.at.isoformat(),
-            }
-        )
+        key = record_key(rec)
+        fields = {"Kind": rec.kind, "Decision": rec.decision, "Reason": rec.reason, "EventId": rec.event_id,
+                  "Assets": json.dumps(dict(rec.assets), sort_keys=True), "At": rec.at.isoformat()}
+        day = rec.at.astimezone(UTC).strftime("%Y%m%d")
+        self._table.upsert({"PartitionKey": day, "RowKey": key, **fields})
+        # The same record in the day's time-ordered indexes (every kind; its flow's kinds), so the newest N
+        # are read without the whole day, and a flow's records without the other flows'.
+        indexed = {"RowKey": f"{tail_order(rec.at)}-{key}", "Key": key, **fields}
+        self._table.upsert({"PartitionKey": tail_partition(day), **indexed})
+        self._table.upsert({"PartitionKey": tail_partition(day, rec.kind), **indexed})
         log.info("audit kind=%s event=%s decision=%s reason=%s", rec.kind, rec.event_id, rec.decision, rec.reason)
 
     def query(self, *, days: int = 1, kind_prefix: str = "", now: datetime | None = None) -> Iterator[AuditRecord]:
@@ -56,6 +63,61 @@ class TableAuditLog:
             records = [_record(row.data) for row in self._table.query(day)
                        if str(row.data["Kind"]).startswith(kind_prefix)]
             yield from sorted(records, key=lambda r: r.at, reverse=True)
+
+
+    def tail(self, *, limit: int, kind_prefix: str = "", assets: Mapping[str, str] | None = None,
+             days: int = 7, now: datetime | None = None, scan_limit: int = TAIL_SCAN_LIMIT) -> AuditTail:
+        """The newest `limit` records of the last `days` UTC days whose kind starts with `kind_prefix` and
+        whose assets match every `assets` item (see `asset_matches`), newest first.
+
+        Reads the time-ordered index page by page (the flow's own index when `kind_prefix` names a flow,
+        e.g. `rollout.`) and stops at `limit` matches or `scan_limit` rows, so its cost is bounded whatever
+        the log's size. Table errors propagate.
+        """
+        now = now or datetime.now(UTC)
+        wanted = dict(assets or {})
+        needles = [json.dumps(value)[:-1] for value in wanted.values()]  # how each value starts in the JSON text
+        found: list[AuditRecord] = []
+        seen: set[str] = set()
+        scanned = 0
+        for back in range(days):
+            day = (now - timedelta(days=back)).strftime("%Y%m%d")
+            partition = tail_partition(day, kind_prefix) if "." in kind_prefix else tail_partition(day)
+            for row in itertools.islice(self._table.query(partition), scan_limit - scanned):
+                scanned += 1
+                data = row.data
+                if (data["Key"] in seen or not str(data["Kind"]).startswith(kind_prefix)
+                        or not all(needle in str(data["Assets"]) for needle in needles)):
+                    continue  # (the text test is a cheap first cut: only likely matches are parsed)
+                seen.add(str(data["Key"]))  # a retried write on the same day indexed the record twice
+                rec = _record(data)
+                if all(asset_matches(rec.assets, key, value) for key, value in wanted.items()):
+                    found.append(rec)
+                    if len(found) >= limit:
+                        return AuditTail(tuple(found), scanned, truncated=False)
+            if scanned >= scan_limit:
+                return AuditTail(tuple(found), scanned, truncated=True)
+        return AuditTail(tuple(found), scanned, truncated=False)
+
+
+def asset_matches(assets: Mapping[str, str], key: str, value: str) -> bool:
+    """Whether asset `key` (any asset when `key` is "") is `value` or a version of it (`value:<version>`)."""
+    values = assets.values() if key == "" else [assets.get(key, "")]
+    return any(v == value or v.startswith(value + ":") for v in values)
+
+
+def tail_partition(day: str, kind: str = "") -> str:
+    """The index partition of a UTC day: every kind's, or (given a kind) its flow's, e.g. `tail.rollout-20261201`."""
+    if not kind:
+        return f"{TAIL_PREFIX}{day}"
+    flow = re.sub(r"[^A-Za-z0-9_-]", "_", kind.split(".", 1)[0])
+    return f"tail.{flow}-{day}"
+
+
+def tail_order(at: datetime) -> str:
+    """A RowKey prefix that sorts newer times first (fixed width, so text order is time order)."""
+    micros = (at.astimezone(UTC) - _EPOCH) // timedelta(microseconds=1)
+    return f"{_NEWEST_FIRST - micros:017d}"
 
 
 def record_key(rec: AuditRecord) -> str:

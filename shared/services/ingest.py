@@ -35,6 +35,7 @@ import dataclasses
 import hashlib
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -58,16 +59,19 @@ from shared.domain.ingest import (
     late_files,
     plan_blob,
     plan_seal,
+    snapshot_path,
     stuck_batch,
 )
 from shared.domain.keys import digest
 from shared.domain.records import DEFAULT_LEASES, HOLDER_WAIT, BatchRecord, ContentRecord, Leases, utcnow
+from shared.domain.telemetry import Attr
 from shared.domain.urls import strip_query
 from shared.domain.vocabulary import BatchState, ContentState, IngestAction, Tag
 from shared.domain.workspace import DataVersionSpec
 from shared.errors import ConcurrentUpdateError, InvalidEventError
 from shared.ports import AuditLog, BlobFacts, BlobStore, Clock, DataRegistry, DelayedQueue, EventPublisher, Sleeper
 from shared.services.ledger import Ledger
+from shared.telemetry import annotate, continued
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,7 @@ ARCHIVE_TIER = "Archive"  # a blob in this tier cannot be read until it is rehyd
 HOLDER_POLL_SECONDS = 0.5  # how often a duplicate looks at the holder's claim while it waits (HOLDER_WAIT in all)
 SEAL_ATTEMPTS = 3  # claim races lost in a row before a seal request re-schedules itself
 JOIN_ATTEMPTS = 3  # generations a file tries to join while they are sealed under it
+SNAPSHOT_COPY_WORKERS = 16  # server-side copies in flight while a batch's snapshot is made (the Function App)
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,9 @@ class Ingestor:
     """Executes ingest decisions; built once per process (composition root) from ports.
 
     `blob_retry` takes blob events re-scheduled while another instance held their work; `sleep`
-    waits (briefly, HOLDER_WAIT at most) for such a holder; `owner` names this instance in claims.
+    waits (briefly, HOLDER_WAIT at most) for such a holder; `owner` names this instance in claims;
+    `copy_workers` copies a snapshot's files that many at a time (the Function App: SNAPSHOT_COPY_WORKERS;
+    the fault-injection harness keeps 1, so its port calls come in one order).
     """
 
     def __init__(
@@ -148,6 +155,7 @@ class Ingestor:
         clock: Clock = utcnow,
         owner: str | None = None,
         leases: Leases = DEFAULT_LEASES,
+        copy_workers: int = 1,
     ) -> None:
         self._policy = policy
         self._blobs = blobs
@@ -161,6 +169,7 @@ class Ingestor:
         self._clock = clock
         self._owner = owner or f"ingest-{uuid.uuid4().hex[:12]}"
         self._leases = leases  # the seal and content leases (the ledger writes them; EVERGREEN_LEASE_SECONDS)
+        self._copy_workers = copy_workers  # concurrent server-side copies into a snapshot (1: one at a time)
 
     # -- entry points ---------------------------------------------------------------------------
     def on_blob_created(self, blob: BlobCreated) -> IngestOutcome:
@@ -181,6 +190,7 @@ class Ingestor:
         A batch sealed by another live instance re-schedules the request for the end of its lease.
         Raises InvalidEventError for an unknown dataset (the message can never succeed).
         """
+        annotate({Attr.DATASET: request.dataset, Attr.BATCH: f"{request.folder}#{request.generation}"})
         outcome = self._on_seal_request(request)
         if outcome.action is not IngestAction.WAITING:
             self._record(outcome, event_id=f"seal:{request.dataset}:{request.folder}:{request.generation}",
@@ -319,15 +329,16 @@ class Ingestor:
         existing = self._ledger.get_content(dataset.name, sha256)
         if existing is not None and (existing.state == ContentState.PENDING or self._version_exists(existing)):
             return  # claimed or held by a live version: that claim has (or is making) its snapshot
-        copied = 0
-        for copy in copies:
-            there = self._blobs.properties(dataset.container, copy.to_name)
-            if there is not None and there.size == copy.size:
-                continue
-            self._blobs.copy(dataset.container, copy.name, copy.etag, copy.to_name)
-            copied += 1
+        there = {f.name: f.size for f in self._blobs.list(dataset.container, snapshot_path(dataset.name, sha256))}
+        missing = [c for c in copies if there.get(c.to_name) != c.size]  # one listing, not a lookup per file
+        if self._copy_workers > 1 and len(missing) > 1:
+            with ThreadPoolExecutor(min(self._copy_workers, len(missing)), thread_name_prefix="snapshot") as pool:
+                list(pool.map(lambda c: self._blobs.copy(dataset.container, c.name, c.etag, c.to_name), missing))
+        else:
+            for copy in missing:
+                self._blobs.copy(dataset.container, copy.name, copy.etag, copy.to_name)
         log.info("snapshot of %s content %s: %d file(s) copied, %d already there", dataset.name, sha256[:12],
-                 copied, len(copies) - copied)
+                 len(missing), len(copies) - len(missing))
 
     # -- content: one registration per distinct content ------------------------------------------
     def _claim_content(self, dataset: DatasetPolicy, sha256: str, source: str, spec: DataVersionSpec,
@@ -436,6 +447,7 @@ class Ingestor:
         event = announcement(spec, record.dataset, record.version, record.sha256, files)
         if file_count is not None and file_count > len(files):  # the stored list was cut to fit its row
             event = dataclasses.replace(event, file_count=file_count, files_truncated=True)
+        annotate({Attr.DATASET: record.dataset, Attr.DATA_VERSION: record.version})
         self._publisher.data_version_registered(event)
         self._ledger.content_published(record)
         self._ledger.finish_work(FLOW, _content_work(record.dataset, record.sha256))
@@ -671,7 +683,8 @@ class Ingestor:
             return None
         log.info("reconcile: batch %s of %s generation %d is stuck (%s); re-driving its seal", folder, dataset.name,
                  generation, why)
-        outcome = self._on_seal_request(SealRequest(dataset.name, folder, generation, "reconcile"))
+        with continued(batch.traceparent):  # the seal goes on in the trace the batch was opened in
+            outcome = self._on_seal_request(SealRequest(dataset.name, folder, generation, "reconcile"))
         return IngestOutcome(outcome.action, f"re-driven ({why}): {outcome.detail}", outcome.version)
 
     def _redrive_content(self, item: dict[str, Any], now: datetime) -> IngestOutcome | None:
@@ -695,7 +708,8 @@ class Ingestor:
             if taken is None:
                 return None  # someone moved it meanwhile: the next pass looks again
             record = self._adopt(taken)
-        outcome = self._finish_content(record, spec, files, count)
+        with continued(record.traceparent):  # the announcement goes on in the upload's own trace
+            outcome = self._finish_content(record, spec, files, count)
         return IngestOutcome(outcome.action, f"re-driven (content {sha256[:12]} was {stuck} past its lease): "
                              f"{outcome.detail}", outcome.version)
 

@@ -15,6 +15,8 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.domain.approval import ApprovalRecord
+from shared.domain.decay import ChampionScore
 from shared.domain.keys import digest
 from shared.domain.records import (
     DEFAULT_LEASES,
@@ -26,10 +28,11 @@ from shared.domain.records import (
     Row,
     utcnow,
 )
-from shared.domain.vocabulary import BatchState, ContentState, Phase, PromotionAction, RunStatus
+from shared.domain.vocabulary import ApprovalState, BatchState, ContentState, Phase, PromotionAction, RunStatus
 from shared.domain.workspace import DataVersionSpec
 from shared.errors import ConcurrentUpdateError
 from shared.ports import Clock, TableStore
+from shared.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ def _rollout(row: Row) -> RolloutRecord:
         started_at=_parse(d.get("StartedAt")), reason=d.get("Reason", ""), queued_name=d.get("QueuedName", ""),
         queued_version=d.get("QueuedVersion", ""), queued_event=d.get("QueuedEvent", ""),
         event_id=d.get("EventId", ""), phase_since=_parse(d.get("PhaseSince")), attempts=int(d.get("Attempts", 0)),
-        failure=d.get("Failure", ""), row=row,
+        failure=d.get("Failure", ""), row=row, traceparent=d.get("Traceparent", ""),
     )
 
 
@@ -77,6 +80,7 @@ def _rollout_entity(record: RolloutRecord) -> dict[str, Any]:
         "StartedAt": _iso_or_empty(record.started_at), "Reason": record.reason, "QueuedName": record.queued_name,
         "QueuedVersion": record.queued_version, "QueuedEvent": record.queued_event, "EventId": record.event_id,
         "PhaseSince": _iso_or_empty(record.phase_since), "Attempts": record.attempts, "Failure": record.failure,
+        "Traceparent": record.traceparent,
     }
 
 
@@ -119,6 +123,7 @@ def _retrain_state(row: Row) -> RetrainState:
         lease_until=_parse(d.get("LeaseUntil")),
         last_version=d.get("LastVersion") or d.get("ActiveVersion") or None,
         recheck_at=_parse(d.get("RecheckAt")),
+        traceparent=str(d.get("Traceparent") or ""),
     )
 
 
@@ -188,6 +193,7 @@ class Ledger:
             row=row,
             owner=str(d.get("Owner") or ""),
             lease_until=_parse(d.get("LeaseUntil")),
+            traceparent=str(d.get("Traceparent") or ""),
         )
 
     def get_content(self, dataset: str, sha256: str) -> ContentRecord | None:
@@ -217,6 +223,7 @@ class Ledger:
                 "Spec": json.dumps(asdict(spec)) if spec is not None else "",
                 "FileCount": len(files),
                 "Files": names if len(names) <= MAX_FILES_JSON else "",
+                "Traceparent": current_traceparent(),
             }
         )
         return self._content(row) if row else None
@@ -304,6 +311,7 @@ class Ledger:
             owner=str(d.get("SealOwner") or ""),
             lease_until=_parse(d.get("LeaseUntil")),
             seal_reason=str(d.get("SealReason") or ""),
+            traceparent=str(d.get("Traceparent") or ""),
         )
 
     def _batch_key(self, dataset: str, folder: str) -> tuple[str, str]:
@@ -325,6 +333,7 @@ class Ledger:
                 "Generation": 1,
                 "State": BatchState.OPEN.value,
                 "OpenedAt": _iso(self._clock()),
+                "Traceparent": current_traceparent(),
             }
         )
         if row is not None:
@@ -358,6 +367,7 @@ class Ledger:
                 "SealOwner": "",
                 "LeaseUntil": "",
                 "SealReason": "",
+                "Traceparent": current_traceparent(),
             },
         )
         return self._batch(row) if row else None
@@ -451,7 +461,7 @@ class Ledger:
         changes: dict[str, Any] = {
             "ActiveJob": job, "ActiveVersion": version, "ActiveAsset": asset, "ActiveAssetType": asset_type,
             "ActiveEvent": event, "ActiveStatus": RunStatus.SUBMITTING.value, "LeaseOwner": owner,
-            "LeaseUntil": _iso(until), "LastVersion": version,
+            "LeaseUntil": _iso(until), "LastVersion": version, "Traceparent": current_traceparent(),
         }
         if clear_pending:
             changes |= _NO_PENDING
@@ -488,7 +498,8 @@ class Ledger:
     def set_pending(self, state: RetrainState, version: str, asset: str, asset_type: str,
                     recheck_at: datetime | None = None) -> RetrainState | None:
         """Remember `version` as the next to run (and when its re-check is due); None if the state changed."""
-        changes = {"PendingVersion": version, "PendingAsset": asset, "PendingAssetType": asset_type}
+        changes = {"PendingVersion": version, "PendingAsset": asset, "PendingAssetType": asset_type,
+                   "Traceparent": current_traceparent()}
         if recheck_at is not None:
             changes["RecheckAt"] = _iso(recheck_at)
         row = self._replace_if(_stored(state), changes)
@@ -584,3 +595,94 @@ class Ledger:
         """(outcome, reason) of an earlier promotion of this candidate on this endpoint, if any."""
         row = self._get("promotion", key)
         return (str(row.data.get("Outcome", "")), str(row.data.get("Reason", ""))) if row else None
+
+    # -- manual approval: one row per (endpoint, candidate); pending ones indexed as open work ----------
+    def get_approval(self, endpoint: str, name: str, version: str) -> ApprovalRecord | None:
+        row = self._get("approval", approval_key(endpoint, name, version))
+        return _approval(row) if row else None
+
+    def create_approval(self, record: ApprovalRecord) -> ApprovalRecord | None:
+        """Insert a pending approval (indexed as open work first); None if another instance inserted it first."""
+        key = approval_key(record.endpoint, record.model_name, record.version)
+        self.track_work("approval", key, {"Endpoint": record.endpoint, "Model": record.model_name,
+                                          "Version": record.version})
+        row = self._insert(_approval_entity(record))
+        return _approval(row) if row else None
+
+    def decide_approval(self, record: ApprovalRecord) -> ApprovalRecord | None:
+        """Write a final state over the row `record` was read from (ETag-conditional); None if it changed.
+
+        Rejected and expired leave the open-work index; approved stays in it until its rollout has started
+        (`close_approval`), so a lost hand-over is re-sent. Raises ValueError for a record not read from the ledger.
+        """
+        if not record.etag:
+            raise ValueError("ApprovalRecord was not read from the ledger; read it before deciding it")
+        key = approval_key(record.endpoint, record.model_name, record.version)
+        row = self._table.replace_if(Row(_approval_entity(record), record.etag), _approval_entity(record))
+        if row is None:
+            return None
+        if record.state in (ApprovalState.REJECTED, ApprovalState.EXPIRED):
+            self.finish_work("approval", key)
+        return _approval(row)
+
+    def close_approval(self, record: ApprovalRecord) -> None:
+        """Drop an approved candidate from the open-work index: its rollout has started (or it is given up)."""
+        self.finish_work("approval", approval_key(record.endpoint, record.model_name, record.version))
+
+    def open_approvals(self) -> list[ApprovalRecord]:
+        """Every approval still waiting, or approved but not yet handed to a rollout (the open-work index;
+        an item whose row is rejected or expired is dropped from it)."""
+        found = []
+        for item in self.open_work("approval"):
+            record = self.get_approval(str(item.get("Endpoint", "")), str(item.get("Model", "")),
+                                       str(item.get("Version", "")))
+            if record is not None and record.state in (ApprovalState.PENDING, ApprovalState.APPROVED):
+                found.append(record)
+            elif record is not None:
+                self.finish_work("approval", str(item["RowKey"]))
+        return found
+
+    # -- champion re-scores: the champion's metric over time, one row per re-score job ----------------------
+    def record_champion_score(self, score: ChampionScore) -> None:
+        """Remember one re-score (keyed by its job, so a redelivered RunCompleted rewrites the same row)."""
+        self._table.upsert({"PartitionKey": f"score-{digest(score.endpoint)}", "RowKey": score.job_name,
+                            "Endpoint": score.endpoint, "Model": score.model, "DataAsset": score.data_asset,
+                            "DataVersion": score.data_version, "Metric": score.metric, "Value": score.value,
+                            "Degraded": score.degraded, "Reason": score.reason, "At": _iso(score.at)})
+
+    def champion_scores(self, endpoint: str) -> list[ChampionScore]:
+        """The champions' re-scores on `endpoint`, oldest first (for the status page and `status`)."""
+        scores = [ChampionScore(endpoint=str(d.get("Endpoint", endpoint)), model=str(d.get("Model", "")),
+                                data_asset=str(d.get("DataAsset", "")), data_version=str(d.get("DataVersion", "")),
+                                metric=str(d.get("Metric", "")), value=str(d.get("Value", "")),
+                                at=_parse(d.get("At")) or datetime.min.replace(tzinfo=UTC),
+                                job_name=str(d.get("RowKey", "")), degraded=bool(d.get("Degraded", False)),
+                                reason=str(d.get("Reason", "")))
+                  for d in self._query(f"score-{digest(endpoint)}")]
+        return sorted(scores, key=lambda s: s.at)
+
+
+def approval_key(endpoint: str, name: str, version: str) -> str:
+    """The row key of a candidate's approval on an endpoint."""
+    return digest("approval", endpoint, name, version, length=16)
+
+
+def _approval_entity(record: ApprovalRecord) -> dict[str, Any]:
+    return {"PartitionKey": "approval", "RowKey": approval_key(record.endpoint, record.model_name, record.version),
+            "Endpoint": record.endpoint, "Model": record.model_name, "Version": record.version,
+            "State": record.state.value, "RequestedAt": _iso(record.requested_at), "EventId": record.event_id,
+            "GateReason": record.gate_reason, "DecidedAt": _iso_or_empty(record.decided_at),
+            "DecidedBy": record.decided_by, "Reason": record.reason}
+
+
+def _approval(row: Row) -> ApprovalRecord:
+    d = row.data
+    try:
+        state = ApprovalState(str(d.get("State", "")))
+    except ValueError:
+        state = ApprovalState.PENDING  # unreadable: treat as still waiting (never as approved)
+    return ApprovalRecord(endpoint=str(d["Endpoint"]), model_name=str(d["Model"]), version=str(d["Version"]),
+                          state=state, requested_at=_parse(d.get("RequestedAt")) or datetime.min.replace(tzinfo=UTC),
+                          event_id=str(d.get("EventId", "")), gate_reason=str(d.get("GateReason", "")),
+                          decided_at=_parse(d.get("DecidedAt")), decided_by=str(d.get("DecidedBy", "")),
+                          reason=str(d.get("Reason", "")), etag=row.etag)

@@ -128,9 +128,13 @@ class Operator:
         last = next(iter(self._audit.query(days=RETENTION_LOOKBACK_DAYS, kind_prefix=RETENTION_RUN_KIND, now=now)),
                     None)
         notes = [] if last else [f"no retention run in the last {RETENTION_LOOKBACK_DAYS} days"]
-        return Status(at=now, batches=[self._batch_status(b) for b in self._ledger.open_batches()],
+        return Status(at=now, batches=self.batches(),
                       retraining=sorted(self._ledger.retrain_states(), key=lambda s: s.dataset),
                       rollouts=sorted(rollouts, key=lambda r: r.endpoint), last_retention=last, notes=notes)
+
+    def batches(self) -> list[BatchStatus]:
+        """Every open batch with its files so far and when it will seal (from the open-work index, bounded)."""
+        return [self._batch_status(b) for b in self._ledger.open_batches()]
 
     def _batch_status(self, batch: BatchRecord) -> BatchStatus:
         files = self._ledger.batch_files(batch)

@@ -35,18 +35,39 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from shared.config.policy import ModelPolicy, Policy
-from shared.config.promotion import PromotionPolicy
+from shared.config.promotion import EvaluationPolicy, PromotionPolicy
+from shared.domain import rollout as rollout_domain
 from shared.domain.audit import AuditRecord
+from shared.domain.comparison import (
+    COMPARE_EXPERIMENT,
+    COMPARE_NODE,
+    COMPARE_PIPELINE,
+    Comparison,
+    InvalidComparisonError,
+    judge,
+    parse_comparison,
+)
 from shared.domain.events import ModelVersionEvent
-from shared.domain.gate import ModelSnapshot, Skip, plan_promotion
+from shared.domain.gate import (
+    ModelSnapshot,
+    Promote,
+    PromoteCode,
+    PromotionDecision,
+    Skip,
+    SkipCode,
+    plan_promotion,
+    precheck,
+)
 from shared.domain.keys import digest
 from shared.domain.records import RolloutRecord, utcnow
+from shared.domain.retrain import PipelineSubmission, RunFinished
 from shared.domain.rollout import (
     CandidateRetry,
     CreateDeployment,
@@ -60,9 +81,12 @@ from shared.domain.rollout import (
     decide,
     deployment_name,
 )
+from shared.domain.telemetry import Attr
 from shared.domain.vocabulary import (
+    FINISHED_JOB_STATUSES,
     LINEAGE_TAGS,
     ROLLBACK_PHASES,
+    ComparisonPurpose,
     Phase,
     PromotionAction,
     Tag,
@@ -73,24 +97,32 @@ from shared.domain.workspace import DeploymentSpec
 from shared.errors import (
     ClaimInProgressError,
     InvalidEventError,
+    JobRejectedError,
     OperationFailedError,
     SmokeTestFailedError,
     TransientError,
 )
-from shared.ports import AuditLog, Clock, DelayedQueue, Endpoints
+from shared.ports import AuditLog, Clock, DataRegistry, DelayedQueue, Endpoints, JobRunner
+from shared.services.approval import Approvals
 from shared.services.ledger import Ledger
+from shared.telemetry import annotate, continued, current_traceparent
 
 log = logging.getLogger(__name__)
 
-ROLLOUT_QUEUE = "evergreen-rollout"
+# Named beside their messages in shared.domain.rollout (the triggers bind them without importing this module).
+ROLLOUT_QUEUE = rollout_domain.ROLLOUT_QUEUE
+PROMOTION_RETRY_QUEUE = rollout_domain.PROMOTION_RETRY_QUEUE
 MAX_STEP_ATTEMPTS = 3  # transient errors of one step before the rollout gives up and rolls back
 MAX_BACKOFF_SECONDS = 300.0
-PROMOTION_RETRY_QUEUE = "evergreen-promotion-retry"  # candidates whose decision kept racing (`CandidateRetry`)
 RETRY_DELAY_SECONDS = 30.0  # when a re-scheduled candidate is looked at again
 STALL_POLL_INTERVALS = 5  # a step overdue by this many poll intervals has lost its message (`reconcile`)
 STALL_FLOOR = timedelta(minutes=3)  # ...and by at least this: the Functions host polls an idle queue ~once a minute
 _DECIDE_ATTEMPTS = 8  # re-reads of the endpoint's row before a candidate is re-scheduled
 _KNOWN_PHASES = frozenset(phase.value for phase in Phase)
+COMPARISON_WORK = "comparison"  # the ledger's open-work index of submitted, undecided comparison jobs
+PROMOTION_COMPARED = "compared"  # audit kind `promotion.compared`: a judged comparison, with the whole comparison
+_MAX_AUDIT_COMPARISON = 30_000  # characters: a Table Storage string property holds at most 32K
+_COMPARING_CODES = frozenset({PromoteCode.IMPROVED.value, SkipCode.NOT_BETTER.value, SkipCode.TOO_SMALL.value})
 
 
 @dataclass(frozen=True)
@@ -105,6 +137,79 @@ class TickOutcome:
     detail: str
 
 
+@dataclass(frozen=True)
+class _Contest:
+    """One candidate against the endpoint's champion, as read for one decision."""
+
+    current: RolloutRecord | None  # the endpoint's rollout row as read (the start's condition)
+    candidate: ModelSnapshot
+    champion: ModelSnapshot | None
+    champion_deployment: str
+    event_id: str
+    promotion: PromotionPolicy
+    evaluation: EvaluationPolicy
+
+    @property
+    def compared_with(self) -> str:
+        return self.champion.model if self.champion is not None else ""
+
+
+def comparison_job_name(challenger: str, champion: str, data_asset: str, data_version: str) -> str:
+    """The comparison job's name: deterministic from what it compares, so a redelivery submits nothing new."""
+    return f"evergreen-compare-{digest('compare', challenger, champion, data_asset, data_version, length=20)}"
+
+
+def comparison_submission(challenger: str, champion: str, data_asset: str, data_version: str, data_type: str,
+                          promotion: PromotionPolicy, evaluation: EvaluationPolicy, app_root: Path,
+                          event_id: str) -> PipelineSubmission:
+    """The `ml/compare.yml` job scoring `challenger` (against `champion`, if any) on one evaluation data version."""
+    # `ml/compare.yml` binds the champion on its node, only when there is one (a pipeline job's own
+    # inputs cannot be optional): "<node>.<input>" addresses a node's input.
+    models = {"challenger_model": f"azureml:{challenger}"}
+    names: dict[str, str | int | float | bool] = {"challenger_name": challenger}
+    if champion:
+        models[f"{COMPARE_NODE}.champion_model"] = f"azureml:{champion}"
+        names[f"{COMPARE_NODE}.champion_name"] = champion
+    return PipelineSubmission(
+        yaml_path=app_root / COMPARE_PIPELINE,
+        job_name=comparison_job_name(challenger, champion, data_asset, data_version),
+        experiment=COMPARE_EXPERIMENT, data_input=f"azureml:{data_asset}:{data_version}", data_type=data_type,
+        data_input_name="evaluation_data", model_inputs=models,
+        inputs={**names, "data_asset": data_asset, "data_version": data_version,
+                "label_column": evaluation.label_column,
+                "metric": promotion.metric, "direction": promotion.direction.value,
+                "confidence": evaluation.confidence, "resamples": evaluation.resamples, "seed": evaluation.seed,
+                "slices": ",".join(evaluation.slices), "min_slice_rows": evaluation.min_slice_rows},
+        tags={Tag.COMPARISON.value: ComparisonPurpose.CHALLENGER.value, Tag.MODEL.value: challenger,
+              Tag.COMPARED_WITH.value: champion, Tag.ENDPOINT.value: promotion.endpoint,
+              Tag.DATA_ASSET.value: data_asset, Tag.DATA_VERSION.value: data_version,
+              Tag.TRIGGER_EVENT.value: event_id},
+    )
+
+
+def _holdouts(code: PromoteCode | SkipCode, reason: str) -> str:
+    """Without `promotion.evaluation`, a comparison of two models is of metrics on different rows: say so."""
+    if code.value in _COMPARING_CODES:
+        return (f"{reason} (compared on different holdouts: each run's own test split; set "
+                "promotion.evaluation to score both on the same data)")
+    return reason
+
+
+def _compact(text: str) -> str:
+    """The comparison for the audit record, within a table property's size (slices left out if too long)."""
+    if not text:
+        return ""
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return text[:_MAX_AUDIT_COMPARISON]
+    compact = json.dumps(document, separators=(",", ":"))
+    if len(compact) > _MAX_AUDIT_COMPARISON and isinstance(document, dict):
+        document["slices"] = f"{len(document.get('slices') or [])} slices left out (too long for the audit log)"
+        compact = json.dumps(document, separators=(",", ":"))
+    return compact[:_MAX_AUDIT_COMPARISON]
+
+
 def promotion_key(endpoint: str, model_name: str, version: str) -> str:
     """Names one promotion (candidate on endpoint): rollout id and the ledger's memory of its outcome."""
     return digest("promote", endpoint, model_name, version, length=16)
@@ -115,13 +220,18 @@ class Promoter:
 
     def __init__(self, *, policy: Policy, endpoints: Endpoints, ledger: Ledger, ticks: DelayedQueue[RolloutTick],
                  audit: AuditLog, app_root: Path, clock: Clock = utcnow,
-                 retries: DelayedQueue[CandidateRetry] | None = None, stall_after: timedelta = STALL_FLOOR) -> None:
+                 retries: DelayedQueue[CandidateRetry] | None = None, stall_after: timedelta = STALL_FLOOR,
+                 approvals: Approvals | None = None, jobs: JobRunner | None = None,
+                 data: DataRegistry | None = None) -> None:
         """`stall_after`: how overdue a step must be (at least) before `reconcile` re-sends it. A step's
         message is its lease: a host that dies mid-step hides it for minutes, so the composition root
         passes the claim lease (`EVERGREEN_LEASE_SECONDS`, at most `STALL_FLOOR`)."""
         self._policy = policy
+        self._approvals = approvals  # manual approval's hold at `_on_promote`; None: every winner starts
         self._stall_after = stall_after
         self._retries = retries
+        self._jobs = jobs  # the comparison jobs of models with `promotion.evaluation`
+        self._data = data  # resolves `evaluation.data: name@latest` at submit time
         self._endpoints = endpoints
         self._ledger = ledger
         self._ticks = ticks
@@ -137,6 +247,7 @@ class Promoter:
         retry queue (`RESCHEDULED`). Raises OperationFailedError if Azure ML cannot be read (transient:
         the platform retries the event).
         """
+        annotate({Attr.MODEL: event.model_name, Attr.MODEL_VERSION: event.version})
         model_policy = self._policy.model(event.model_name)
         if model_policy is None:
             return self._skip(event.event_id, event.model, "", f"no promotion policy for model {event.model_name!r} "
@@ -155,7 +266,38 @@ class Promoter:
                               "(models: in evergreen.yaml)")
         return self._consider(retry.model_name, retry.version, retry.event_id, model_policy)
 
-    def _consider(self, name: str, version: str, event_id: str, model_policy: ModelPolicy) -> PromotionOutcome:
+    def on_comparison_finished(self, finished: RunFinished, event_id: str) -> PromotionOutcome:
+        """A challenger's comparison job ended (RunCompleted / RunStatusChanged): decide from its comparison.json.
+
+        The job's tags say which candidate and which champion it compared; the candidate then goes
+        through `_consider` as for its ModelRegistered event (queued behind a running rollout, or
+        judged). A run that is not one of ours (another job, a step of the pipeline) is ignored.
+        Raises OperationFailedError if Azure ML cannot be read (transient: the platform retries).
+        """
+        tags = finished.tags
+        name, _, version = tags.get(Tag.MODEL.value, "").rpartition(":")
+        if tags.get(Tag.COMPARISON.value) != ComparisonPurpose.CHALLENGER.value or not name or not version:
+            return PromotionOutcome(PromotionAction.SKIPPED, f"run {finished.run_id} is not a challenger comparison")
+        if not finished.ended:
+            return PromotionOutcome(PromotionAction.SKIPPED, f"comparison {finished.run_id} is {finished.status}, "
+                                    "not finished")
+        expected = comparison_job_name(f"{name}:{version}", tags.get(Tag.COMPARED_WITH.value, ""),
+                                       tags.get(Tag.DATA_ASSET.value, ""), tags.get(Tag.DATA_VERSION.value, ""))
+        if finished.run_id != expected:
+            return PromotionOutcome(PromotionAction.SKIPPED, f"run {finished.run_id} is not the comparison job "
+                                    f"{expected} (a step of it?)")
+        model_policy = self._policy.model(name)
+        if model_policy is None or model_policy.promotion.evaluation is None:
+            return self._skip(event_id, f"{name}:{version}", "", f"comparison {finished.run_id} ended, but model "
+                              f"{name!r} has no promotion.evaluation policy any more (models: in evergreen.yaml)")
+        outcome = self._consider(name, version, event_id, model_policy, finished)
+        # Decided, queued behind a rollout, re-scheduled or compared again against a new champion: this
+        # job's part is over either way (what follows has its own recovery).
+        self._ledger.finish_work(COMPARISON_WORK, finished.run_id)
+        return outcome
+
+    def _consider(self, name: str, version: str, event_id: str, model_policy: ModelPolicy,
+                  finished: RunFinished | None = None) -> PromotionOutcome:
         """Read the endpoint's row and decide (queue behind it, or gate and start); re-read and re-decide
         when a conditional write loses a race, and after `_DECIDE_ATTEMPTS` re-schedule instead of failing."""
         endpoint = model_policy.promotion.endpoint
@@ -164,7 +306,7 @@ class Promoter:
             if current is not None and current.active:
                 outcome = self._queue(current, name, version, event_id)
             else:
-                outcome = self._gate(current, name, version, event_id, model_policy.promotion)
+                outcome = self._gate(current, name, version, event_id, model_policy.promotion, finished)
             if outcome is not None:
                 return outcome
             log.info("promotion event=%s model=%s:%s: the rollout row of %s changed under us; deciding again",
@@ -172,8 +314,12 @@ class Promoter:
         return self._reschedule(name, version, event_id, endpoint)
 
     def _gate(self, current: RolloutRecord | None, name: str, version: str, event_id: str,
-              promotion: PromotionPolicy) -> PromotionOutcome | None:
-        """No rollout is running: gate the candidate; start it if it wins. None if the row changed meanwhile."""
+              promotion: PromotionPolicy, finished: RunFinished | None = None) -> PromotionOutcome | None:
+        """No rollout is running: gate the candidate; start it if it wins. None if the row changed meanwhile.
+
+        With `promotion.evaluation`, the gate is a comparison job (`_evaluate`; `finished` is its end, when
+        this is its RunCompleted); without it, the metrics each training run computed on its own holdout.
+        """
         endpoint = promotion.endpoint
         model = f"{name}:{version}"
         earlier = self._ledger.promotion_outcome(promotion_key(endpoint, name, version))
@@ -188,11 +334,133 @@ class Promoter:
         view = self._endpoints.endpoint(endpoint)
         serving = view.serving() if view is not None else None
         champion = self._champion(serving.model) if serving is not None and serving.model is not None else None
+        if promotion.evaluation is not None:
+            skip = precheck(candidate, champion, promotion.rule())
+            if skip is not None:
+                return self._skip(event_id, model, endpoint, skip.reason, code=skip.code.value)
+            return self._evaluate(_Contest(current, candidate, champion, serving.name if serving else "", event_id,
+                                           promotion, promotion.evaluation), finished)
         decision = plan_promotion(candidate, champion, promotion.rule())
         if isinstance(decision, Skip):
-            return self._skip(event_id, model, endpoint, decision.reason, code=decision.code.value)
-        return self._start(current, name, version, event_id, decision.reason, serving.name if serving else "",
-                           champion.model if champion else "", endpoint)
+            return self._skip(event_id, model, endpoint, _holdouts(decision.code, decision.reason),
+                              code=decision.code.value)
+        return self._on_promote(dataclasses.replace(decision, reason=_holdouts(decision.code, decision.reason)),
+                                current, event_id, serving.name if serving else "")
+
+    # -- the comparison on shared evaluation data (promotion.evaluation) ----------------------------------
+    def _evaluate(self, contest: _Contest, finished: RunFinished | None) -> PromotionOutcome | None:
+        """Decide from the comparison job of (candidate, champion, evaluation data): submit it if it is not
+        there yet (a redelivery finds it under its deterministic name and submits nothing new), and judge its
+        comparison.json once it has ended. A comparison against a champion that no longer serves is
+        submitted again against the one that does."""
+        if finished is not None and finished.tags.get(Tag.COMPARED_WITH.value, "") == contest.compared_with:
+            return self._decide(contest, finished.run_id, finished.status)
+        if finished is not None:
+            log.info("promotion event=%s model=%s: comparison %s was against %s, but %s serves %s now; comparing "
+                     "again", contest.event_id, contest.candidate.model, finished.run_id,
+                     finished.tags.get(Tag.COMPARED_WITH.value) or "no champion", contest.promotion.endpoint,
+                     contest.compared_with or "no model")
+        submitted = self._submit_comparison(contest)
+        if isinstance(submitted, PromotionOutcome):
+            return submitted
+        job, status = submitted
+        if status.lower() in FINISHED_JOB_STATUSES:  # it ran already (a redelivery, or its event was lost)
+            return self._decide(contest, job, status)
+        reason = (f"comparison job {job} ({status}) scores {contest.candidate.model} "
+                  + (f"against the champion {contest.compared_with}" if contest.compared_with else "alone (no "
+                     "champion yet)") + f" on {contest.evaluation.data}; its RunCompleted decides")
+        self._audit.record(AuditRecord(f"promotion.{PromotionAction.COMPARING.value}", "compare", reason,
+                                       contest.event_id, {"model": contest.candidate.model, "job": job,
+                                                          "endpoint": contest.promotion.endpoint,
+                                                          "champion": contest.compared_with}, at=self._clock()))
+        return PromotionOutcome(PromotionAction.COMPARING, reason)
+
+    def _submit_comparison(self, contest: _Contest) -> tuple[str, str] | PromotionOutcome:
+        """Submit (or find) the comparison job: (job name, status), or the coded skip when it cannot be.
+
+        Azure ML's transient errors propagate unchanged (the platform retries the event).
+        """
+        evaluation, model = contest.evaluation, contest.candidate.model
+        if self._jobs is None or self._data is None:
+            raise OperationFailedError("promotion.evaluation needs a JobRunner and a DataRegistry (composition)")
+        data = self._data.get_data_version(evaluation.data_name, evaluation.data_version)
+        if data is None:
+            return self._skip(contest.event_id, model, contest.promotion.endpoint,
+                              f"the evaluation data {evaluation.data} has no such version in the workspace; "
+                              "upload a labelled drop of it", code=SkipCode.EVALUATION_DATA_MISSING.value)
+        submission = comparison_submission(model, contest.compared_with, data.name, data.version, data.asset_type,
+                                           contest.promotion, evaluation, self._app_root, contest.event_id)
+        # Indexed before the submission, dropped once decided: `reconcile` finds a comparison whose
+        # RunCompleted never came (Event Grid gave up) or whose submission died half-way.
+        self._ledger.track_work(COMPARISON_WORK, submission.job_name, {"Tags": json.dumps(dict(submission.tags))})
+        try:
+            status = self._jobs.submit_pipeline(submission)
+        except JobRejectedError as exc:
+            outcome = self._judged(contest, submission.job_name, None,
+                                   Skip(f"Azure ML refused the comparison job {submission.job_name}: {exc}",
+                                        SkipCode.COMPARISON_FAILED))
+            assert outcome is not None  # a skip never races
+            return outcome
+        return submission.job_name, status
+
+    def _decide(self, contest: _Contest, job: str, status: str) -> PromotionOutcome | None:
+        """Judge the ended comparison job `job` (a coded skip if it failed or wrote nothing usable)."""
+        if status.lower() != "completed":
+            return self._judged(contest, job, None, Skip(f"comparison job {job} ended {status}; "
+                                                         f"{contest.candidate.model} is not promoted",
+                                                         SkipCode.COMPARISON_FAILED))
+        text = self._jobs.read_comparison(job) if self._jobs is not None else None
+        if text is None:
+            return self._judged(contest, job, None, Skip(f"comparison job {job} completed without a comparison.json",
+                                                         SkipCode.COMPARISON_FAILED))
+        try:
+            comparison = parse_comparison(text)
+        except InvalidComparisonError as exc:
+            return self._judged(contest, job, None, Skip(str(exc), SkipCode.INVALID_COMPARISON), text)
+        compared = comparison.champion.model if comparison.champion else ""
+        if (comparison.challenger.model, compared) != (contest.candidate.model, contest.compared_with):
+            return self._judged(contest, job, comparison, Skip(
+                f"comparison job {job} compared {comparison.challenger.model} with {compared or 'nothing'}, not "
+                f"{contest.candidate.model} with {contest.compared_with or 'nothing'}", SkipCode.INVALID_COMPARISON),
+                text)
+        decision = judge(comparison, contest.promotion.rule(), contest.evaluation.rule())
+        return self._judged(contest, job, comparison, decision, text)
+
+    def _judged(self, contest: _Contest, job: str, comparison: Comparison | None, decision: PromotionDecision,
+                text: str = "") -> PromotionOutcome | None:
+        """Record the decision (audit with the whole comparison; tags on the challenger), then act on it."""
+        candidate, endpoint = contest.candidate, contest.promotion.endpoint
+        interval = comparison.difference.text() if comparison is not None and comparison.difference else ""
+        tags = {Tag.COMPARED_WITH.value: contest.compared_with, Tag.COMPARISON_JOB.value: job,
+                Tag.INTERVAL.value: interval, Tag.DECISION.value: decision.code.value}
+        self._endpoints.set_model_tags(candidate.name, candidate.version, tags)
+        self._audit.record(AuditRecord(
+            f"promotion.{PROMOTION_COMPARED}", decision.code.value, decision.reason, contest.event_id,
+            {"model": candidate.model, "endpoint": endpoint, "champion": contest.compared_with, "job": job,
+             "interval": interval, "comparison": _compact(text)}, at=self._clock()))
+        outcome: PromotionOutcome | None
+        if isinstance(decision, Skip):
+            outcome = self._skip(contest.event_id, candidate.model, endpoint, decision.reason,
+                                 code=decision.code.value)
+        else:
+            outcome = self._on_promote(decision, contest.current, contest.event_id, contest.champion_deployment)
+        if outcome is not None:
+            self._ledger.finish_work(COMPARISON_WORK, job)
+        return outcome
+
+    def _on_promote(self, decision: Promote, current: RolloutRecord | None, event_id: str,
+                    champion_deployment: str) -> PromotionOutcome | None:
+        """The one place where "the gate said promote" becomes "start the rollout" (manual approval diverts
+        here). `current` is the endpoint's row as read before deciding; None if the row changed meanwhile."""
+        candidate = decision.candidate
+        if self._approvals is not None:  # `promotion.approval: manual` holds it here (`shared.services.approval`)
+            held = self._approvals.check(candidate.name, candidate.version, decision.endpoint, event_id,
+                                         decision.reason)
+            if held is not None:
+                return PromotionOutcome(held.action, held.detail)
+        return self._start(current, candidate.name, candidate.version, event_id, decision.reason,
+                           champion_deployment, decision.champion.model if decision.champion else "",
+                           decision.endpoint)
 
     def _champion(self, model: tuple[str, str]) -> ModelSnapshot:
         """The serving model as the gate sees it (just its name and version if the registry lost it)."""
@@ -203,6 +471,7 @@ class Promoter:
 
     def _skip(self, event_id: str, model: str, endpoint: str, reason: str, *, code: str = "",
               action: PromotionAction = PromotionAction.SKIPPED) -> PromotionOutcome:
+        annotate({Attr.DECISION: "skip", Attr.REASON_CODE: code or None, Attr.ENDPOINT: endpoint or None})
         self._audit.record(AuditRecord(f"promotion.{PromotionAction.SKIPPED.value}",
                                        f"skip{':' + code if code else ''}", reason, event_id,
                                        {"model": model, "endpoint": endpoint}, at=self._clock()))
@@ -253,8 +522,9 @@ class Promoter:
             deployment=deployment_name(name, version), champion_deployment=champion_deployment,
             champion_model=champion_model, step=-1, due_at=None, started_at=now, reason=reason,
             queued_name="", queued_version="", queued_event="", event_id=event_id, phase_since=now, attempts=0,
-            failure="",
+            failure="", traceparent=current_traceparent(),
         )
+        annotate({Attr.DECISION: "promote", Attr.ENDPOINT: endpoint, Attr.ROLLOUT: fresh.rollout_id})
         if current is None:
             started = self._ledger.create_rollout(fresh)
         else:
@@ -308,6 +578,7 @@ class Promoter:
         Raises InvalidEventError if no model in the policy promotes onto the endpoint any more, and
         OperationFailedError if Azure ML cannot be read (the platform retries the message).
         """
+        annotate({Attr.ENDPOINT: tick.endpoint, Attr.ROLLOUT: tick.rollout_id})
         record = self._ledger.get_rollout(tick.endpoint)
         if record is None or record.rollout_id != tick.rollout_id:
             if record is not None and dequeue_count > 1 and record.active and record.due_at is None:
@@ -347,6 +618,8 @@ class Promoter:
         view = self._endpoints.endpoint(record.endpoint)
         transition = decide(record, view, policy, now)
         attempts = 0
+        if isinstance(transition.action, SetTraffic):
+            annotate({Attr.TRAFFIC: transition.action.traffic.get(record.deployment, 0)})
         try:
             if transition.action is not None:
                 self._execute(transition.action, record, policy)
@@ -390,6 +663,8 @@ class Promoter:
             return TickOutcome(TickAction.LOST_RACE, f"step {record.seq} was taken by another instance")
         log.info("rollout event=%s rollout=%s step=%d %s -> %s: %s", record.event_id, record.rollout_id, record.seq,
                  record.state, updated.state, transition.reason)
+        annotate({Attr.ROLLOUT_PHASE: updated.state, Attr.MODEL: updated.candidate_name,
+                  Attr.MODEL_VERSION: updated.candidate_version})
         if moved:
             self._audit_transition(updated)
         if updated.active:
@@ -434,11 +709,11 @@ class Promoter:
         whose queued candidate was not handed over. A failure on one endpoint is logged and the others
         go on; the next pass retries it.
         """
-        outcomes = []
-        failure: Exception | None = None
+        outcomes, failure = self._reconcile_comparisons(now)
         for record in self._ledger.rollouts():
             try:
-                outcome = self._redrive(record, now)
+                with continued(record.traceparent):  # what it re-sends continues the rollout's own trace
+                    outcome = self._redrive(record, now)
             except Exception as exc:  # one endpoint's failure must not stop the others' re-drive
                 log.warning("rollout event=%s rollout=%s: re-drive on %s failed, next pass retries: %s",
                             record.event_id, record.rollout_id, record.endpoint, exc)
@@ -454,6 +729,49 @@ class Promoter:
         if failure is not None and not isinstance(failure, TransientError):
             raise failure  # a bug, after the other endpoints were re-driven: surface it (the timer fails)
         return outcomes
+
+    def _reconcile_comparisons(self, now: datetime) -> tuple[list[TickOutcome], Exception | None]:
+        """Re-drive comparisons open longer than the stall patience: an ended job whose RunCompleted never
+        came is decided as its event would have; a job that was never created is submitted again (through
+        the gate, from the candidate); a running one is left alone. Each re-drive is `promotion.redriven`."""
+        outcomes: list[TickOutcome] = []
+        failure: Exception | None = None
+        for item in self._ledger.open_work(COMPARISON_WORK):
+            job = str(item.get("RowKey", ""))
+            since = datetime.fromisoformat(str(item["Since"])) if item.get("Since") else None
+            if since is not None and now - since <= self._stall_after:
+                continue
+            try:
+                outcome = self._redrive_comparison(job, json.loads(str(item.get("Tags") or "{}")))
+            except Exception as exc:  # one comparison's failure must not stop the others' re-drive
+                log.warning("promotion event=reconcile job=%s: re-drive failed, next pass retries: %s", job, exc)
+                failure = failure or exc
+                continue
+            if outcome is not None:
+                self._audit.record(AuditRecord(f"promotion.{TickAction.REDRIVEN.value}", "redrive comparison",
+                                               outcome.detail, f"reconcile:{job}", {"job": job}, at=now))
+                outcomes.append(outcome)
+        return outcomes, failure
+
+    def _redrive_comparison(self, job: str, tags: dict[str, str]) -> TickOutcome | None:
+        """One stale comparison: decide it, submit it again, or leave it running. None if nothing was done."""
+        status = self._jobs.job_status(job) if self._jobs is not None else None
+        event_id = tags.get(Tag.TRIGGER_EVENT.value) or f"reconcile:{job}"
+        if status is not None and status.lower() not in FINISHED_JOB_STATUSES:
+            return None  # still running: its RunCompleted will come
+        if status is not None:
+            result = self.on_comparison_finished(RunFinished(job, status, COMPARE_EXPERIMENT, tags), event_id)
+            return TickOutcome(TickAction.REDRIVEN, f"comparison {job} ended {status} and its RunCompleted never "
+                               f"came: {result.action.value}: {result.detail}")
+        name, _, version = tags.get(Tag.MODEL.value, "").rpartition(":")
+        policy = self._policy.model(name) if name else None
+        self._ledger.finish_work(COMPARISON_WORK, job)  # a new submission indexes its own job
+        if policy is None or not version:
+            return TickOutcome(TickAction.REDRIVEN, f"comparison {job} was never submitted and its model has no "
+                               "promotion policy any more; dropped")
+        result = self._consider(name, version, event_id, policy)
+        return TickOutcome(TickAction.REDRIVEN, f"comparison {job} was never submitted: {result.action.value}: "
+                           f"{result.detail}")
 
     def _redrive(self, record: RolloutRecord, now: datetime) -> TickOutcome | None:
         """Re-drive one endpoint's row if it is stuck; None if it is moving, waiting, or done."""

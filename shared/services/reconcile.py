@@ -9,14 +9,16 @@ failing flow does not stop the others, and sums up what they did in one line.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
 
 from shared.domain.records import utcnow
+from shared.domain.telemetry import Attr
 from shared.errors import TransientError
 from shared.ports import Clock, Reconcilable
+from shared.telemetry import annotate
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +58,24 @@ class ReconcileIncomplete(TransientError):
 class Reconciler:
     """Calls `reconcile(now)` of every flow's service that has it (`shared.ports.Reconcilable`)."""
 
-    def __init__(self, *, flows: Mapping[str, object], clock: Clock = utcnow) -> None:
-        """`flows`: flow name -> its service (Ingestor, Retrainer, Promoter); one without `reconcile` is reported."""
+    def __init__(self, *, flows: Mapping[str, object], clock: Clock = utcnow,
+                 dead_letters: Callable[[], int] | None = None) -> None:
+        """`flows`: flow name -> its service (Ingestor, Retrainer, Promoter); one without `reconcile` is reported.
+        `dead_letters`: how many dead letters and poison messages wait for an operator (bounded count), recorded
+        on the pass's span as `evergreen.dead_letters` (the dead-letter alert's attribute)."""
         self._flows = flows
         self._clock = clock
+        self._dead_letters = dead_letters
+
+    def _waiting(self, run_id: str) -> int | None:
+        """The dead letters and poison messages waiting; None (not recorded) without a counter or if it failed."""
+        if self._dead_letters is None:
+            return None
+        try:
+            return self._dead_letters()
+        except Exception as exc:  # a count for the alert must not fail the pass; the next pass counts again
+            log.warning("reconcile run=%s could not count dead letters: %s: %s", run_id, type(exc).__name__, exc)
+            return None
 
     def run(self, *, run_id: str, now: datetime | None = None) -> ReconcileSummary:
         """One pass over every flow; raises ReconcileIncomplete (carrying the summary) if any flow failed."""
@@ -79,6 +95,7 @@ class Reconciler:
                               type(exc).__name__, exc)
                 failed[flow] = f"{type(exc).__name__}: {exc}"
         summary = ReconcileSummary(run_id, redriven, tuple(unsupported), failed)
+        annotate({Attr.STUCK: summary.total, Attr.DEAD_LETTERS: self._waiting(run_id)})  # the alerts' attributes
         if failed:
             raise ReconcileIncomplete(summary)
         return summary

@@ -9,6 +9,7 @@ own idempotency absorb a second delivery.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -109,6 +110,12 @@ class Redriver:
             for queue in self._poison.values():
                 items.extend(_poison_item(message) for message in queue.peek())
         return items
+
+    def count_waiting(self, limit: int = 100) -> int:
+        """How many items wait for an operator: dead letters (at most `limit` read) and poison messages (at most
+        32 per queue). The reconciler records it on its span for the dead-letter alert."""
+        letters = sum(1 for _ in itertools.islice(self._dead_letters.list(), limit))
+        return letters + sum(len(queue.peek()) for queue in self._poison.values())
 
     def show(self, item_id: str) -> RedriveItem | None:
         """One item by its id; None if there is none. Raises ValueError for an id that is not a redrive id."""

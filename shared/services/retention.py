@@ -43,9 +43,11 @@ from shared.domain.retention.addresses import AddressBook
 from shared.domain.retention.inventory import Inventory, ModelKey, Rollout
 from shared.domain.retention.planner import Action, ActionKind, RetentionPlan, plan_retention
 from shared.domain.retention.render import render_plan_table
+from shared.domain.telemetry import Attr
 from shared.domain.workspace import model_ref
 from shared.errors import EvergreenError
 from shared.ports import AuditLog, Clock, RetentionBlobs, RetentionWorkspace
+from shared.telemetry import annotate
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +210,7 @@ class RetentionRunner:
         outcomes = self.apply(plan, run_id)
         timings["apply"] = time.perf_counter() - mark
         summary = RetentionSummary(run_id, False, plan, outcomes, listed, timings)
+        annotate({Attr.RETENTION_ACTIONS: len(outcomes), Attr.RETENTION_ERRORS: len(summary.failed)})  # alerts
         self._audit.record(AuditRecord(
             kind=f"{AUDIT_PREFIX}run", decision=f"applied {len(outcomes)} action(s)",
             reason=", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing to retire",

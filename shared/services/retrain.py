@@ -19,6 +19,7 @@ state row changed under us on every one of a few attempts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -45,11 +46,14 @@ from shared.domain.retrain import (
     plan_recheck,
     plan_reconcile,
     plan_retrain,
+    run_key,
 )
+from shared.domain.telemetry import Attr
 from shared.domain.vocabulary import RetrainAction, RunStatus, Tag
 from shared.errors import ConcurrentUpdateError, InvalidEventError
 from shared.ports import AuditLog, Clock, DelayedQueue, JobRunner, Sleeper
 from shared.services.ledger import Ledger
+from shared.telemetry import annotate, continued, traced_tags
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +91,21 @@ class Retrainer:
         self._leases = leases  # a submission's lease (EVERGREEN_LEASE_SECONDS): what a dead submitter costs
 
     # -- entry points ---------------------------------------------------------------------------------
-    def on_data_version_registered(self, event: DataVersionRegistered, event_id: str) -> RetrainOutcome:
+    def on_data_version_registered(self, event: DataVersionRegistered, event_id: str,
+                                   rerun: str = "") -> RetrainOutcome:
         """Start, coalesce, defer or skip (with the reason) the dataset's retraining run.
 
-        Waits up to HOLDER_WAIT for another instance's live submission, then schedules a re-check for
-        its lease's end. Raises ConcurrentUpdateError if the state kept changing under us.
+        `rerun` (a deterministic key, e.g. a champion's degradation or a code change: `shared.services.monitor`)
+        runs the version once more under its own job name, through the same decision. Waits up to HOLDER_WAIT
+        for another instance's live submission, then schedules a re-check for its lease's end. Raises
+        ConcurrentUpdateError if the state kept changing under us.
         """
         def decide() -> tuple[RetrainDecision, RetrainState | None]:
             state = self._ledger.get_retrain_state(event.dataset)
-            run_status = self._ledger.retrain_run_status(event.dataset, event.version)
-            return plan_retrain(event, self._policy, state, run_status, self._clock()), state
+            run_status = self._ledger.retrain_run_status(event.dataset, run_key(event.version, rerun))
+            return plan_retrain(event, self._policy, state, run_status, self._clock(), rerun), state
 
+        annotate({Attr.DATASET: event.dataset, Attr.DATA_VERSION: event.version})
         return self._settle(decide, event_id, f"{event.asset_name}:{event.version}", wait=True)
 
     def on_recheck(self, check: RetrainCheck, event_id: str) -> RetrainOutcome:
@@ -115,6 +123,7 @@ class Retrainer:
         Raises ConcurrentUpdateError if the state kept changing under us.
         """
         dataset = finished.dataset
+        annotate({Attr.JOB: finished.run_id, Attr.JOB_STATUS: finished.status, Attr.DATASET: dataset or None})
         if not dataset:
             return RetrainOutcome(RetrainAction.SKIPPED, f"run {finished.run_id} is not an Evergreen retraining run")
         if not finished.ended:
@@ -125,7 +134,8 @@ class Retrainer:
                 return self.on_recheck(RetrainCheck(dataset, f"{finished.run_id} ended"), event_id)
             return RetrainOutcome(RetrainAction.SKIPPED, f"run {finished.run_id} is not the active run of {dataset}")
         version = finished.tags.get(Tag.DATA_VERSION.value) or state.active_version or ""
-        self._ledger.set_retrain_run_status(dataset, version, finished.run_status)
+        self._ledger.set_retrain_run_status(dataset, run_key(version, finished.tags.get(Tag.RERUN.value, "")),
+                                            finished.run_status)
         verdict = RetrainAction.FINISHED if finished.succeeded else RetrainAction.FAILED
         ended = f"run {finished.run_id} ended {finished.status}"
         self._audit.record(AuditRecord(
@@ -159,7 +169,8 @@ class Retrainer:
         errors: list[Exception] = []
         for state in self._ledger.retrain_states():
             try:
-                outcome = self._reconcile_one(state, now, event_id)
+                with continued(state.traceparent):  # the re-driven work goes on in the row's own trace
+                    outcome = self._reconcile_one(state, now, event_id)
             except Exception as exc:  # one dataset must not keep the others stuck; raised below
                 log.exception("retrain reconcile of %s failed event=%s", state.dataset, event_id)
                 errors.append(exc)
@@ -256,15 +267,17 @@ class Retrainer:
         if claimed is None:
             return None
         try:
-            self._ledger.set_retrain_run_status(decision.dataset, decision.data_version, RunStatus.SUBMITTING,
+            self._ledger.set_retrain_run_status(decision.dataset, decision.run_key, RunStatus.SUBMITTING,
                                                 decision.job_name)
-            status = self._jobs.submit_pipeline(pipeline_submission(decision, self._root, trigger))
+            submission = pipeline_submission(decision, self._root, trigger)  # the job continues this trace:
+            submission = dataclasses.replace(submission, tags=traced_tags(submission.tags))
+            status = self._jobs.submit_pipeline(submission)
         except InvalidEventError as exc:
             return self._refused(decision, exc, event_id)
         except Exception:
             self._release(decision, owner, event_id)
             raise
-        self._ledger.set_retrain_run_status(decision.dataset, decision.data_version, RunStatus.SUBMITTED,
+        self._ledger.set_retrain_run_status(decision.dataset, decision.run_key, RunStatus.SUBMITTED,
                                             decision.job_name)
         self._ledger.confirm_submission(decision.dataset, decision.job_name)
         log.info("retrain submitted job=%s data=%s:%s status=%s event=%s", decision.job_name,
@@ -275,7 +288,7 @@ class Retrainer:
     def _refused(self, decision: SubmitRetrain, exc: InvalidEventError, event_id: str) -> RetrainOutcome:
         """Azure ML refused the job for good: the run failed, the dataset is free for the next version."""
         reason = f"Azure ML refused job {decision.job_name}: {exc}"
-        self._ledger.set_retrain_run_status(decision.dataset, decision.data_version, RunStatus.FAILED,
+        self._ledger.set_retrain_run_status(decision.dataset, decision.run_key, RunStatus.FAILED,
                                             decision.job_name, reason)
         self._ledger.end_active(decision.dataset, decision.job_name)
         log.warning("retrain refused job=%s data=%s:%s reason=%s event=%s", decision.job_name,
@@ -318,5 +331,6 @@ class Retrainer:
     def _record(self, outcome: RetrainOutcome, event_id: str, data: str) -> None:
         assets: Mapping[str, str] = {"data": data, **({"job": outcome.job_name} if outcome.job_name else {})}
         action = outcome.action.value
+        annotate({Attr.DECISION: action, Attr.JOB: outcome.job_name})
         self._audit.record(AuditRecord(f"retrain.{action}", action, outcome.detail, event_id, assets,
                                        at=self._clock()))

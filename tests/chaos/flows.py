@@ -24,7 +24,7 @@ from shared.domain.retention.inventory import (
 from shared.domain.retrain import job_name_for
 from shared.domain.rollout import deployment_name
 from shared.domain.vocabulary import Phase, metric_tag
-from shared.domain.workspace import DeploymentSpec
+from shared.domain.workspace import DataVersionSpec, DeploymentSpec
 from tests.chaos.harness import EndState, Flow
 from tests.chaos.platform import START, Platform
 
@@ -39,12 +39,15 @@ QUIET_DATASET = {"name": "clicks", "container": CONTAINER, "prefix": "clicks/", 
                  "datastore": "landing", "batch": {"quiet_period_seconds": 60}}
 RETRAINING = {"dataset": "churn", "pipeline": "ml/pipeline.yml", "experiment": "evergreen-churn",
               "model_name": MODEL, "inputs": {"metric": METRIC}}
-PROMOTION = {"name": MODEL, "promotion": {
+PROMOTION: dict[str, Any] = {"name": MODEL, "promotion": {
     "metric": METRIC, "direction": "higher_is_better", "endpoint": ENDPOINT, "min_improvement": 0.01,
     "deployment": {"instance_type": "Standard_DS3_v2", "code": "ml/src", "scoring_script": "score.py"},
     "smoke_test": {"request": {"input_data": [{"tenure_months": 3}]}, "expect_keys": ["predictions"]},
     "canary_steps": [50, 100], "canary_interval_seconds": 60, "grace_period_seconds": 120,
     "poll_interval_seconds": 10}}
+HOLDOUT_DATASET = {"name": "holdout", "container": CONTAINER, "prefix": "holdout/", "type": "uri_file",
+                   "datastore": "landing"}
+EVALUATION = {"data": "holdout@latest", "label_column": "churned", "slices": ["region"]}
 RETENTION = {"rules": [
     {"name": "data", "type": "data_versions", "filters": {"names": ["churn"]},
      "actions": {"keep_latest": 1, "archive": {"days_after_creation_greater_than": 30}}},
@@ -58,12 +61,15 @@ RETENTION = {"rules": [
 
 
 def policy(*, datasets: tuple[dict[str, Any], ...] = (MARKER_DATASET,), retraining: bool = False,
-           promotion: bool = False, retention: bool = False) -> Policy:
+           promotion: bool = False, retention: bool = False, evaluation: bool = False) -> Policy:
     document: dict[str, Any] = {"datasets": list(datasets)}
     if retraining:
         document["retraining"] = [RETRAINING]
     if promotion:
         document["models"] = [PROMOTION]
+    if evaluation:
+        document["datasets"].append(HOLDOUT_DATASET)
+        document["models"] = [{**PROMOTION, "promotion": {**PROMOTION["promotion"], "evaluation": EVALUATION}}]
     if retention:
         document["retention"] = RETENTION
     return parse_policy(document)
@@ -172,6 +178,23 @@ def rollback(platform: Platform) -> None:
                 lambda: platform.register_model(MODEL, {metric_tag(METRIC): "0.90"}))
 
 
+def fair_gate(platform: Platform) -> None:
+    """Version 1 serves; an evaluation drop exists; version 2 is registered: compared, then rolled out."""
+    _champion(platform)
+    platform.stores.workspace.register_data_version(DataVersionSpec(
+        name="holdout", uri="azureml://datastores/landing/paths/holdout/1.csv", asset_type="uri_file",
+        description="", tags={}))
+    platform.at(0, "ModelRegistered churn-model:2 (compared with 1 on the holdout)",
+                lambda: platform.register_model(MODEL, {metric_tag(METRIC): "0.10"}))  # its own holdout is ignored
+
+
+def expect_compared_and_serving(end: EndState) -> list[str]:
+    compared = [key for key in end.effects if key.startswith("job submitted: evergreen-compare-")]
+    serving: list[str] = expect_serving("2", Phase.SUCCEEDED)(end)
+    return serving + _problems(
+        (len(compared) == 1, f"one comparison job, not {compared}"))
+
+
 # -- retention -----------------------------------------------------------------------------------------
 def retention(platform: Platform) -> None:
     """Old data and model versions to archive, raw blobs to delete, a stray blob to tier; one deployment serving."""
@@ -223,10 +246,12 @@ FLOWS: tuple[Flow, ...] = (
     Flow("run-completed-with-follow-up", policy(retraining=True), run_with_follow_up, expect_jobs("1", "2")),
     Flow("model-registered-to-100-percent", policy(promotion=True), rollout, expect_serving("2", Phase.SUCCEEDED)),
     Flow("rollback", policy(promotion=True), rollback, expect_serving("1", Phase.ROLLED_BACK)),
+    Flow("model-registered-compared-then-rolled-out", policy(evaluation=True), fair_gate,
+         expect_compared_and_serving),
     Flow("retention-apply", policy(retention=True), retention, expect_retired, retention=True,
          observe=retention_assets),
 )
 
 QUEUED_FLOWS = frozenset({  # flows whose work rides on queue messages (the blob trigger's, seals, rollout steps)
     "one-file-upload", "batch-sealed-by-marker", "batch-sealed-by-quiet-period", "model-registered-to-100-percent",
-    "rollback"})
+    "rollback", "model-registered-compared-then-rolled-out"})

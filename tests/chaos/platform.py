@@ -53,7 +53,7 @@ from shared.composition import SEAL_QUEUE
 from shared.config.policy import Policy
 from shared.domain.events import BlobCreated, DataVersionRegistered
 from shared.domain.retrain import RUN_COMPLETED, parse_data_version_registered, parse_run_event
-from shared.domain.vocabulary import Tag, metric_tag
+from shared.domain.vocabulary import ComparisonPurpose, Tag, metric_tag
 from shared.domain.webhooks import MODEL_REGISTERED, parse_model_registered
 from shared.errors import InvalidEventError, OperationFailedError, SignatureError
 from shared.ports import (
@@ -318,7 +318,10 @@ class Platform:
                                                                        error=azure_error)})
         promoter = build(Promoter, {**common, **queues,
                                     "endpoints": wrap(s.endpoints, "endpoints", port_methods(Endpoints),
-                                                      error=endpoint_error)})
+                                                      error=endpoint_error),
+                                    "jobs": wrap(s.workspace, "jobs", port_methods(JobRunner), error=azure_error),
+                                    "data": wrap(s.workspace, "registry", port_methods(DataRegistry),
+                                                 error=azure_error)})
         retention = build(RetentionRunner, {
             **common, "policy": self.policy.retention, "max_workers": 1,  # one worker: call numbers are replayable
             "workspace": wrap(s.retention_workspace, "retention_workspace", port_methods(RetentionWorkspace),
@@ -477,9 +480,11 @@ class Platform:
         if delivery.function == "on_data_version_registered":
             return lambda: self.services.retrainer.on_data_version_registered(
                 parse_data_version_registered(doc["data"]), str(doc["id"]))
-        if delivery.function == "on_run_event":
-            return lambda: self.services.retrainer.on_run_finished(parse_run_event(doc["eventType"], doc["data"]),
-                                                                    str(doc["id"]))
+        if delivery.function == "on_run_event":  # routed as functions/retrain.py:on_run_event routes it
+            finished = parse_run_event(doc["eventType"], doc["data"])
+            if finished.tags.get(Tag.COMPARISON.value) == ComparisonPurpose.CHALLENGER.value:
+                return lambda: self.services.promoter.on_comparison_finished(finished, str(doc["id"]))
+            return lambda: self.services.retrainer.on_run_finished(finished, str(doc["id"]))
         if delivery.function == "on_model_registered":
             return lambda: self.services.promoter.on_model_version(parse_model_registered(doc))
         raise AssertionError(f"no handler for Event Grid subscription {delivery.function}: add it to "
@@ -575,15 +580,36 @@ class Platform:
             return
         job.state = "Completed"
         self.stores.workspace.set_job_status(job.name, "Completed")
-        score = 0.80 + 0.01 * (1 + sum(1 for n, _ in self.models if n == job.model_name))
-        lineage = {Tag.DATA_ASSET.value: job.tags.get(Tag.DATA_ASSET.value, ""),
-                   Tag.DATA_VERSION.value: job.tags.get(Tag.DATA_VERSION.value, ""), Tag.JOB_NAME.value: job.name}
-        self.register_model(job.model_name, {metric_tag(self.metric): f"{score:.2f}", **lineage})
+        if job.tags.get(Tag.COMPARISON.value):  # the compare step: it writes comparison.json, registers nothing
+            self.stores.workspace.write_comparison(job.name, self.comparison(job))
+        else:
+            self._registered_by(job)
         self._emit({"id": f"run-completed-{job.name}", "eventType": RUN_COMPLETED,
                     "subject": f"experiments/{job.experiment}/runs/{job.name}", "eventTime": self.clock().isoformat(),
                     "topic": WORKSPACE_TOPIC, "dataVersion": "2",
                     "data": {"runId": job.name, "experimentName": job.experiment, "runTags": job.tags,
                              "runStatus": "Completed"}})
+
+    def comparison(self, job: TrackedJob) -> str:
+        """What the compare step writes: every challenger clearly better than its champion (by 0.02-0.04)."""
+        champion = job.tags.get(Tag.COMPARED_WITH.value) or None
+        return json.dumps({
+            "schema": "evergreen.comparison/1", "seed": 7, "resamples": 1000, "confidence": 0.95,
+            "evaluation": {"data_asset": job.tags.get(Tag.DATA_ASSET.value, ""), "rows": 5000,
+                           "data_version": job.tags.get(Tag.DATA_VERSION.value, ""), "label_column": "churned"},
+            "metric": self.metric, "direction": "higher_is_better",
+            "challenger": {"model": job.tags.get(Tag.MODEL.value, ""), "metrics": {self.metric: 0.83}},
+            "champion": None if champion is None else {"model": champion, "metrics": {self.metric: 0.80}},
+            "difference": None if champion is None else {"metric": self.metric, "estimate": 0.03, "low": 0.02,
+                                                         "high": 0.04},
+            "slices": []})
+
+    def _registered_by(self, job: TrackedJob) -> None:
+        """A training run registers its model (and Azure ML announces it)."""
+        score = 0.80 + 0.01 * (1 + sum(1 for n, _ in self.models if n == job.model_name))
+        lineage = {Tag.DATA_ASSET.value: job.tags.get(Tag.DATA_ASSET.value, ""),
+                   Tag.DATA_VERSION.value: job.tags.get(Tag.DATA_VERSION.value, ""), Tag.JOB_NAME.value: job.name}
+        self.register_model(job.model_name, {metric_tag(self.metric): f"{score:.2f}", **lineage})
 
 
 class _Routed:

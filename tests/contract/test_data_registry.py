@@ -55,7 +55,13 @@ def workspace(request: pytest.FixtureRequest) -> Iterator[Workspace]:
     from shared.adapters.azure.azureml import AzureML
 
     aml = request.getfixturevalue("aml")
-    yield AzureML(DefaultAzureCredential(), aml.subscription_id, aml.resource_group, aml.workspace)  # type: ignore[misc]
+    from azure.storage.blob import BlobServiceClient
+
+    def blobs(_account: str, _endpoint: str) -> BlobServiceClient:  # the emulator's datastores live in Azurite
+        return BlobServiceClient.from_connection_string(aml.storage_connection_string)
+
+    yield AzureML(DefaultAzureCredential(), aml.subscription_id, aml.resource_group, aml.workspace,  # type: ignore[misc]
+                  workspace_blobs=blobs)
 
 
 def spec(name: str, n: int, **tags: str) -> DataVersionSpec:
@@ -118,3 +124,47 @@ def test_submitting_one_job_name_twice_creates_one_job(workspace: Workspace, tmp
     assert again  # the existing job's status (it may have moved on meanwhile)
     assert workspace.job_status(submission.job_name) is not None
     assert workspace.job_status(f"evergreen-{name}-other") is None
+
+
+COMPARE_YAML = """
+$schema: https://azuremlschemas.azureedge.net/latest/pipelineJob.schema.json
+type: pipeline
+settings:
+  default_compute: azureml:cpu-cluster
+inputs:
+  evaluation_data:
+    type: uri_folder
+  challenger_name: m
+outputs:
+  comparison:
+    type: uri_folder
+jobs:
+  compare:
+    type: command
+    command: >-
+      echo '{"schema": "evergreen.comparison/1", "champion": "${{inputs.champion_name}}"}'
+      > ${{outputs.comparison}}/comparison.json
+    environment: azureml:AzureML-sklearn-1.5@latest
+    inputs:
+      data: ${{parent.inputs.evaluation_data}}
+      champion_name: none
+    outputs:
+      comparison: ${{parent.outputs.comparison}}
+"""
+
+
+def test_a_node_input_is_set_and_an_unwritten_comparison_reads_as_none(workspace: Workspace, tmp_path: Path) -> None:
+    """`<node>.<input>` binds an input of one node (the compare pipeline's optional champion); a comparison
+    that no job wrote (an unknown job, or one that has not written it yet) reads as None."""
+    name = f"contract-{uuid.uuid4().hex[:8]}"
+    data = workspace.register_data_version(spec(name, 1))
+    (tmp_path / "compare.yml").write_text(COMPARE_YAML)
+    submission = PipelineSubmission(
+        yaml_path=tmp_path / "compare.yml", job_name=f"evergreen-compare-{name}", experiment="contract",
+        data_input=f"azureml:{data.name}:{data.version}", data_type="uri_folder", data_input_name="evaluation_data",
+        inputs={"challenger_name": "m:2", "compare.champion_name": "m:1"}, tags={Tag.COMPARISON.value: "challenger"},
+    )
+    assert workspace.read_comparison(submission.job_name) is None
+    assert workspace.submit_pipeline(submission)
+    assert workspace.submit_pipeline(submission)  # one job: the second submission adopts it
+    assert workspace.read_comparison(f"evergreen-compare-{name}-other") is None

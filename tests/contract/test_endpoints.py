@@ -128,6 +128,28 @@ def test_an_unknown_model_version_reads_as_none_and_a_registered_one_with_its_ta
     assert ws.endpoints.get_model(model, str(int(version) + 1)) is None
 
 
+def test_the_latest_model_is_the_newest_version_and_an_unknown_model_has_none(ws: Workspace) -> None:
+    model, _ = names()
+    assert ws.endpoints.latest_model(model) is None
+    ws.register(model, {"evergreen.metric.roc_auc": "0.7"})
+    newest = ws.register(model, {"evergreen.metric.roc_auc": "0.9"})
+    info = ws.endpoints.latest_model(model)
+    assert info is not None
+    assert (info.name, info.version) == (model, newest)
+    assert info.tags["evergreen.metric.roc_auc"] == "0.9"
+
+
+def test_model_tags_are_merged_and_an_unknown_version_is_refused(ws: Workspace) -> None:
+    model, _ = names()
+    version = ws.register(model, {"evergreen.metric.roc_auc": "0.8", "team": "a"})
+    ws.endpoints.set_model_tags(model, version, {Tag.DECISION.value: "improved", "team": "b"})
+    info = ws.endpoints.get_model(model, version)
+    assert info is not None
+    assert info.tags == {"evergreen.metric.roc_auc": "0.8", "team": "b", Tag.DECISION.value: "improved"}
+    with pytest.raises(OperationFailedError):
+        ws.endpoints.set_model_tags(model, str(int(version) + 1), {Tag.DECISION.value: "x"})
+
+
 def test_an_unknown_endpoint_reads_as_none(ws: Workspace) -> None:
     _, endpoint = names()
     assert ws.endpoints.endpoint(endpoint) is None

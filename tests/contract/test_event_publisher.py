@@ -83,3 +83,17 @@ def test_different_versions_are_different_events(topic: Topic) -> None:
     ids = {topic.publisher.data_version_registered(registered(dataset, v)) for v in ("1", "2")}
     assert len(ids) == 2
     assert set(topic.received(dataset, 2)) == ids
+
+
+def test_a_champion_degraded_event_is_published_under_its_deterministic_id(topic: Topic) -> None:
+    """`Evergreen.ChampionDegraded` (the champion monitor): nothing in Evergreen subscribes to it, so what both
+    adapters must agree on is the id — the same for a re-publish of the same degradation, so consumers dedupe."""
+    from shared.domain.decay import ChampionDegraded
+
+    event = ChampionDegraded(endpoint=f"ep{uuid.uuid4().hex[:8]}", model="churn-model:3", metric="roc_auc",
+                             value="0.65", at_promotion="0.80", threshold="0.7", code="below_threshold",
+                             reason="roc_auc 0.65 is below the threshold 0.7", data_asset="churn-holdout",
+                             data_version="4", job_name="evergreen-rescore-x")
+    first = topic.publisher.champion_degraded(event)
+    assert first == topic.publisher.champion_degraded(event) == event.event_id
+    assert first != ChampionDegraded(**{**asdict(event), "data_version": "5"}).event_id

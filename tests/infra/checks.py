@@ -389,6 +389,7 @@ REQUIRED_SETTINGS = {
     "EVERGREEN_LANDING_CONTAINER": "<param landingContainerName>",
     "EVERGREEN_RETENTION_SCHEDULE": "<param retentionSchedule>",
     "EVERGREEN_RECONCILE_SCHEDULE": "0 */5 * * * *",
+    "EVERGREEN_RESCORE_SCHEDULE": "0 30 4 * * *",
     "EVERGREEN_WEBHOOK_SECRET": "@Microsoft.KeyVault(SecretUri=<vault.properties>.vaultUri"
                                 "secrets/evergreen-webhook-secret)",
 }

@@ -26,5 +26,7 @@ def test_records_come_back_newest_first_and_a_retry_does_not_duplicate(azurite):
     assert [r.event_id for r in got] == ["evt-2", "evt-1"]
     assert got[1].assets == {"data_version": "1"}
     assert [r.kind for r in log.query(now=t0, kind_prefix="data.")] == ["data.registered"]
+    assert [r.event_id for r in log.tail(limit=5, now=t0).records] == ["evt-2", "evt-1"]  # the retry shows once
+    assert [r.event_id for r in log.tail(limit=5, kind_prefix="retrain.", now=t0).records] == ["evt-2"]
     table_text = render(got)
     assert "churn:1 (3 file(s))" in table_text and table_text.splitlines()[0].startswith("time (UTC)")

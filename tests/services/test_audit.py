@@ -23,7 +23,7 @@ def test_defect6b_an_audit_retry_on_the_same_day_rewrites_the_row_instead_of_add
     audit.record(record(AT))
     audit.record(record(AT + timedelta(seconds=7), reason="new file (retried)"))  # the platform retried the write
 
-    assert len(table) == 1
+    assert len(list(table.query("20261127"))) == 1  # the day's rows (the time-ordered index is `tail-…`)
     [only] = list(audit.query(now=AT))
     assert only.reason == "new file (retried)" and only.at == AT + timedelta(seconds=7)
 
@@ -36,7 +36,7 @@ def test_different_decisions_events_or_assets_are_different_rows() -> None:
     audit.record(record(AT, decision="ignored"))
     audit.record(AuditRecord(kind="data.registered", decision="registered", reason="r", event_id="e-1",
                              assets={"data": "churn:4"}, at=AT))
-    assert len(table) == 4
+    assert len(list(table.query("20261127"))) == 4
 
 
 def test_query_is_newest_first_by_time_and_filters_by_kind() -> None:
@@ -59,4 +59,28 @@ def test_a_retry_across_utc_midnight_is_a_second_row() -> None:
     midnight = datetime(2026, 11, 28, tzinfo=UTC)
     audit.record(record(midnight - timedelta(seconds=1)))
     audit.record(record(midnight + timedelta(seconds=1)))
-    assert len(table) == 2
+    assert len(list(table.query("20261127"))) == len(list(table.query("20261128"))) == 1
+
+
+def test_tail_is_newest_first_bounded_filtered_and_shows_a_retried_record_once() -> None:
+    audit = TableAuditLog(MemoryTable())
+    for minute in range(30):
+        audit.record(AuditRecord(kind="promotion.skipped", decision="skip", reason=f"r{minute}", event_id=f"e{minute}",
+                                 assets={"model": f"churn:{minute % 3}"}, at=AT + timedelta(minutes=minute)))
+    audit.record(record(AT + timedelta(minutes=40)))
+    audit.record(record(AT + timedelta(minutes=41), reason="new file (retried)"))  # same record, retried later
+    audit.record(record(AT - timedelta(days=1), event="yesterday"))
+
+    newest = audit.tail(limit=3, now=AT)
+    assert [r.reason for r in newest.records] == ["new file (retried)", "r29", "r28"]
+    assert newest.scanned == 4 and not newest.truncated  # the retry's two index rows, then two more
+
+    churn1 = audit.tail(limit=50, kind_prefix="promotion.", assets={"model": "churn:1"}, now=AT)
+    assert [r.event_id for r in churn1.records] == [f"e{m}" for m in range(28, 0, -3)]
+    assert [r.event_id for r in audit.tail(limit=5, kind_prefix="data.", now=AT).records] == ["e-1", "yesterday"]
+    assert audit.tail(limit=5, kind_prefix="data.", now=AT, days=1).records[-1].event_id == "e-1"
+
+    assert len(audit.tail(limit=50, assets={"": "churn"}, now=AT).records) == 32  # any asset, any version
+    assert len(audit.tail(limit=50, assets={"model": "churn"}, now=AT).records) == 30
+    capped = audit.tail(limit=50, assets={"model": "churn:9"}, now=AT, scan_limit=10)
+    assert capped.records == () and capped.scanned == 10 and capped.truncated

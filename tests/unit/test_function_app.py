@@ -93,6 +93,9 @@ print(json.dumps(out))
         "retry_candidate": ("queueTrigger", "msg", "QueueMessage"),
         "retention": ("timerTrigger", "timer", "TimerRequest"),
         "reconcile": ("timerTrigger", "timer", "TimerRequest"),
+        "rescore": ("timerTrigger", "timer", "TimerRequest"),
+        "status_page": ("httpTrigger", "req", "HttpRequest"),
+        "status_json": ("httpTrigger", "req", "HttpRequest"),
     }
     assert set(functions) == set(expected)
     for name, (trigger, binds, annotation) in expected.items():

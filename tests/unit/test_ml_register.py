@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -48,9 +49,22 @@ class StubModels:
         return model
 
 
+class StubJobs:
+    """The pipeline job the step reads its tags from; None: there is no such job."""
+
+    def __init__(self, tags: dict[str, str] | None) -> None:
+        self.tags = tags
+
+    def get(self, name: str) -> Any:
+        if self.tags is None:
+            raise ResourceNotFoundError(f"Job {name} not found.")
+        return SimpleNamespace(name=name, tags=self.tags)
+
+
 class StubClient:
-    def __init__(self, versions: list[Any] | None = None) -> None:
+    def __init__(self, versions: list[Any] | None = None, job_tags: dict[str, str] | None = None) -> None:
         self.models = StubModels(versions)
+        self.jobs = StubJobs(job_tags)
 
 
 @pytest.fixture
@@ -224,3 +238,23 @@ def test_ml_client_is_built_from_explicit_variables_and_a_managed_identity(monke
         "evergreen-local",
         "evergreen-ws",
     )
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_the_jobs_trace_context_is_copied_onto_the_model(step_folders):
+    client = StubClient(job_tags={"evergreen.traceparent": TRACEPARENT, "evergreen.trigger_event": "e1",
+                                  "team": "ml"})
+    register.main(register_argv(step_folders, MODEL_URI), client=client, env=AZURE_ML_ENV)
+    (model,) = client.models.created
+    assert model.tags["evergreen.traceparent"] == TRACEPARENT
+    assert model.properties["evergreen.traceparent"] == TRACEPARENT
+    assert "team" not in model.tags  # only the tags the step knows are copied
+
+
+def test_a_job_that_cannot_be_read_registers_the_model_without_its_trace(step_folders):
+    client = StubClient(job_tags=None)
+    register.main(register_argv(step_folders, MODEL_URI), client=client, env=AZURE_ML_ENV)
+    (model,) = client.models.created
+    assert "evergreen.traceparent" not in model.tags

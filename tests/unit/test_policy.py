@@ -17,7 +17,7 @@ def folder(**overrides):
 
 def test_the_shipped_policy_is_valid():
     policy = load_policy(REPO / "evergreen.yaml", landing_container="landing")
-    assert {d.name for d in policy.datasets} == {"churn-training", "churn-reference", "house-prices"}
+    assert {d.name for d in policy.datasets} == {"churn-training", "churn-reference", "house-prices", "churn-holdout"}
     assert policy.dataset("churn-training").type is AssetType.URI_FOLDER
 
 

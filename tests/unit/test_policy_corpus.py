@@ -25,6 +25,13 @@ CASES: dict[str, tuple[bytes, str]] = {
     "not utf-8": (b"datasets:\n  - name: \xff\xfe churn\n", "cannot read the file"),
     "wrong types": (b"datasets: 7\nmodels: {a: b}\n", "datasets"),
     "unknown keys": (GOOD.encode() + b"\nsurprise: true\n", "surprise"),
+    "bad evaluation block": (GOOD.replace("      endpoint: churn-endpoint\n", "      endpoint: churn-endpoint\n"
+                                          "      evaluation: {data: nowhere@latest, label_column: churned, "
+                                          "resamples: 5, confidence: 2}\n").encode(),
+                             "models[0].promotion.evaluation"),
+    "bad approval": (GOOD.replace("      endpoint: churn-endpoint\n", "      endpoint: churn-endpoint\n"
+                                   "      approval: sometimes\n      approval_expires_after: soon\n").encode(),
+                     "models[0].promotion.approval"),
     "huge": (b"datasets:\n" + b"  - name: x\n" * 20_000, "datasets"),
     "anchors bomb": (b'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n'
                      b"c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n", ""),

@@ -34,3 +34,21 @@ def test_the_timer_binds_the_setting() -> None:
     [fn] = [f for f in app.get_functions() if f.get_function_name() == "reconcile"]
     [timer] = [b for b in fn.get_bindings() if b.type == "timerTrigger"]
     assert timer.schedule == "%EVERGREEN_RECONCILE_SCHEDULE%"
+
+
+def test_the_rescore_schedule_has_a_default_is_validated_and_bound_by_its_timer() -> None:
+    """EVERGREEN_RESCORE_SCHEDULE (the champion monitor): default daily 04:30 UTC, checked like the others."""
+    assert load_settings(ENV).rescore_schedule == "0 30 4 * * *"
+    assert load_settings({**ENV, "EVERGREEN_RESCORE_SCHEDULE": "0 0 */6 * * *"}).rescore_schedule == "0 0 */6 * * *"
+    with pytest.raises(ConfigurationError) as bad:
+        load_settings({**ENV, "EVERGREEN_RESCORE_SCHEDULE": "daily"})
+    assert any(p.startswith("EVERGREEN_RESCORE_SCHEDULE: ") for p in bad.value.problems)
+    import azure.functions as func
+
+    from functions.monitor import bp
+
+    app = func.FunctionApp()
+    app.register_functions(bp)
+    [fn] = [f for f in app.get_functions() if f.get_function_name() == "rescore"]
+    [timer] = [b for b in fn.get_bindings() if b.type == "timerTrigger"]
+    assert timer.schedule == "%EVERGREEN_RESCORE_SCHEDULE%"

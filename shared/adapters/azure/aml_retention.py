@@ -1,14 +1,16 @@
 """Azure ML side of retention: list the workspace's assets into the planner's inventory, and execute its actions.
 
 Listing follows the rule "page, never GET per asset": one paged listing of containers, then one
-paged `listViewType=All` listing of versions per name. The versions are read through the SDK's
-generated REST client (`DataVersionsOperations.list`, as `ml_client.data.list` does) but kept as
-REST objects, because the SDK's `Data` entity drops `isArchived`; two listings (ActiveOnly, then
-ArchivedOnly) could miss a version archived or restored in between, and a missing version would
-leave its blobs unprotected. Endpoints come with their traffic, deployments with their model; jobs
-with their inputs and outputs. Datastores are read once per run (`datastores`: blob and ADLS Gen2
-alike, with account and container or filesystem) and every address is read through the pure
-`shared.domain.retention.addresses.AddressBook`, which fails closed on what it cannot read.
+paged `listViewType=All` listing of versions per name, names listed concurrently. Versions and jobs
+are read over Azure ML's public REST API (`aml_rest.WorkspaceRest`, azure-core's ARM pipeline) and
+parsed from the JSON: building azure-ai-ml entities was most of a 10× run's CPU, the SDK's `Data`
+entity drops `isArchived`, and its own REST client is private (`ml_client.data._operation`). Two
+listings (ActiveOnly, then ArchivedOnly) could miss a version archived or restored in between, and a
+missing version would leave its blobs unprotected, hence one `All` listing. Endpoints come with
+their traffic, deployments with their model; jobs with their inputs and outputs. Datastores are
+read once per run (`datastores`: blob and ADLS Gen2 alike, with account and container or
+filesystem) and every address is read through the pure `shared.domain.retention.addresses.AddressBook`,
+which fails closed on what it cannot read.
 
 Idle deployments: Azure ML records no "traffic went to 0% at" time. A deployment's traffic can only
 change through an update of its endpoint, so a deployment at 0% now has been at 0% at least since
@@ -17,8 +19,9 @@ conservative: any other change to the endpoint restarts the clock, which delays 
 makes one early.
 
 Deletes of data and model versions: the public SDK offers archive/restore only. The ARM REST API
-has `DELETE …/data/{name}/versions/{version}` (and the same for models), which the SDK's generated
-client (`DataVersionsOperations.delete`) calls; we use that, for rules that ask for `delete`.
+has `DELETE …/data/{name}/versions/{version}` (and the same for models); `WorkspaceRest` sends it,
+for rules that ask for `delete`. Archive is the SDK's public `archive`; datastores and endpoints
+come from the SDK's public listings.
 
 Like shared/adapters/azure/azureml.py, this module imports azure.ai.ml lazily (on first call).
 """
@@ -26,7 +29,7 @@ Like shared/adapters/azure/azureml.py, this module imports azure.ai.ml lazily (o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -50,6 +53,7 @@ from shared.domain.workspace import model_ref
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient
 
+    from shared.adapters.azure.aml_rest import WorkspaceRest
     from shared.adapters.azure.azureml import AzureML
 
 log = logging.getLogger(__name__)
@@ -70,11 +74,11 @@ def _aware(value: datetime | str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _created(entity: Any) -> datetime:
-    context = getattr(entity, "creation_context", None) or getattr(entity, "system_data", None)
-    created = _aware(getattr(context, "created_at", None))
+def _created(item: Mapping[str, Any]) -> datetime:
+    """A REST item's `systemData.createdAt`; raises ValueError when it has none (age rules need it)."""
+    created = _aware((item.get("systemData") or {}).get("createdAt"))
     if created is None:
-        raise ValueError(f"{type(entity).__name__} {getattr(entity, 'name', '?')} has no creation time")
+        raise ValueError(f"{item.get('type', 'item')} {item.get('name', '?')} has no creation time")
     return created
 
 
@@ -92,8 +96,10 @@ def _metrics(values: Mapping[str, str]) -> dict[str, float]:
 class AmlRetention:
     """Lists Azure ML assets for the planner and executes the Azure ML actions of a plan."""
 
-    def __init__(self, azureml: AzureML) -> None:
+    def __init__(self, azureml: AzureML, rest: WorkspaceRest | None = None) -> None:
+        """`rest`: the workspace's REST API for listings and deletes (default: `azureml.workspace_rest()`)."""
         self._azureml = azureml
+        self._rest = rest or azureml.workspace_rest()
 
     @property
     def _client(self) -> MLClient:
@@ -112,51 +118,39 @@ class AmlRetention:
             ))
         return out
 
-    def _versions(self, rest: Any, names: Iterable[str], convert: Callable[[str, Any], Any]) -> list[Any]:
-        """Every version of every name, archived or not, one paged listing per name (8 names at a time)."""
-        from azure.ai.ml.constants import ListViewType
-
-        scope = {"resource_group_name": self._client.resource_group_name,
-                 "workspace_name": self._client.workspace_name}
-
+    def _versions(self, kind: str, convert: Callable[[str, Mapping[str, Any]], Any]) -> list[Any]:
+        """Every version of every name of `kind`, archived or not: one paged listing per name, 8 at a time."""
         def one(name: str) -> list[Any]:
-            pages = rest.list(name=name, list_view_type=ListViewType.ALL, cls=lambda objs: objs, **scope)
-            return [convert(name, v) for v in pages]
+            return [convert(name, item) for item in self._rest.versions(kind, name)]
 
+        names = sorted(self._rest.asset_names(kind))
         with ThreadPoolExecutor(max_workers=LIST_WORKERS, thread_name_prefix="retention-list") as pool:
-            return [v for group in pool.map(one, sorted(names)) for v in group]
-
-    def _names(self, operations: Any) -> list[str]:
-        from azure.ai.ml.constants import ListViewType
-
-        return [str(c.name) for c in operations.list(list_view_type=ListViewType.ALL)]
+            return [v for group in pool.map(one, names) for v in group]
 
     def data_versions(self, book: AddressBook) -> list[DataVersion]:
-        def convert(name: str, rest: Any) -> DataVersion:
-            props = rest.properties
-            return DataVersion(name=name, version=str(rest.name), created_at=_created(rest),
-                               archived=bool(props.is_archived), tags=dict(props.tags or {}),
-                               blob_paths=_located(book.locate(props.data_uri)))
+        def convert(name: str, item: Mapping[str, Any]) -> DataVersion:
+            props = item.get("properties") or {}
+            return DataVersion(name=name, version=str(item["name"]), created_at=_created(item),
+                               archived=bool(props.get("isArchived")), tags=dict(props.get("tags") or {}),
+                               blob_paths=_located(book.locate(props.get("dataUri"))))
 
-        rest = self._client.data._operation  # the generated client ml_client.data.list uses
-        return list(self._versions(rest, self._names(self._client.data), convert))
+        return list(self._versions("data", convert))
 
     def model_versions(self, book: AddressBook) -> list[ModelVersion]:
-        def convert(name: str, rest: Any) -> ModelVersion:
-            props = rest.properties
-            tags = dict(props.tags or {})
-            lineage = {**tags, **dict(props.properties or {})}  # properties are immutable: they win
+        def convert(name: str, item: Mapping[str, Any]) -> ModelVersion:
+            props = item.get("properties") or {}
+            tags = dict(props.get("tags") or {})
+            lineage = {**tags, **dict(props.get("properties") or {})}  # properties are immutable: they win
             return ModelVersion(
-                name=name, version=str(rest.name), created_at=_created(rest),
-                archived=bool(props.is_archived) or str(props.stage or "").lower() == "archived",
-                tags=tags, metrics=_metrics(lineage), data_asset=lineage.get(Tag.DATA_ASSET.value) or None,
+                name=name, version=str(item["name"]), created_at=_created(item),
+                archived=_archived(props), tags=tags, metrics=_metrics(lineage),
+                data_asset=lineage.get(Tag.DATA_ASSET.value) or None,
                 data_version=lineage.get(Tag.DATA_VERSION.value) or None,
-                blob_paths=_located(book.locate(props.model_uri)),
-                job=props.job_name or lineage.get(Tag.JOB_NAME.value) or None,
+                blob_paths=_located(book.locate(props.get("modelUri"))),
+                job=props.get("jobName") or lineage.get(Tag.JOB_NAME.value) or None,
             )
 
-        rest = self._client.models._model_versions_operation  # what ml_client.models.list uses
-        return list(self._versions(rest, self._names(self._client.models), convert))
+        return list(self._versions("models", convert))
 
     def deployments(self) -> list[Deployment]:
         """Every online deployment with its endpoint's traffic and the time it has been idle since at least."""
@@ -187,27 +181,7 @@ class AmlRetention:
 
     def jobs(self, book: AddressBook) -> list[Job]:
         """Top-level jobs with the assets they read and write (pipeline inputs are on the pipeline job)."""
-        out = []
-        for job in self._client.jobs.list():
-            inputs: list[JobInput] = []
-            for value in (getattr(job, "inputs", None) or {}).values():
-                ref = job_input(value, book)
-                if ref is not None:
-                    inputs.append(ref)
-            outputs: dict[str, Location] = {}
-            for name, value in (getattr(job, "outputs", None) or {}).items():
-                # an output without a path goes to Azure ML's default: <default datastore>/azureml/<job>/<output>/
-                uri = _uri_of(value) or f"azureml://datastores/{DEFAULT_DATASTORE}/paths/azureml/{job.name}/{name}/"
-                path = book.locate(uri)
-                if path is not None:
-                    outputs[str(name)] = path
-            status = str(getattr(job.status, "value", job.status) or "Unknown")
-            context = getattr(job, "creation_context", None)
-            finished = status.strip().lower() in FINISHED_JOB_STATUSES
-            finished_at = _aware(getattr(context, "last_modified_at", None)) if finished else None
-            out.append(Job(name=str(job.name), status=status, inputs=tuple(inputs), outputs=outputs,
-                           finished_at=finished_at, tags=dict(job.tags or {})))
-        return out
+        return [_job(item, book) for item in self._rest.jobs()]
 
     # -- actions ------------------------------------------------------------------------------
     def execute(self, action: Action) -> str:
@@ -225,9 +199,9 @@ class AmlRetention:
                 return self._archive(action.kind is ActionKind.ARCHIVE_DATA, target)
             if action.kind in (ActionKind.DELETE_DATA, ActionKind.DELETE_MODEL):
                 assert isinstance(target, DataKey | ModelKey)
-                rest = self._version_rest(action.kind is ActionKind.DELETE_DATA)
-                rest.get(name=target.name, version=target.version, **self._scope())  # ARM answers 204 when gone
-                rest.delete(name=target.name, version=target.version, **self._scope())
+                kind = "data" if action.kind is ActionKind.DELETE_DATA else "models"
+                self._rest.version(kind, target.name, target.version)  # ARM answers 204 when gone
+                self._rest.delete_version(kind, target.name, target.version)
                 return "done"
             if action.kind is ActionKind.DELETE_DEPLOYMENT:
                 assert isinstance(target, DeploymentKey)
@@ -239,23 +213,45 @@ class AmlRetention:
             return "already"  # gone already: a re-run after a crash, or someone else did it
         raise ValueError(f"not an Azure ML action: {action.kind.value}")
 
-    def _scope(self) -> dict[str, Any]:
-        return {"resource_group_name": self._client.resource_group_name,
-                "workspace_name": self._client.workspace_name}
-
-    def _version_rest(self, data: bool) -> Any:
-        """The generated REST client of data or model versions (the SDK's entities drop `isArchived`)."""
-        return self._client.data._operation if data else self._client.models._model_versions_operation
-
     def _archive(self, data: bool, target: DataKey | ModelKey) -> str:
         """Archive one version; 'already' if it is archived (the SDK's archive would silently rewrite it)."""
-        current = self._version_rest(data).get(name=target.name, version=target.version, **self._scope())
-        props = current.properties
-        if bool(props.is_archived) or str(getattr(props, "stage", None) or "").lower() == "archived":
+        current = self._rest.version("data" if data else "models", target.name, target.version)
+        if _archived(current.get("properties") or {}):
             return "already"
         ops: Any = self._client.data if data else self._client.models
         ops.archive(name=target.name, version=target.version)
         return "done"
+
+
+def _archived(props: Mapping[str, Any]) -> bool:
+    """A version's REST properties say it is archived (`isArchived`, or a model's `stage: Archived`)."""
+    return bool(props.get("isArchived")) or str(props.get("stage") or "").lower() == "archived"
+
+
+def _job(item: Mapping[str, Any], book: AddressBook) -> Job:
+    """A job from its REST JSON: what it reads (inputs), where it writes (outputs), its status and end."""
+    name = str(item["name"])
+    props = item.get("properties") or {}
+    inputs = tuple(ref for value in (props.get("inputs") or {}).values()
+                   if isinstance(value, Mapping) and (ref := rest_job_input(value, book)) is not None)
+    outputs: dict[str, Location] = {}
+    for output, value in (props.get("outputs") or {}).items():
+        uri = value.get("uri") if isinstance(value, Mapping) else None
+        # an output without a path goes to Azure ML's default: <default datastore>/azureml/<job>/<output>/
+        path = book.locate(uri or f"azureml://datastores/{DEFAULT_DATASTORE}/paths/azureml/{name}/{output}/")
+        if path is not None:
+            outputs[str(output)] = path
+    status = str(props.get("status") or "Unknown")
+    finished = status.strip().lower() in FINISHED_JOB_STATUSES
+    finished_at = _aware((item.get("systemData") or {}).get("lastModifiedAt")) if finished else None
+    return Job(name=name, status=status, inputs=inputs, outputs=outputs, finished_at=finished_at,
+               tags=dict(props.get("tags") or {}))
+
+
+def rest_job_input(value: Mapping[str, Any], book: AddressBook) -> JobInput | None:
+    """What a job input in REST form (`{jobInputType, uri}`) reads; None for a literal (`{value}`)."""
+    uri = value.get("uri")
+    return read_job_input(uri if isinstance(uri, str) else None, str(value.get("jobInputType") or ""), book)
 
 
 def _uri_of(value: Any) -> str | None:

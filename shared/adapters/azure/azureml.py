@@ -6,11 +6,13 @@ functions that never touch Azure ML (webhook handshakes, ignored blobs) stay fas
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
+import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +20,13 @@ from azure.core.credentials import TokenCredential
 
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient
+    from azure.storage.blob import BlobServiceClient
 
+    from shared.adapters.azure.aml_rest import WorkspaceRest
     from shared.domain.retrain import PipelineSubmission
 
+from shared.domain.lineage import JobInfo, JobStep
+from shared.domain.vocabulary import version_order
 from shared.domain.workspace import (
     DataVersionInfo,
     DataVersionSpec,
@@ -39,14 +45,20 @@ PATH_CONFLICT = "Asset paths cannot be updated."
 DEPLOYMENT_HEADER = "azureml-model-deployment"  # routes a scoring request to one deployment; echoed in replies
 SCORE_TIMEOUT_SECONDS = 90.0  # one scoring request (the smoke test's own, shorter limit is the policy's)
 AUTOINCREMENT_ATTEMPTS = 8
+MAX_STEPS = 200  # child runs read per pipeline job (lineage): a pipeline has a handful
 REFUSED_FOR_GOOD = frozenset({400, 413, 422})  # HTTP answers to a job submission that no retry can change
+COMPARISON_FILE = "comparison.json"  # what `ml/compare.yml` writes into its `comparison` output
+_DATASTORE_PATH = re.compile(r"datastores/(?P<datastore>[^/]+)/paths/(?P<path>.+)$")
 
 
 class AzureML:
     """Creates the MLClient once, on first use, and exposes the few operations Evergreen needs."""
 
     def __init__(self, credential: TokenCredential, subscription_id: str, resource_group: str, workspace: str,
-                 *, timeout: float = 60.0):
+                 *, timeout: float = 60.0, workspace_blobs: Callable[[str, str], BlobServiceClient] | None = None):
+        """`workspace_blobs(account, endpoint)`: a blob client for the workspace's datastore account (reads
+        job outputs such as `comparison.json`)."""
+        self._workspace_blobs = workspace_blobs
         self._credential = credential
         self._coordinates = (subscription_id, resource_group, workspace)
         # Connection and read timeout per HTTP call (azure-core's default is 300 s each): a holder blocked in a
@@ -66,6 +78,13 @@ class AzureML:
                     self._client = MLClient(self._credential, sub, rg, ws, connection_timeout=self._timeout,
                                             read_timeout=self._timeout)
         return self._client
+
+    def workspace_rest(self) -> WorkspaceRest:
+        """The workspace's public REST API (retention's listings and deletes), same credential and timeout."""
+        from shared.adapters.azure.aml_rest import WorkspaceRest
+
+        sub, rg, ws = self._coordinates
+        return WorkspaceRest(self._credential, sub, rg, ws, timeout=self._timeout)
 
     def register_data_version(self, spec: DataVersionSpec) -> RegisteredDataVersion:
         """Register the next version of a data asset (the service assigns the number)."""
@@ -171,6 +190,74 @@ class AzureML:
         except ResourceNotFoundError:
             return None
 
+    def read_comparison(self, job_name: str) -> str | None:
+        """The `comparison.json` a compare job wrote to its `comparison` output; None if there is none (yet).
+
+        The output's datastore path comes from the job (`outputs.comparison.path`, Azure ML's default
+        `azureml/<job>/comparison/` on the default datastore otherwise); the blob is read through
+        `workspace_blobs(account, endpoint)` with the app's identity (Storage Blob Data Reader on the
+        workspace's storage account). azure-core errors other than a missing job or blob propagate.
+        """
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if self._workspace_blobs is None:
+            raise OperationFailedError("reading a comparison needs the workspace's blob storage (not configured)")
+        try:
+            job: Any = self.client.jobs.get(job_name)
+        except ResourceNotFoundError:
+            return None
+        datastore_name, folder = _output_location(job, "comparison")
+        datastore: Any = (self.client.datastores.get(datastore_name) if datastore_name
+                          else self.client.datastores.get_default())
+        service = self._workspace_blobs(str(datastore.account_name), str(datastore.endpoint or "core.windows.net"))
+        blob = service.get_blob_client(str(datastore.container_name), f"{folder.strip('/')}/{COMPARISON_FILE}")
+        try:
+            return bytes(blob.download_blob().readall()).decode("utf-8")
+        except ResourceNotFoundError:
+            return None
+
+    def get_job(self, name: str) -> JobInfo | None:
+        """`JobInspector`: the job's status and tags, and its steps: the names its definition holds, with the
+        statuses of the child runs the service lists (`jobs.list(parent_job_name=…)`, served by RunHistory).
+        Where the child runs cannot be listed the steps keep "" and `note` says why; None if there is no job."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        try:
+            job: Any = self.client.jobs.get(name)
+        except ResourceNotFoundError:
+            return None
+        defined = [str(step) for step in (getattr(job, "jobs", None) or {})]
+        statuses: dict[str, str] = {}
+        note = ""
+        if defined:
+            try:
+                for child in itertools.islice(self.client.jobs.list(parent_job_name=name), MAX_STEPS):
+                    step = str(getattr(child, "display_name", None) or child.name)
+                    statuses[step] = _state(child.status)
+            except AzureError as exc:  # RunHistory is another service: the steps are still shown, without status
+                note = f"step statuses unavailable: the service did not list the child runs ({type(exc).__name__})"
+                log.info("job %s: %s: %s", name, note, _first_line(exc))
+        steps = tuple(JobStep(step, statuses.get(step, "")) for step in defined)
+        steps += tuple(JobStep(step, status) for step, status in statuses.items() if step not in defined)
+        return JobInfo(name=name, status=_state(job.status), tags=dict(job.tags or {}), steps=steps, note=note)
+
+
+def _output_location(job: Any, output: str) -> tuple[str, str]:
+    """(datastore name or "" for the default, folder) of a job's output, from its `azureml://datastores/…` path."""
+    found = (getattr(job, "outputs", None) or {}).get(output)
+    path = str(getattr(found, "path", "") or "")
+    match = _DATASTORE_PATH.search(path)
+    if match:
+        return match.group("datastore"), match.group("path")
+    return "", f"azureml/{job.name}/{output}"
+
+
+def _set_input(job: Any, key: str, value: Any) -> None:
+    """Set a pipeline input, or with "<node>.<input>" an input of one node (an optional input that a pipeline
+    job cannot declare as its own). KeyError if there is no such node."""
+    node, _, name = key.rpartition(".")
+    setattr(job.jobs[node].inputs if node else job.inputs, name, value)
+
 
 def _pipeline_job(submission: PipelineSubmission) -> Any:
     """The job to create: the YAML with the data version as input and the lineage tags.
@@ -185,9 +272,11 @@ def _pipeline_job(submission: PipelineSubmission) -> Any:
         job.name = submission.job_name
         job.experiment_name = submission.experiment
         job.tags = {**(job.tags or {}), **submission.tags}
-        job.inputs.training_data = Input(type=submission.data_type, path=submission.data_input)
+        setattr(job.inputs, submission.data_input_name, Input(type=submission.data_type, path=submission.data_input))
+        for key, model in submission.model_inputs.items():
+            _set_input(job, key, Input(type="custom_model", path=model))
         for key, value in submission.inputs.items():
-            setattr(job.inputs, key, value)
+            _set_input(job, key, value)
     except Exception as exc:
         raise JobRejectedError(f"pipeline {submission.yaml_path} cannot be submitted: "
                                f"{type(exc).__name__}: {_first_line(exc)}") from exc
@@ -253,6 +342,52 @@ class OnlineEndpoints:
                 return None
         return ModelInfo(name=str(model.name), version=str(model.version), tags=dict(model.tags or {}),
                          properties={str(k): str(v) for k, v in (model.properties or {}).items()})
+
+    def latest_model(self, name: str) -> ModelInfo | None:
+        """The model's newest version (the registry's `latest` label), or None if there is no such model."""
+        from azure.ai.ml.exceptions import MlException
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with _operation(f"reading the latest version of model {name}"):
+            try:
+                model = self._aml.client.models.get(name=name, label="latest")
+            except ResourceNotFoundError:
+                return None
+            except MlException as exc:  # `latest` of an unknown model: the SDK wraps the 404 in its own error
+                if _caused_by(exc, ResourceNotFoundError):
+                    return None
+                raise
+        return ModelInfo(name=str(model.name), version=str(model.version), tags=dict(model.tags or {}),
+                         properties={str(k): str(v) for k, v in (model.properties or {}).items()})
+
+    def list_model_versions(self, name: str, *, tags: Mapping[str, str] | None = None,
+                            limit: int = 100) -> list[ModelInfo]:
+        """`ModelRegistry`: versions of `name` with every tag=value of `tags`, newest first, at most `limit`.
+
+        Reads `models.list(name)` (paged by the service) for at most `limit` × 10 versions, then filters
+        by tag: the registry has no server-side tag filter for versions. None for an unknown model.
+        """
+        from azure.core.exceptions import ResourceNotFoundError
+
+        wanted = dict(tags or {})
+        with _operation(f"listing the versions of model {name}"):
+            try:
+                read = list(itertools.islice(self._aml.client.models.list(name=name), limit * 10))
+            except ResourceNotFoundError:
+                return []
+        infos = [ModelInfo(name=str(m.name), version=str(m.version), tags=dict(m.tags or {}),
+                           properties={str(k): str(v) for k, v in (m.properties or {}).items()}) for m in read]
+        infos.sort(key=lambda i: version_order(i.version), reverse=True)
+        return [i for i in infos if all(i.tags.get(k) == v for k, v in wanted.items())][:limit]
+
+    def set_model_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        """Merge `tags` into the model version's tags (tags are mutable; properties are not): read it, then PUT it
+        back through `models.create_or_update`, which updates an existing version in place. Raises
+        OperationFailedError if the version does not exist or the update fails."""
+        with _operation(f"tagging model {name}:{version}"):
+            model = self._aml.client.models.get(name=name, version=version)
+            model.tags = {**(model.tags or {}), **tags}
+            self._aml.client.models.create_or_update(model)
 
     def endpoint(self, name: str) -> EndpointView | None:
         """The endpoint, its traffic and its deployments (one list call), or None if it does not exist."""

@@ -17,6 +17,7 @@ from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64Encod
 
 from shared.config.connections import StorageConnection
 from shared.ports import clamp_delay
+from shared.telemetry import with_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -49,5 +50,8 @@ class AzureDelayedQueue(Generic[T]):
 
         The message never expires (`time_to_live=-1`): with the default of 7 days, a message delayed
         by 7 days would expire the moment it became visible, and its work would be lost silently.
+        A JSON message carries the current trace context as its `traceparent` key, so the handler that
+        picks it up continues the trace (`shared.telemetry.with_traceparent`).
         """
-        self._queue.send_message(self._encode(item), visibility_timeout=clamp_delay(delay_seconds), time_to_live=-1)
+        self._queue.send_message(with_traceparent(self._encode(item)), visibility_timeout=clamp_delay(delay_seconds),
+                                 time_to_live=-1)

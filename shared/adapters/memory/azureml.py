@@ -10,13 +10,28 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, replace
+from pathlib import Path
 
+from shared.domain.lineage import JobInfo, JobStep
 from shared.domain.retrain import PipelineSubmission
 from shared.domain.vocabulary import version_order
 from shared.domain.workspace import DataVersionInfo, DataVersionSpec, RegisteredDataVersion
 from shared.errors import JobRejectedError
 
 NEW_JOB_STATUS = "NotStarted"  # what Azure ML answers for a pipeline job just created
+
+
+def pipeline_steps(yaml_path: Path) -> tuple[str, ...]:
+    """The step names a pipeline job YAML defines (its `jobs:` keys), as Azure ML keeps them on the job;
+    none if the file is missing or not a pipeline (the in-memory job then has no steps)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return ()
+    jobs = doc.get("jobs") if isinstance(doc, dict) else None
+    return tuple(str(k) for k in jobs) if isinstance(jobs, dict) else ()
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,8 @@ class MemoryWorkspace:
         self._highest: dict[str, int] = {}  # per name, as Azure ML's nextVersion: a deleted number is not reused
         self._jobs: dict[str, MemoryJob] = {}
         self._rejections: dict[str, str] = {}  # job name -> why Azure ML refuses it
+        self._outputs: dict[str, str] = {}  # job name -> its comparison.json
+        self._step_status: dict[str, dict[str, str]] = {}  # job name -> step -> status
         self._lock = threading.Lock()
 
     # -- DataRegistry ----------------------------------------------------------------------------
@@ -108,6 +125,16 @@ class MemoryWorkspace:
             job = self._jobs.get(name)
             return job.status if job else None
 
+    def read_comparison(self, job_name: str) -> str | None:
+        """The `comparison.json` a test (or the fault harness) wrote for the job with `write_comparison`."""
+        with self._lock:
+            return self._outputs.get(job_name)
+
+    def write_comparison(self, job_name: str, text: str) -> None:
+        """What the compare step would write to the job's `comparison` output."""
+        with self._lock:
+            self._outputs[job_name] = text
+
     def jobs(self) -> list[MemoryJob]:
         """Every job, in submission order."""
         with self._lock:
@@ -117,6 +144,22 @@ class MemoryWorkspace:
         """Make every submission of job `name` fail as Azure ML's HTTP 400 would."""
         with self._lock:
             self._rejections[name] = reason
+
+    def get_job(self, name: str) -> JobInfo | None:
+        """The job (`JobInspector`): status, tags, and the steps its pipeline YAML defines, with the statuses
+        `set_step_status` gave them ("" otherwise, as when the service does not list child runs)."""
+        with self._lock:
+            job = self._jobs.get(name)
+            statuses = dict(self._step_status.get(name, {}))
+        if job is None:
+            return None
+        steps = tuple(JobStep(step, statuses.get(step, "")) for step in pipeline_steps(job.submission.yaml_path))
+        return JobInfo(name=name, status=job.status, tags=dict(job.submission.tags), steps=steps)
+
+    def set_step_status(self, name: str, step: str, status: str) -> None:
+        """Give one child step of job `name` a status, as the service's child-run listing would show it."""
+        with self._lock:
+            self._step_status.setdefault(name, {})[step] = status
 
     def set_job_status(self, name: str, status: str) -> MemoryJob:
         """Move a job on (Running, Completed, Failed, …), as the service would. KeyError if there is no such job."""

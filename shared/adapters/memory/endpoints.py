@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared.domain.vocabulary import version_order
 from shared.domain.workspace import DeploymentSpec, DeploymentView, EndpointView, ModelInfo
 from shared.errors import OperationFailedError
 from shared.ports import Clock
@@ -135,6 +136,33 @@ class MemoryEndpoints:
         with self._lock:
             self.calls.append("get_model")
             return self._models.get((name, str(version)))
+
+    def latest_model(self, name: str) -> ModelInfo | None:
+        with self._lock:
+            self.calls.append("latest_model")
+            versions = [info for (model, _), info in self._models.items() if model == name]
+        return max(versions, key=lambda info: version_order(info.version), default=None)
+
+    def list_model_versions(self, name: str, *, tags: Mapping[str, str] | None = None,
+                            limit: int = 100) -> list[ModelInfo]:
+        """`ModelRegistry`: versions of `name` with every tag of `tags`, newest first, at most `limit`
+        (reading at most `limit` × 10 versions, as the Azure adapter pages)."""
+        wanted = dict(tags or {})
+        with self._lock:
+            self.calls.append("list_model_versions")
+            versions = [info for (model, _), info in self._models.items() if model == name]
+        newest = sorted(versions, key=lambda info: version_order(info.version), reverse=True)[:limit * 10]
+        return [i for i in newest if all(i.tags.get(k) == v for k, v in wanted.items())][:limit]
+
+    def set_model_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        """Merge `tags` into the version's tags; OperationFailedError if there is no such version."""
+        with self._lock:
+            self.calls.append("set_model_tags")
+            info = self._models.get((name, str(version)))
+            if info is None:
+                raise OperationFailedError(f"tagging model {name}:{version}: not found")
+            self._models[(name, info.version)] = ModelInfo(name=info.name, version=info.version,
+                                                           tags={**info.tags, **tags}, properties=info.properties)
 
     def endpoint(self, name: str) -> EndpointView | None:
         with self._lock:

@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 
 from shared.domain.records import utcnow
 from shared.ports import Clock, clamp_delay
+from shared.telemetry import current_traceparent
 
 T = TypeVar("T")
 VISIBILITY_TIMEOUT = 30.0  # seconds a received message stays hidden (the Functions queue trigger's default)
@@ -30,6 +31,7 @@ class QueuedMessage(Generic[T]):
     dequeue_count: int
     visible_at: datetime
     receipt: int = 0
+    traceparent: str = ""  # the sender's trace context, as the Azure adapter puts it in the message text
 
 
 class MemoryDelayedQueue(Generic[T]):
@@ -47,7 +49,8 @@ class MemoryDelayedQueue(Generic[T]):
         with self._lock:
             message_id = next(self._ids)
             visible_at = self._clock() + timedelta(seconds=clamp_delay(delay_seconds))
-            self._messages[message_id] = QueuedMessage(message_id, item, 0, visible_at)
+            self._messages[message_id] = QueuedMessage(message_id, item, 0, visible_at,
+                                                       traceparent=current_traceparent())
 
     # -- the consumer's side (the platform, in tests and the harness) ------------------------------
     def receive(self, *, now: datetime | None = None,

@@ -18,6 +18,8 @@ TRANSACTION_LIMIT = 100
 class MemoryTable:
     def __init__(self) -> None:
         self._rows: dict[tuple[str, str], Row] = {}
+        self._partitions: dict[str, dict[str, Row]] = {}  # the same rows by partition: a query reads one
+        self._order: dict[str, list[str]] = {}  # a partition's RowKeys in order, kept until a key is added or removed
         self._lock = threading.Lock()
         self._etags = itertools.count(1)
 
@@ -31,6 +33,15 @@ class MemoryTable:
         except KeyError as exc:
             raise ValueError(f"an entity needs PartitionKey and RowKey: {sorted(entity)}") from exc
 
+    def _put(self, key: tuple[str, str], row: Row) -> Row:
+        """Store `row` under `key` in both indexes (the caller holds the lock)."""
+        self._rows[key] = row
+        partition = self._partitions.setdefault(key[0], {})
+        if key[1] not in partition:
+            self._order.pop(key[0], None)
+        partition[key[1]] = row
+        return row
+
     def get(self, partition: str, row: str) -> Row | None:
         with self._lock:
             return self._rows.get((partition, row))
@@ -40,8 +51,7 @@ class MemoryTable:
         with self._lock:
             if key in self._rows:
                 return None
-            stored = self._rows[key] = self._stamp(entity)
-            return stored
+            return self._put(key, self._stamp(entity))
 
     def replace_if(self, row: Row, entity: Mapping[str, Any]) -> Row | None:
         key = self._key(entity)
@@ -49,16 +59,14 @@ class MemoryTable:
             current = self._rows.get(key)
             if current is None or current.etag != row.etag:
                 return None
-            stored = self._rows[key] = self._stamp(entity)
-            return stored
+            return self._put(key, self._stamp(entity))
 
     def upsert(self, entity: Mapping[str, Any], *, merge: bool = False) -> Row:
         key = self._key(entity)
         with self._lock:
             current = self._rows.get(key)
             data = {**current.data, **entity} if merge and current is not None else dict(entity)
-            stored = self._rows[key] = self._stamp(data)
-            return stored
+            return self._put(key, self._stamp(data))
 
     def upsert_many(self, entities: Iterable[Mapping[str, Any]]) -> None:
         batch = [dict(e) for e in entities]
@@ -68,17 +76,22 @@ class MemoryTable:
         for start in range(0, len(batch), TRANSACTION_LIMIT):
             with self._lock:
                 for entity in batch[start:start + TRANSACTION_LIMIT]:
-                    self._rows[self._key(entity)] = self._stamp(entity)
+                    self._put(self._key(entity), self._stamp(entity))
 
     def query(self, partition: str) -> Iterator[Row]:
         with self._lock:
-            rows = sorted(((k[1], r) for k, r in self._rows.items() if k[0] == partition), key=lambda kr: kr[0])
-        for _, row in rows:
-            yield row
+            keys = self._order.get(partition)
+            if keys is None:
+                keys = self._order[partition] = sorted(self._partitions.get(partition, {}))
+            rows = self._partitions.get(partition, {})
+            snapshot = [rows[k] for k in keys]  # the partition as it is now (no sort unless keys changed)
+        yield from snapshot
 
     def delete(self, partition: str, row: str) -> None:
         with self._lock:
             self._rows.pop((partition, row), None)
+            if self._partitions.get(partition, {}).pop(row, None) is not None:
+                self._order.pop(partition, None)
 
     def __len__(self) -> int:
         with self._lock:
