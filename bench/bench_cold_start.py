@@ -168,9 +168,8 @@ def measure_first_event(runs: int) -> BenchResult:
         figures={"runs": runs, **{f"{v}_{k}": med(v, k) for v in ("lazy", "eager")
                                   for k in ("import_s", "first_event_s", "wall_s")}},
         ratio_name="lazy / eager: interpreter start to first event handled", ratio=round(ratio, 3),
-        goal="<= 1.05", met=ratio <= 1.05,
         notes="A new file of a folder dataset on Azurite through the trigger. Deferral moves the SDK clients' "
-              "import into the first event; the goal is that it costs nothing overall.",
+              "import into the first event (no goal in the issue: reported beside the eager app).",
     )
 
 

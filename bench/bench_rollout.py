@@ -1,9 +1,10 @@
 """Rollout overhead: from ModelRegistered to 100 % traffic, what Evergreen adds to Azure ML's own work.
 
-On a local stack (free ports, the repo's `evergreen.yaml`: churn-model onto churn-endpoint, canary
-steps 25 → 100 %, canary interval 2 s, poll interval 2 s), a champion is registered and rolled out
-first (that rollout creates the endpoint; it is not measured). Then each measured candidate is
-registered with the SDK, which emits ModelRegistered through the local Event Grid to the host, and
+On a local stack (free ports; the repo's `evergreen.yaml` without the fair gate's evaluation block:
+churn-model onto churn-endpoint, canary steps 25 → 100 %, canary interval 2 s, poll interval 2 s),
+a champion is registered and rolled out first (that rollout creates the endpoint; it is not measured).
+Then each measured candidate is registered with the SDK, which emits ModelRegistered through the local
+Event Grid to the host, and
 the rollout runs as in Azure: `on_model_registered`, then `advance_rollout` steps on the queue.
 
 - **total**: from just before the registration call to the end of the endpoint update that put
@@ -41,8 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
-from bench.report import BenchResult
+from bench.report import REPO_ROOT, BenchResult
 
 log = logging.getLogger(__name__)
 
@@ -240,14 +242,40 @@ class Bench:
         )
 
 
+def bench_policy(root: Path) -> Path:
+    """The repo's `evergreen.yaml` without `promotion.evaluation` (the gate compares the registered metric).
+
+    The fair gate's comparison job is benchmarked on its own (`bench/bench_compare.py`); here the gate must
+    not wait for evaluation data. Written beside a link to the repo's `ml/` (paths are relative to it).
+    """
+    policy = yaml.safe_load((REPO_ROOT / "evergreen.yaml").read_text())
+    for model in policy.get("models") or []:
+        (model.get("promotion") or {}).pop("evaluation", None)
+    (root / "ml").symlink_to(REPO_ROOT / "ml", target_is_directory=True)
+    path = root / "evergreen.yaml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
+
+
 def _start_stack() -> tuple[Any, Path]:
+    """A stack on free ports whose host runs the benchmark policy; returns it and its directory."""
+    from devstack.host import start_host
     from devstack.procs import free_port
-    from devstack.stack import Ports, start_stack
+    from devstack.stack import Ports, start_stack, stop_stack
 
     state = Path(tempfile.mkdtemp(prefix="evergreen-bench-rollout-"))
     ports = Ports(blob=free_port(), queue=free_port(), table=free_port(), aml=free_port(), eventgrid=free_port(),
                   host=free_port())
-    return start_stack(state, ports), state
+    stack = start_stack(state / "stack", ports, with_host=False)
+    try:
+        stack.env["EVERGREEN_POLICY_PATH"] = str(bench_policy(state))
+        host = start_host(REPO_ROOT, ports.host, state_dir=state / "stack", env=stack.env)
+        stack.services.append(host)
+        host.wait_ready(timeout=90)
+    except BaseException:
+        stop_stack(stack)
+        raise
+    return stack, state
 
 
 def measure_rollouts(rollouts: int) -> list[Rollout]:

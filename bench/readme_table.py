@@ -2,8 +2,8 @@
 
     python -m bench.readme_table [path/to/latest.json]
 
-Prints the machine line and one row per benchmark: its ratio, goal, whether this run met it, and
-its notes. Every number comes from the file; nothing is typed by hand.
+Prints the machine line, one row per benchmark (its ratio, goal, whether this run met it, its notes),
+then each benchmark's figures. Every number comes from the file; nothing is typed by hand.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ def render(doc: dict[str, Any]) -> str:
         met = "-" if b.get("met") is None else ("yes" if b["met"] else "**no**")
         lines.append(f"| {_cell(b['name'])} | {ratio} | {_cell(b.get('ratio_name', ''))} | {_cell(b.get('goal', ''))}"
                      f" | {met} | {_cell(b.get('notes', ''))} |")
+    figured = [b for b in doc.get("benchmarks", []) if b.get("figures")]
+    if figured:
+        lines += ["", "Figures behind the ratios:", ""]
+        lines += [f"- **{b['name']}**: " + ", ".join(f"{k} {v}" for k, v in b["figures"].items()) for b in figured]
     return "\n".join(lines)
 
 

@@ -1,7 +1,12 @@
-"""The end-to-end demo: a data drop lands in Blob Storage and everything after it is automatic.
+"""The end-to-end demo: data drops land in Blob Storage and everything after it is automatic.
 
-It starts the local stack (unless one is already up), uploads a sample drop, waits for what the
-Function App does in reaction, shows it, and stops what it started.
+It starts the local stack (unless one is already up) with its Functions host on the demo's policy
+(the shipped evergreen.yaml, fair gate on for churn-model, plus a `threshold`), uploads the drops of
+`devstack/demo_data.py` one by one, waits for what the Function App does in reaction and shows it:
+each model's comparison job and the table the gate judged (read from the audit record, never
+recomputed; `devstack/demo_tables.py`), the gate's coded decision, the rollouts, the decaying
+champion's re-score and the retrain it starts. It stops what it started, and stops with an error if a
+scenario does not come out as intended.
 """
 
 from __future__ import annotations
@@ -57,23 +62,22 @@ def churn_rows(n: int, seed: int, label_noise: float = 0.0) -> str:
 
 
 def demo_policy(app_dir: Path) -> Path:
-    """The policy the demo's Functions host runs: evergreen.yaml with the fair gate on for churn-model.
+    """The policy the demo's Functions host runs: the shipped evergreen.yaml (fair gate on for churn-model)
+    plus a `threshold`, so that the model trained after the drift is refused as `below_threshold`.
 
-    `promotion.evaluation` is commented out in the shipped evergreen.yaml (a workspace needs labelled
-    evaluation data first); the demo uploads `churn-holdout` drops, so it turns it on, with the values
-    the comment shows. The app folder links the repo's `ml/`, so the pipelines resolve as in a deployment.
+    The app folder links the repo's `ml/`, so the pipelines resolve as in a deployment.
     """
     import yaml
 
     policy = yaml.safe_load((REPO_ROOT / "evergreen.yaml").read_text(encoding="utf-8"))
     churn = next(m for m in policy["models"] if m["name"] == MODEL)
-    churn["promotion"]["evaluation"] = dict(EVALUATION)
+    churn["promotion"]["threshold"] = THRESHOLD
     app_dir.mkdir(parents=True, exist_ok=True)
     ml = app_dir / "ml"
     if not ml.is_symlink():
         ml.symlink_to(REPO_ROOT / "ml")
     path = app_dir / "evergreen.yaml"
-    header = "# written by `python -m devstack demo`: evergreen.yaml with churn-model's promotion.evaluation on\n"
+    header = "# written by `python -m devstack demo`: evergreen.yaml plus churn-model's promotion.threshold\n"
     path.write_text(header + yaml.safe_dump(policy, sort_keys=False), encoding="utf-8")
     return path
 
@@ -108,7 +112,8 @@ def run_demo(state_dir: Path, *, keep: bool = False) -> int:
             _say("starting the local stack (Azurite, Azure ML emulator, Event Grid, Functions host)...")
             started = start_stack(state_dir, ports, with_host=False)
         _host_on_policy(state_dir, ports, started, policy)
-        _say(f"   the host runs {policy}: evergreen.yaml with churn-model's promotion.evaluation on")
+        _say(f"   the host runs {policy}: evergreen.yaml (fair gate on for churn-model) "
+         f"(and threshold roc_auc >= {THRESHOLD})")
         with applied_env(read_env(state_dir)):
             _run(read_env(state_dir))
         _say(f"\nstatus page: http://127.0.0.1:{ports.host}/api/status  (JSON: /api/status.json)")
@@ -123,12 +128,18 @@ def run_demo(state_dir: Path, *, keep: bool = False) -> int:
 ENDPOINT = "churn-endpoint"
 MODEL = "churn-model"
 TRAINING = "churn-training"
-# The fair gate's settings for the demo (the values evergreen.yaml's commented `evaluation:` block shows).
-EVALUATION: dict[str, Any] = {
-    "data": "churn-holdout@latest", "label_column": "churned", "min_rows": 500, "confidence": 0.95,
-    "resamples": 1000, "seed": 7, "slices": ["region", "contract"], "min_slice_rows": 200,
-    "max_slice_regression": 0.02, "max_decay": 0.02,
-}
+THRESHOLD = 0.7  # the demo's `promotion.threshold` for churn-model: any model must reach this roc_auc
+
+
+def _shipped_evaluation() -> dict[str, Any]:
+    """churn-model's `promotion.evaluation` in the shipped evergreen.yaml (the demo prints against it)."""
+    import yaml
+
+    policy = yaml.safe_load((REPO_ROOT / "evergreen.yaml").read_text(encoding="utf-8"))
+    return dict(next(m for m in policy["models"] if m["name"] == MODEL)["promotion"]["evaluation"])
+
+
+EVALUATION: dict[str, Any] = _shipped_evaluation()
 
 
 def _run(env: dict[str, str]) -> None:
@@ -248,7 +259,7 @@ def _step_first_model(demo: _Demo, drop: Any) -> None:
     """Steps 3-5: retraining on the first drop, its model scored alone, deployed (no threshold to miss)."""
     champion = _show_retraining(demo, job_name_for(TRAINING, str(drop.version)), step="3")
     _say(f"\n5. ModelRegistered → a comparison job scores {champion.name}:{champion.version} alone on the "
-         f"evaluation rows ({ENDPOINT} has no champion yet)")
+         f"evaluation rows ({ENDPOINT} has no champion yet); it is deployed if it meets threshold {THRESHOLD}")
     _expect(_await_decision(demo, champion), "succeeded", champion, "first_model")
     _show_endpoint(demo.ml, demo.env, "   a scoring request to the endpoint is answered by")
 
@@ -283,23 +294,38 @@ def _step_decay(demo: _Demo) -> None:
     """Steps 10-11: a drop from after a drift loses on today's rows; a new evaluation drop shows the champion
     has decayed → Evergreen.ChampionDegraded → that drop retrained → compared on the new rows → promoted."""
     _say("\n10. a training drop from after a drift (long-tenure customers now churn): on today's evaluation rows "
-         "its model is worse")
-    data = _drop_and_decide(demo, demo_data.RETRAIN, "10", "skipped")
+         f"its model is worse, below threshold {THRESHOLD}")
+    data = _drop_and_decide(demo, demo_data.RETRAIN, "10", "skipped", "below_threshold")
     _say("\n11. new labelled evaluation rows land: the world has drifted; the champion is re-scored alone on them")
-    holdout = _upload(demo, demo_data.HOLDOUT_2)
     before = {m.version for m in _models_on(demo, str(data.version))}
+    holdout = _upload(demo, demo_data.HOLDOUT_2)
     degraded = wait_for("the champion's re-score", lambda: _champion_verdict(demo, f"{holdout.name}:{holdout.version}"),
                         timeout=240)
     _say(f"   champion.{degraded.kind.removeprefix('champion.')}: {degraded.reason[:300]}")
-    for score in demo.ledger.champion_scores(ENDPOINT)[-4:]:
-        _say(f"     {score.at.strftime('%H:%M:%S')} {score.model} on {score.data_asset}:{score.data_version}: "
-             f"{score.metric} {score.value or '—'}{'  (degraded)' if score.degraded else ''}")
+    _show_champion_record(demo, degraded.assets.get("model", ""))
     if degraded.kind != "champion.degraded":
         raise RuntimeError(f"the champion should have decayed on {holdout.name}:{holdout.version}: {degraded}")
     model = _show_retraining(demo, _new_model(demo, str(data.version), before), step="12", verbose=False,
-                             lead="12. Evergreen.ChampionDegraded → the newest training drop is retrained")
+                             lead="\n12. Evergreen.ChampionDegraded → the newest training drop is retrained")
     _expect(_await_decision(demo, model), "succeeded", model)
     _show_endpoint(demo.ml, demo.env, "   the retrained champion answers:")
+
+
+def _show_champion_record(demo: _Demo, champion: str) -> None:
+    """The champion's metric over time: on the evaluation rows it was promoted on (its `promotion.compared`
+    record), then each re-score (the ledger's `champion_scores`)."""
+    promoted = next((r for r in demo.audit.query(kind_prefix="promotion.compared")
+                     if r.assets.get("model") == champion), None)
+    document = parse_recorded(promoted.assets.get("comparison", "")) if promoted is not None else None
+    if document is not None:
+        evaluation, metric = document.get("evaluation") or {}, str(document.get("metric", ""))
+        value = ((document.get("challenger") or {}).get("metrics") or {}).get(metric)
+        _say(f"   the champion's record: {promoted.at.strftime('%H:%M:%S') if promoted else ''} {champion} on "
+             f"{evaluation.get('data_asset')}:{evaluation.get('data_version')}: {metric} {value}  (promoted)")
+    for score in [s for s in demo.ledger.champion_scores(ENDPOINT) if s.model == champion]:
+        _say(f"                          {score.at.strftime('%H:%M:%S')} {score.model} on "
+             f"{score.data_asset}:{score.data_version}: {score.metric} {score.value or '—'}"
+             f"{'  (degraded)' if score.degraded else ''}")
 
 
 def _champion_verdict(demo: _Demo, data: str) -> Any:
@@ -330,7 +356,7 @@ def _step_show_events(demo: _Demo) -> None:
     eventgrid, stamp = demo.eventgrid, demo.stamp
     _say("\n13. the events that flowed (local Event Grid):")
     deliveries = {d["eventId"]: d for d in _get_json(f"{eventgrid}/deliveries?limit=1000")}
-    for item in reversed(_get_json(f"{eventgrid}/events?limit=400")):
+    for item in reversed(_get_json(f"{eventgrid}/events?limit=2000")):
         if item["receivedAt"] < demo.started_at:
             continue  # an earlier demo's events (the stack keeps its state)
         event = item["event"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,8 +92,13 @@ def _create_containers(storage: str) -> None:
             service.create_container(name)
 
 
-def start_stack(state_dir: Path, ports: Ports, *, app_dir: Path = REPO_ROOT, with_host: bool = True) -> Stack:
-    """Start Azurite, the Azure ML emulator, the local Event Grid and the Functions host, in that order."""
+def start_stack(state_dir: Path, ports: Ports, *, app_dir: Path = REPO_ROOT, with_host: bool = True,
+                env: Mapping[str, str] | None = None) -> Stack:
+    """Start Azurite, the Azure ML emulator, the local Event Grid and the Functions host, in that order.
+
+    `env`: settings added to (or overriding) the stack's, e.g. `EVERGREEN_POLICY_PATH`; they are part of
+    `Stack.env`, so the host, a restarted host and a client given that environment all see them.
+    """
     from devstack.aml import start_aml
     from devstack.eventgrid import start_eventgrid
     from devstack.host import start_host
@@ -123,7 +128,7 @@ def start_stack(state_dir: Path, ports: Ports, *, app_dir: Path = REPO_ROOT, wit
         stack.services.append(eventgrid)
         aml.wait_ready()
         eventgrid.wait_ready()
-        stack.env = stack_env(state_dir, ports)
+        stack.env = {**stack_env(state_dir, ports), **(env or {})}
         if with_host:
             host = start_host(app_dir, ports.host, state_dir=state_dir, env=stack.env)
             stack.services.append(host)

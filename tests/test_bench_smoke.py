@@ -60,3 +60,21 @@ def test_benchmarks_run_at_a_tiny_size_and_write_latest(tmp_path: Path) -> None:
     assert [b["name"] for b in doc["benchmarks"]] == [r.name for r in results]
     table = render(doc)
     assert "| burst |" in table and "overhead_new" in table
+
+
+def test_the_bench_command_refuses_an_unknown_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    from devstack.cli import bench
+
+    assert bench(quick=True, only="bench_burst,no_such_bench") == 2
+    assert "no_such_bench" in capsys.readouterr().err
+
+
+def test_the_readme_table_shows_every_benchmark_and_its_figures() -> None:
+    doc = {"commit": "abc", "at": "now", "quick": False, "machine": {"cpus": 2},
+           "benchmarks": [{"name": "burst", "ratio": 2401.0, "ratio_name": "jobs", "goal": ">= 2000", "met": True,
+                           "notes": "a|b", "figures": {"files": 2000}},
+                          {"name": "cold", "ratio": None, "ratio_name": "x", "goal": "", "met": None, "notes": "",
+                           "figures": {}}]}
+    text = render(doc)
+    assert "| burst | 2.4e+03 | jobs | >= 2000 | yes | a\\|b |" in text and "| cold | - |" in text
+    assert "- **burst**: files 2000" in text and "on 2 CPU(s)" in text

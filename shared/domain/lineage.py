@@ -15,7 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from shared.domain.audit import AuditRecord
-from shared.domain.vocabulary import Tag, version_order
+from shared.domain.urls import strip_query
+from shared.domain.vocabulary import TAG_PREFIX, Tag, version_order
 
 DATA = "data"
 MODEL = "model"
@@ -164,7 +165,7 @@ def data_blobs(uri: str, tags: Mapping[str, str], container: str = "") -> tuple[
 
 def _path_of(uri: str, container: str) -> str:
     """`container/name` of a blob URL or of a datastore URI in `container` (never the query string)."""
-    text = uri.split("?", 1)[0]
+    text = strip_query(uri)
     if "/paths/" in text:
         path = text.split("/paths/", 1)[1]
         return f"{container}/{path}" if container else path
@@ -174,7 +175,7 @@ def _path_of(uri: str, container: str) -> str:
 
 
 def data_node(name: str, version: str, uri: str, tags: Mapping[str, str], container: str = "") -> DataNode:
-    return DataNode(name=name, version=version, uri=uri.split("?", 1)[0], blobs=data_blobs(uri, tags, container),
+    return DataNode(name=name, version=version, uri=strip_query(uri), blobs=data_blobs(uri, tags, container),
                     files=tags.get(Tag.FILES.value, ""), sha256=tags.get(Tag.SHA256.value, ""))
 
 
@@ -183,7 +184,7 @@ def model_node(name: str, version: str, tags: Mapping[str, str]) -> ModelNode:
     asset, data_version = tags.get(Tag.DATA_ASSET.value, ""), tags.get(Tag.DATA_VERSION.value, "")
     return ModelNode(name=name, version=version, data=f"{asset}:{data_version}" if asset and data_version else "",
                      job=tags.get(Tag.JOB_NAME.value, ""),
-                     tags={k: v for k, v in tags.items() if k.startswith("evergreen.")})
+                     tags={k: v for k, v in tags.items() if k.startswith(TAG_PREFIX)})
 
 
 def trained_on(tags: Mapping[str, str], data: str, version: str) -> bool:

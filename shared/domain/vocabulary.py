@@ -231,7 +231,8 @@ class Tag(StrEnum):
     PIPELINE_METRICS = "evergreen.metrics"
 
 
-METRIC_TAG_PREFIX = "evergreen.metric."
+TAG_PREFIX = "evergreen."  # every `Tag` (and metric tag) starts with it: Evergreen's own tags among a user's
+METRIC_TAG_PREFIX = f"{TAG_PREFIX}metric."
 LINEAGE_TAGS = (Tag.DATA_ASSET.value, Tag.DATA_VERSION.value, Tag.JOB_NAME.value)
 
 

@@ -31,6 +31,7 @@ errors propagate, so the platform retries the event or message.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import hashlib
 import logging
@@ -332,8 +333,11 @@ class Ingestor:
         there = {f.name: f.size for f in self._blobs.list(dataset.container, snapshot_path(dataset.name, sha256))}
         missing = [c for c in copies if there.get(c.to_name) != c.size]  # one listing, not a lookup per file
         if self._copy_workers > 1 and len(missing) > 1:
+            # Each copy runs in a copy of this context, so its log lines and spans keep the invocation's ids.
+            contexts = [contextvars.copy_context() for _ in missing]
             with ThreadPoolExecutor(min(self._copy_workers, len(missing)), thread_name_prefix="snapshot") as pool:
-                list(pool.map(lambda c: self._blobs.copy(dataset.container, c.name, c.etag, c.to_name), missing))
+                list(pool.map(lambda ctx, c: ctx.run(self._blobs.copy, dataset.container, c.name, c.etag, c.to_name),
+                              contexts, missing))
         else:
             for copy in missing:
                 self._blobs.copy(dataset.container, copy.name, copy.etag, copy.to_name)

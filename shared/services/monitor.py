@@ -46,7 +46,7 @@ from shared.domain.decay import (
 from shared.domain.events import DataVersionRegistered
 from shared.domain.records import utcnow
 from shared.domain.retrain import RunFinished
-from shared.domain.vocabulary import ComparisonPurpose, MonitorAction, Tag, metric_tag
+from shared.domain.vocabulary import FINISHED_JOB_STATUSES, ComparisonPurpose, MonitorAction, Tag, metric_tag
 from shared.domain.workspace import ModelInfo
 from shared.errors import InvalidEventError
 from shared.ports import AuditLog, Clock, DataRegistry, Endpoints, EventPublisher, JobRunner
@@ -120,7 +120,11 @@ class ChampionMonitor:
 
     # -- re-scoring ----------------------------------------------------------------------------------------------
     def _rescore(self, model: ModelPolicy, asset: str, version: str, asset_type: str, event_id: str) -> MonitorOutcome:
-        """Submit the job scoring the champion alone on (asset, version); once per (champion, data version)."""
+        """Submit the job scoring the champion alone on (asset, version); once per (champion, data version).
+
+        A job found ended under its name (a redelivery, or a tick after its RunCompleted was lost) is judged
+        here, as its event would have been. Azure ML's transient errors propagate (the platform retries).
+        """
         promotion, evaluation = model.promotion, model.promotion.evaluation
         assert evaluation is not None
         champion = self._champion(promotion.endpoint)
@@ -133,6 +137,10 @@ class ChampionMonitor:
         submission = dataclasses.replace(submission, job_name=job, tags={
             **submission.tags, Tag.COMPARISON.value: ComparisonPurpose.RESCORE.value})
         status = self._jobs.submit_pipeline(submission)
+        # It ran already (its RunCompleted may have been lost): judged here, if it is the policy's own model.
+        if status.lower() in FINISHED_JOB_STATUSES and champion.partition(":")[0] == model.name:
+            return self.on_rescore_finished(RunFinished(job, status, submission.experiment, dict(submission.tags)),
+                                            event_id)
         reason = f"re-scoring the champion {champion} alone on {asset}:{version} (job {job}, {status})"
         self._record(MonitorAction.RESCORE_SUBMITTED, reason, event_id,
                      {"model": champion, "endpoint": promotion.endpoint, "data": f"{asset}:{version}", "job": job})

@@ -37,6 +37,7 @@ from shared.config.policy import Policy
 from shared.domain.audit import AuditRecord
 from shared.domain.gate import parse_metric
 from shared.domain.records import utcnow
+from shared.domain.urls import strip_query
 from shared.domain.vocabulary import ApprovalState, PromotionAction, Tag, metric_tag, version_order
 from shared.domain.workspace import DataVersionInfo, EndpointView, ModelInfo
 from shared.errors import InvalidEventError
@@ -53,6 +54,7 @@ SOURCE_TAGS = (Tag.SOURCE_URL.value, Tag.SOURCE_FOLDER.value, Tag.FILES.value, T
                Tag.SHA256.value)
 COMPARISON_TAGS = (Tag.COMPARED_WITH.value, Tag.INTERVAL.value, Tag.DECISION.value, Tag.APPROVAL.value)
 FILTERS = ("dataset", "model", "endpoint", "kind", "limit")
+PASSED_OVER = ("code",)  # the Functions host's own key parameter (auth level function): not a filter
 _KIND_RE = re.compile(r"^[a-z_]+(\.[a-z_]*)?$")
 
 
@@ -86,7 +88,8 @@ class StatusQuery:
 
 def parse_status_query(params: Mapping[str, str], policy: Policy) -> StatusQuery:
     """The filters from query parameters; raises InvalidEventError naming every bad one (HTTP 400)."""
-    problems = [f"unknown parameter {name!r} (use {', '.join(FILTERS)})" for name in params if name not in FILTERS]
+    problems = [f"unknown parameter {name!r} (use {', '.join(FILTERS)})" for name in params
+                if name not in FILTERS and name not in PASSED_OVER]
     values = {name: str(params.get(name, "")).strip() for name in FILTERS}
     known = {"dataset": [d.name for d in policy.datasets], "model": [m.name for m in policy.models],
              "endpoint": sorted({m.promotion.endpoint for m in policy.models})}
@@ -354,8 +357,10 @@ class StatusReader:
         if latest is not None:
             infos = [latest, *_before(latest.version, self._limits.versions - 1,
                                       lambda v: self._registry.get_data_version(name, v))]
-        return [DataVersionRow(version=i.version, asset_type=i.asset_type, uri=i.uri,
-                               sources={k: v for k, v in i.tags.items() if k in SOURCE_TAGS}) for i in infos]
+        # No query string (a SAS) on the page, even on a version registered by hand.
+        return [DataVersionRow(version=i.version, asset_type=i.asset_type, uri=strip_query(i.uri),
+                               sources={k: strip_query(v) if k == Tag.SOURCE_URL.value else v
+                                        for k, v in i.tags.items() if k in SOURCE_TAGS}) for i in infos]
 
     # -- models -------------------------------------------------------------------------------------
     def _models(self, query: StatusQuery, serving: Mapping[str, str], now: datetime) -> tuple[ModelStatus, ...]:

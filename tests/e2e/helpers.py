@@ -35,16 +35,41 @@ def with_tag(ml: Any, name: str, tag: str, value: str) -> list[Any]:
     return [d for d in versions(ml, name) if (d.tags or {}).get(tag) == value]
 
 
+# -- the policy the end-to-end stacks run on -------------------------------------------------------------------
+def tags_path_policy(directory: Path, source: Path = REPO_ROOT / "evergreen.yaml") -> Path:
+    """Write the repo's policy with every model's `promotion.evaluation` removed to `directory/evergreen.yaml`,
+    next to a link to the repo's `ml/` (pipeline, comparison and scoring paths resolve against the policy's
+    folder); its path, for `EVERGREEN_POLICY_PATH`.
+
+    These tests exercise the tags-based gate (each run's metric on its own holdout, no evaluation drop
+    uploaded); `test_fair_gate.py` and the demo exercise the comparison path that the shipped policy turns on.
+    Raises OSError if the folder cannot be written, yaml.YAMLError if the repo's policy is not YAML.
+    """
+    import yaml
+
+    policy = yaml.safe_load(source.read_text(encoding="utf-8"))
+    for model in policy.get("models") or []:
+        model.get("promotion", {}).pop("evaluation", None)
+    directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / "ml").exists():
+        (directory / "ml").symlink_to(REPO_ROOT / "ml", target_is_directory=True)
+    path = directory / "evergreen.yaml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False), encoding="utf-8")
+    return path
+
+
 # -- a whole stack of its own, the host killed and restarted, the emulators' admin routes (chaos runs) ----
 @contextmanager
 def own_stack(state_dir: Path) -> Iterator[Stack]:
-    """A fresh local stack on free ports in `state_dir`, its environment applied; stopped at the end.
+    """A fresh local stack on free ports in `state_dir` (on `tags_path_policy`), its environment applied;
+    stopped at the end.
 
     For a test that must compare two runs from the same empty start (the session's `local_stack` is shared).
     """
     ports = Ports(blob=free_port(), queue=free_port(), table=free_port(), aml=free_port(),
                   eventgrid=free_port(), host=free_port())
-    stack = start_stack(state_dir, ports)
+    policy = tags_path_policy(state_dir / "app")
+    stack = start_stack(state_dir, ports, env={"EVERGREEN_POLICY_PATH": str(policy)})
     try:
         with applied_env(stack.env):
             yield stack

@@ -2,9 +2,10 @@
 the emulator on real model files and evaluation rows) → its RunCompleted through the local Event Grid →
 decision from comparison.json → rollout.
 
-The session host is restarted on a policy of its own (EVERGREEN_POLICY_PATH: the repo's evergreen.yaml
-plus `fair-model` with `promotion.evaluation`, onto its own endpoint), and restored afterwards, so the
-other end-to-end tests keep the shipped policy.
+The session host is restarted on a policy of its own (EVERGREEN_POLICY_PATH: the session's policy, i.e. the
+repo's evergreen.yaml without evaluation, plus `fair-model` with `promotion.evaluation`, onto its own
+endpoint), and restored afterwards onto the session's policy (`local_stack.env`), which the other end-to-end
+tests run on.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def fair_host(local_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> I
     is the repo's, so `ml/compare.yml` and the scoring code resolve as in a deployment."""
     root = tmp_path_factory.mktemp("fair-app")
     (root / "ml").symlink_to(REPO_ROOT / "ml")
-    policy = yaml.safe_load((REPO_ROOT / "evergreen.yaml").read_text(encoding="utf-8"))
+    session_policy = Path(local_stack.env.get("EVERGREEN_POLICY_PATH") or REPO_ROOT / "evergreen.yaml")
+    policy = yaml.safe_load(session_policy.read_text(encoding="utf-8"))  # churn-model stays on the tags path
     policy["datasets"].append({"name": HOLDOUT, "container": "landing", "prefix": "fair-holdout/",
                                "type": "uri_file", "datastore": "landing"})
     churn = next(m for m in policy["models"] if m["name"] == "churn-model")

@@ -26,10 +26,11 @@ from devstack.browser import INSTALL_HINT, find_chromium
 from devstack.stack import Stack
 from shared.adapters.azure.tables import AzureTable
 from shared.domain.records import RolloutRecord
-from shared.domain.vocabulary import Phase, Tag, metric_tag
+from shared.domain.vocabulary import Phase
 from shared.services.ledger import LEDGER_TABLE, Ledger
 from shared.services.status import StatusLimits
 from tests.e2e.helpers import wait_for
+from tests.e2e.test_operator_cli import serving as serving_now  # the same endpoint, read through the SDK
 from tests.e2e.test_retention_stack import DATASET, seed_old_versions
 from tests.fixtures.models import register, train_model_folder, upload_model_folder
 
@@ -57,22 +58,6 @@ def browser() -> Iterator[Any]:
             yield launched
         finally:
             launched.close()
-
-
-def serving_now(ml: Any) -> tuple[str, float] | None:
-    """The model serving the endpoint and its metric, read through the SDK; None if nothing serves."""
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        traffic = ml.online_endpoints.get(ENDPOINT).traffic or {}
-    except ResourceNotFoundError:
-        return None
-    live = [(w, n) for n, w in traffic.items() if w > 0]
-    if not live:
-        return None
-    model = ml.online_deployments.get(name=max(live)[1], endpoint_name=ENDPOINT).tags[Tag.MODEL.value]
-    name, version = model.split(":")
-    return model, float(ml.models.get(name, version).tags.get(metric_tag("roc_auc"), "0"))
 
 
 def finished(ledger: Ledger, model: Any) -> RolloutRecord | None:

@@ -4,6 +4,7 @@ App, and files that arrive while the batch seals are recorded and acknowledged, 
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 from collections import Counter
 from typing import Any
@@ -115,3 +116,32 @@ def test_files_arriving_while_their_batch_seals_are_acknowledged_and_go_to_the_n
             for i in range(20)]  # each raised ClaimInProgressError before: a retry storm
     assert {o.action for o in late} == {IngestAction.BATCHED}
     assert world.ingestor.on_seal_request(request).action is IngestAction.WAITING  # the live sealer holds it
+
+
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
+
+
+class ContextRecordingStore(MemoryBlobStore):
+    """Records the caller's context variable as each copy sees it (the host tags log lines this way)."""
+
+    def __init__(self, *, clock: FakeClock) -> None:
+        super().__init__(clock=clock, chunk_size=4096)
+        self.seen: list[str] = []
+
+    def copy(self, container: str, name: str, etag: str, to_name: str) -> None:
+        self.seen.append(CALLER.get())
+        super().copy(container, name, etag, to_name)
+
+
+def test_concurrent_copies_run_in_the_invocations_context(clock: FakeClock) -> None:
+    world = _world(clock, copy_workers=4)
+    store = ContextRecordingStore(clock=clock)
+    world.blobs = store
+    world.ingestor._blobs = store  # the same world, on the recording store
+    for i in range(12):
+        world.ingestor.on_blob_created(world.upload(f"churn/ctx/p{i}.csv", f"{i}\n".encode()))
+    world.ingestor.on_blob_created(world.upload("churn/ctx/_SUCCESS", b""))
+    (request,) = world.due("marker")
+    CALLER.set("seal-invocation")
+    assert world.ingestor.on_seal_request(request).action is IngestAction.SEALED
+    assert store.seen == ["seal-invocation"] * 12

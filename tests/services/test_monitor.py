@@ -177,6 +177,20 @@ def test_redelivered_events_submit_one_rescore_and_retrain_once(world: World) ->
     assert len(world.ledger.champion_scores(ENDPOINT)) == 1
 
 
+def test_a_rescore_whose_run_completed_was_lost_is_judged_by_the_next_timer_tick(world: World) -> None:
+    """Event Grid gave up on the re-score's RunCompleted: the next tick finds the ended job under its name
+    (submitting nothing new) and judges it, so a decayed champion is not left serving until the next drop."""
+    world.serve("3", "0.80")
+    world.upload(TRAINING)
+    outcome = world.monitor().on_data_version(world.upload(HOLDOUT), "evt-holdout")
+    world.completed(outcome.job_name, "0.60")  # the step wrote its comparison.json...
+    world.aml.set_job_status(outcome.job_name, "Completed")  # ...and ended; its event never came
+    ticks = [world.monitor().on_schedule(f"tick-{n}") for n in range(2)]
+    assert [o.action for o in ticks[0]] == [MonitorAction.DEGRADED], ticks[0]
+    assert [j.name for j in world.aml.jobs() if j.name == outcome.job_name] == [outcome.job_name]
+    assert len(world.retrain_jobs()) == 1 and len(world.ledger.champion_scores(ENDPOINT)) == 1
+
+
 def test_a_failed_or_unreadable_rescore_decides_nothing(world: World) -> None:
     world.serve("3", "0.80")
     world.upload(TRAINING)

@@ -19,6 +19,7 @@ from shared.domain.vocabulary import Phase, PromotionAction, Tag
 from shared.domain.workspace import DataVersionSpec
 from shared.errors import InvalidEventError
 from shared.services.status import StatusLimits, StatusQuery, StatusReader, parse_status_query
+from shared.status_page import render_html, render_json
 from tests.services.test_promotion import ENDPOINT, MODEL, Rig, first_model
 from tests.services.test_retention import World, data, model
 
@@ -79,6 +80,17 @@ def test_data_versions_are_the_newest_with_their_blobs_and_bounded() -> None:
     assert dataset.versions[0].sources == {Tag.SOURCE_URL.value: "https://acct/landing/d/30.csv"}
 
 
+def test_a_query_string_in_a_data_version_uri_or_source_tag_never_reaches_the_page() -> None:
+    """A version registered by hand (or before the tags were stripped) may carry a SAS: the page drops it."""
+    registry = MemoryWorkspace()
+    registry.register_data_version(DataVersionSpec("d", "uri_file", "https://acct/landing/d/1.csv?sv=1&sig=s3cret",
+                                                   "", {Tag.SOURCE_URL.value: "https://acct/landing/d/1.csv?sig=s3cret"}))
+    view = reader(flow(), registry=registry).read()
+    (row,) = view.datasets[0].versions
+    assert (row.uri, row.sources[Tag.SOURCE_URL.value]) == ("https://acct/landing/d/1.csv",) * 2
+    assert "s3cret" not in render_json(view) and "s3cret" not in render_html(view)
+
+
 def test_filters_narrow_the_sections_and_the_audit_tail() -> None:
     rig = flow()
     rig.audit.record(AuditRecord("data.registered", "registered", "new file", "e-d", {"data": "d:1"}, at=rig.clock()))
@@ -100,6 +112,15 @@ def test_bad_filters_are_refused_naming_each_problem() -> None:
     for expected in ("unknown parameter 'colour'", "model='nope' is not in the policy", "limit='0'",
                      "kind='<script>'"):
         assert expected in text
+
+
+def test_the_function_key_parameter_is_accepted_and_never_echoed() -> None:
+    """Azure callers pass the function key as `?code=…` (auth level function): it is not a filter, not a 400."""
+    policy = Rig().policy
+    assert parse_status_query({"code": "s3cret-key", "model": MODEL}, policy) == StatusQuery(model=MODEL)
+    with pytest.raises(InvalidEventError) as refused:
+        parse_status_query({"code": "s3cret-key", "model": "nope"}, policy)
+    assert "s3cret-key" not in str(refused.value)
 
 
 def test_retention_shows_the_next_run_the_last_run_and_the_cached_dry_run_plan() -> None:

@@ -133,18 +133,10 @@ class AzureML:
 
         Other failures propagate as azure-core errors.
         """
-        from azure.ai.ml.exceptions import MlException
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            item: Any = (self.client.data.get(name, version=version) if version is not None
-                         else self.client.data.get(name, label="latest"))
-        except ResourceNotFoundError:
+        item: Any = _unless_missing(lambda: self.client.data.get(name, version=version) if version is not None
+                                    else self.client.data.get(name, label="latest"))
+        if item is None:
             return None
-        except MlException as exc:  # `latest` of an unknown asset: the SDK wraps the 404 in its own error
-            if _caused_by(exc, ResourceNotFoundError):
-                return None
-            raise
         return DataVersionInfo(name=item.name, version=str(item.version), uri=str(item.path),
                                asset_type=str(item.type), tags=dict(item.tags or {}))
 
@@ -212,7 +204,9 @@ class AzureML:
         service = self._workspace_blobs(str(datastore.account_name), str(datastore.endpoint or "core.windows.net"))
         blob = service.get_blob_client(str(datastore.container_name), f"{folder.strip('/')}/{COMPARISON_FILE}")
         try:
-            return bytes(blob.download_blob().readall()).decode("utf-8")
+            # Not UTF-8 is a broken step's output: replaced characters make it text the gate refuses with a
+            # coded reason, where a UnicodeDecodeError would be retried until the event is dead-lettered.
+            return bytes(blob.download_blob().readall()).decode("utf-8", errors="replace")
         except ResourceNotFoundError:
             return None
 
@@ -283,6 +277,22 @@ def _pipeline_job(submission: PipelineSubmission) -> Any:
     return job
 
 
+def _unless_missing(get: Callable[[], Any]) -> Any:
+    """`get()`, or None if the service says there is no such asset: a 404, or the SDK's own error wrapping
+    one (as it does for the `latest` label of an unknown asset). Every other error propagates."""
+    from azure.ai.ml.exceptions import MlException
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return get()
+    except ResourceNotFoundError:
+        return None
+    except MlException as exc:
+        if _caused_by(exc, ResourceNotFoundError):
+            return None
+        raise
+
+
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     """Whether `kind` is in the chain of causes of `exc` (the SDK wraps service errors in its own)."""
     seen: BaseException | None = exc
@@ -345,18 +355,10 @@ class OnlineEndpoints:
 
     def latest_model(self, name: str) -> ModelInfo | None:
         """The model's newest version (the registry's `latest` label), or None if there is no such model."""
-        from azure.ai.ml.exceptions import MlException
-        from azure.core.exceptions import ResourceNotFoundError
-
         with _operation(f"reading the latest version of model {name}"):
-            try:
-                model = self._aml.client.models.get(name=name, label="latest")
-            except ResourceNotFoundError:
-                return None
-            except MlException as exc:  # `latest` of an unknown model: the SDK wraps the 404 in its own error
-                if _caused_by(exc, ResourceNotFoundError):
-                    return None
-                raise
+            model: Any = _unless_missing(lambda: self._aml.client.models.get(name=name, label="latest"))
+        if model is None:
+            return None
         return ModelInfo(name=str(model.name), version=str(model.version), tags=dict(model.tags or {}),
                          properties={str(k): str(v) for k, v in (model.properties or {}).items()})
 
