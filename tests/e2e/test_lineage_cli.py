@@ -52,7 +52,10 @@ def test_lineage_of_a_dropped_folder_and_of_the_model_trained_on_it(local_stack:
 
     def trained() -> dict[str, Any] | None:
         doc = lineage(local_stack, f"{DATASET}:{data.version}")
-        return doc if doc["models"] and any(d["kind"].startswith("promotion.") for d in doc["decisions"]) else None
+        # the register step and the gate can finish before the pipeline job itself is marked Completed
+        done = any(j["name"] == job_name and j["status"] == "Completed" for j in doc["jobs"])
+        gated = any(d["kind"].startswith("promotion.") for d in doc["decisions"])
+        return doc if done and doc["models"] and gated else None
 
     forward = wait_for(trained, "a model trained on the data version, through the gate", timeout=300)
     (model,) = forward["models"]

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from azure.ai.ml.constants import ListViewType
 from azure.data.tables import TableServiceClient
 
 from devstack.browser import INSTALL_HINT, find_chromium
@@ -97,7 +98,9 @@ def test_the_status_page_shows_what_serves_why_a_candidate_was_rejected_and_what
         page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
 
         # the chart: one point per registered version (the newest `versions` of them), champion marked
-        registered = sorted((int(m.version) for m in ml.models.list(name=MODEL)), reverse=True)
+        # archived versions too: retention may have archived old ones earlier in the session
+        everything = ml.models.list(name=MODEL, list_view_type=ListViewType.ALL)
+        registered = sorted((int(m.version) for m in everything), reverse=True)
         shown = registered[:StatusLimits().versions]
         chart = page.locator(f'svg.trend[data-model="{MODEL}"]')
         points = chart.locator("circle.point")
