@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench.report import BenchResult, table
+from bench.report import BenchResult, details, table
 from bench.stackbench import (
     CONTAINER,
     DATASET,
@@ -234,9 +234,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     results = run(args.quick, files=args.files)
     print(table(results))
-    for r in results:
-        for key, value in r.figures.items():
-            print(f"  {key:<32} {value}")
+    print(details(results))
     return 0
 
 

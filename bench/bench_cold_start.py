@@ -186,12 +186,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--runs", type=int, default=None)
     args = parser.parse_args()
-    from bench.report import table
+    from bench.report import details, table
 
     results = run(args.quick, runs=args.runs)
     print(table(results))
-    for r in results:
-        print(r.name, json.dumps(dict(r.figures)))
+    print(details(results))
 
 
 if __name__ == "__main__":

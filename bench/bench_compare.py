@@ -94,11 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10k and 50k rows × 200 resamples")
     args = parser.parse_args(argv)
-    for result in run(args.quick):
-        print(result.title)
-        for name, value in result.figures.items():
-            print(f"  {name}: {value}")
-        print(f"  {result.ratio_name}: {result.ratio} (goal {result.goal}: {'met' if result.met else 'NOT met'})")
+    from bench.report import details
+
+    print(details(run(args.quick)))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from bench.report import BenchResult, table
+from bench.report import BenchResult, details, table
 from bench.stackbench import (
     CONTAINER,
     PREFIX,
@@ -180,10 +180,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     results = run(args.quick, files=args.files)
     print(table(results))
-    for r in results:
-        print(f"{r.name}: {r.notes}")
-        for key, value in r.figures.items():
-            print(f"  {key:<32} {value}")
+    print(details(results))
     return 0
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import yaml
 
-from bench.report import BenchResult, table
+from bench.report import BenchResult, details, table
 from devstack.aml import client_env, start_aml
 from devstack.azurite import connection_string, ensure_installed, start_azurite
 from devstack.procs import Service, free_port
@@ -290,10 +290,7 @@ def main() -> None:
         scales = (float(small), float(large))
     results = run(args.quick, scales=scales, apply=not args.no_apply)
     print(table(results))
-    for r in results:
-        print(f"\n{r.name}: {r.title}")
-        for key, value in r.figures.items():
-            print(f"  {key:<40} {value}")
+    print(details(results))
 
 
 if __name__ == "__main__":

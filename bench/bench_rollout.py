@@ -26,7 +26,6 @@ failed, and p99 latency before (3 s), during and after (3 s) each rollout.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import shutil
@@ -344,12 +343,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rollouts", type=int, default=None)
     args = parser.parse_args()
-    from bench.report import table
+    from bench.report import details, table
 
     results = run(args.quick, rollouts=args.rollouts)
     print(table(results))
-    for r in results:
-        print(r.name, json.dumps(dict(r.figures)))
+    print(details(results))
 
 
 if __name__ == "__main__":

@@ -170,12 +170,9 @@ def run(quick: bool) -> list[BenchResult]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    for result in run(parser.parse_args().quick):
-        print(f"{result.title}")
-        for name, value in result.figures.items():
-            print(f"  {name:<20} {value}")
-        print(f"  {result.ratio_name}: {result.ratio} (goal {result.goal}, warm 1× < {GOAL_MS:g} ms) "
-              f"met={result.met}")
+    from bench.report import details
+
+    print(details(run(parser.parse_args().quick)))
 
 
 if __name__ == "__main__":

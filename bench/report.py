@@ -60,6 +60,20 @@ def table(results: list[BenchResult]) -> str:
     return "\n".join(lines)
 
 
+def details(results: list[BenchResult]) -> str:
+    """Each result's title, figures, ratio against its goal and notes: what a standalone run prints under the table."""
+    lines: list[str] = []
+    for r in results:
+        lines.append(f"\n{r.name}: {r.title}")
+        lines += [f"  {key:<40} {value}" for key, value in r.figures.items()]
+        if r.ratio is not None:
+            met = "" if r.met is None else (" met" if r.met else " NOT met")
+            lines.append(f"  {r.ratio_name}: {r.ratio:,.3g} (goal {r.goal or '-'}{met})")
+        if r.notes:
+            lines.append(f"  {r.notes}")
+    return "\n".join(lines)
+
+
 def write_latest(results: list[BenchResult], *, quick: bool, path: Path | None = None) -> Path:
     """Write `bench/results/latest.json`: one object per benchmark, plus the commit and the machine."""
     import os

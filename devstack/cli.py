@@ -61,7 +61,7 @@ def bench(*, quick: bool, only: str | None = None, results: Path | None = None) 
     import importlib
     import time
 
-    from bench.report import BENCHMARKS, BenchResult, table, write_latest
+    from bench.report import BENCHMARKS, BenchResult, details, table, write_latest
 
     wanted = [name.strip() for name in only.split(",")] if only else list(BENCHMARKS)
     unknown = [name for name in wanted if name not in BENCHMARKS]
@@ -80,6 +80,7 @@ def bench(*, quick: bool, only: str | None = None, results: Path | None = None) 
             failed.append(f"{name}: {type(exc).__name__}: {exc}")
         print(f"   {name} took {time.monotonic() - started:.0f}s", flush=True)
     print(table(collected))
+    print(details(collected))
     path = write_latest(collected, quick=quick, path=results)
     print(f"wrote {path}")
     for line in failed:

@@ -12,6 +12,7 @@ scenario does not come out as intended.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import tempfile
@@ -131,15 +132,15 @@ TRAINING = "churn-training"
 THRESHOLD = 0.7  # the demo's `promotion.threshold` for churn-model: any model must reach this roc_auc
 
 
-def _shipped_evaluation() -> dict[str, Any]:
-    """churn-model's `promotion.evaluation` in the shipped evergreen.yaml (the demo prints against it)."""
+@functools.cache
+def shipped_evaluation() -> dict[str, Any]:
+    """churn-model's `promotion.evaluation` in the shipped evergreen.yaml (the demo prints against it); read
+    when first needed, not when the module is imported (tests import `churn_rows` from here)."""
     import yaml
 
     policy = yaml.safe_load((REPO_ROOT / "evergreen.yaml").read_text(encoding="utf-8"))
     return dict(next(m for m in policy["models"] if m["name"] == MODEL)["promotion"]["evaluation"])
 
-
-EVALUATION: dict[str, Any] = _shipped_evaluation()
 
 
 def _run(env: dict[str, str]) -> None:
@@ -458,8 +459,8 @@ def _show_comparison(demo: _Demo, ref: str) -> str:
     _say(f"   comparison job {compared.assets.get('job', '?')} → {compared.decision}")
     document = parse_recorded(compared.assets.get("comparison", ""))
     if document is not None:
-        for line in comparison_lines(document, min_slice_rows=int(EVALUATION["min_slice_rows"]),
-                                     max_slice_regression=float(EVALUATION["max_slice_regression"])):
+        for line in comparison_lines(document, min_slice_rows=int(shipped_evaluation()["min_slice_rows"]),
+                                     max_slice_regression=float(shipped_evaluation()["max_slice_regression"])):
             _say(line)
     return str(compared.decision)
 
