@@ -375,8 +375,8 @@ class Ingestor:
                 return IngestOutcome(IngestAction.DUPLICATE,
                                      f"same content already registered as {dataset.name}:{existing.version}",
                                      existing.version)
-            if existing.state != ContentState.PENDING:
-                return existing  # registered but not yet announced: finish the job (publishing is idempotent)
+            # Pending, or registered but not yet announced: its holder is finishing it while its lease lives
+            # (finishing it beside the holder would announce it twice); after that, whoever takes it over does.
             if not self._ledger.content_claim_expired(existing):
                 return Busy(existing.lease_until or self._clock() + self._leases.content,
                             f"content {sha256[:12]} of {dataset.name} is being registered by "
@@ -385,7 +385,7 @@ class Ingestor:
             if taken is not None:
                 log.info("took over the expired claim of content %s of %s (held by %s)", sha256[:12], dataset.name,
                          existing.owner or "?")
-                return self._adopt(taken)
+                return self._adopt(taken) if taken.state == ContentState.PENDING else taken
         return Busy(self._clock(), f"content {sha256[:12]} of {dataset.name} was taken over meanwhile")
 
     def _version_exists(self, record: ContentRecord) -> bool:
@@ -393,10 +393,10 @@ class Ingestor:
         return bool(record.version) and self._registry.get_data_version(record.dataset, record.version) is not None
 
     def _wait_for_holder(self, dataset: str, sha256: str) -> ContentRecord | None:
-        """The content's record once it is no longer pending under a live lease, or after HOLDER_WAIT."""
+        """The content's record once it is announced or its holder's lease ran out, or after HOLDER_WAIT."""
         existing = self._ledger.get_content(dataset, sha256)
         for _ in range(round(HOLDER_WAIT.total_seconds() / HOLDER_POLL_SECONDS)):
-            if existing is None or existing.state != ContentState.PENDING or self._ledger.content_claim_expired(
+            if existing is None or existing.state == ContentState.PUBLISHED or self._ledger.content_claim_expired(
                     existing):
                 return existing
             self._sleep(HOLDER_POLL_SECONDS)
@@ -427,14 +427,16 @@ class Ingestor:
         try:
             return self._finish_content(record, spec, files, count)
         except Exception:
-            if record.state == ContentState.PENDING:
-                self._release_content(record)
+            self._release_content(record)
             raise
 
     def _release_content(self, record: ContentRecord) -> None:
-        """Give a pending claim back after a failure (a retry adopts what we may have registered); best effort."""
+        """Give our unfinished claim back after a failure, so a retry takes it over at once (and adopts what we
+        may have registered); best effort: otherwise the lease expires."""
         try:
-            self._ledger.release_content(record)
+            current = self._ledger.get_content(record.dataset, record.sha256)  # it may be registered by now
+            if current is not None and current.state != ContentState.PUBLISHED and current.owner == self._owner:
+                self._ledger.release_content(current)
         except Exception as exc:  # the original error is the one that matters; the lease expires anyway
             log.warning("could not release the claim of content %s of %s: %s: %s", record.sha256[:12],
                         record.dataset, type(exc).__name__, strip_query(str(exc)))

@@ -238,11 +238,13 @@ class Ledger:
         return spec, files, int(d.get("FileCount") or len(files))
 
     def content_claim_expired(self, record: ContentRecord) -> bool:
-        """Whether a pending claim outlived its lease (its holder died): then anyone may take it over."""
-        return record.state == ContentState.PENDING and record.lease_expired(self._clock(), self._leases.content)
+        """Whether an unfinished claim (pending, or registered but not yet announced) outlived its lease (its
+        holder died or gave it back): then anyone may take it over."""
+        return record.state != ContentState.PUBLISHED and record.lease_expired(self._clock(), self._leases.content)
 
     def take_over_content(self, record: ContentRecord, owner: str = "") -> ContentRecord | None:
-        """Take a stale pending claim (its holder died) under a new lease; None if someone else moved first."""
+        """Take a stale unfinished claim (its holder died) under a new lease, in the state it is in; None if
+        someone else moved first."""
         now = self._clock()
         row = self._replace_if(_stored(record), {"ClaimedAt": _iso(now), "Owner": owner,
                                                  "LeaseUntil": _iso(now + self._leases.content)})
@@ -266,7 +268,8 @@ class Ledger:
         return self._content(row) if row else None
 
     def release_content(self, record: ContentRecord) -> bool:
-        """End our lease on a pending claim after a failure, so a retry takes it over at once; False if it moved."""
+        """End our lease on an unfinished claim after a failure, so a retry takes it over at once; False if it
+        moved."""
         return self._replace_if(_stored(record), {"Owner": "", "LeaseUntil": _iso(self._clock())}) is not None
 
     def content_registered(self, record: ContentRecord, version: str) -> ContentRecord:

@@ -170,6 +170,49 @@ def test_defect8_concurrent_duplicate_deliveries_never_fail_and_register_once(wo
     assert world.ledger.open_work("ingest") == []
 
 
+def test_defect8_a_duplicate_while_its_holder_announces_waits_instead_of_announcing_again(world: World) -> None:
+    # The holder has registered the version and is publishing it; a duplicate delivery lands in that window.
+    # Finishing the holder's job beside it would publish the same announcement twice and report two
+    # registrations (found on real ETags under load by the Azurite test of this defect).
+    class HeldPublisher(FlakyPublisher):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered, self.go = threading.Event(), threading.Event()
+
+        def data_version_registered(self, event: DataVersionRegistered) -> str:
+            self.entered.set()
+            assert self.go.wait(10)
+            return super().data_version_registered(event)
+
+    world.publisher = HeldPublisher()
+    holder, other = world.instance(), world.instance()
+    event = world.upload("reference/r.csv", b"r\n")
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(holder.on_blob_created, event)
+        assert world.publisher.entered.wait(10)  # registered, not yet announced
+        second = other.on_blob_created(event)
+        world.publisher.go.set()
+        assert first.result().action is IngestAction.REGISTERED
+    assert second.action is IngestAction.WAITING and "being registered by" in second.detail
+    assert world.retries.items() == [event]  # re-scheduled, not acknowledged as done
+    world.clock.advance(CLAIM_LEASE.total_seconds() + 1)
+    (retry,) = world.retries.peek()
+    assert other.on_blob_created(retry).action is IngestAction.DUPLICATE
+    assert world.versions("ref") == ["1"] and len(world.publisher.events) == 1
+
+
+def test_an_announcement_that_failed_after_registering_is_given_back_and_finished_by_another_instance(
+        world: World) -> None:
+    event = world.upload("reference/r.csv", b"r\n")
+    world.publisher.failures = 1
+    with pytest.raises(ConnectionError):
+        world.ingestor.on_blob_created(event)  # registered, then Event Grid failed: the claim is given back
+    outcome = world.instance().on_blob_created(event)  # the redelivery lands on another instance, at once
+    assert (outcome.action, outcome.version) == (IngestAction.REGISTERED, "1")
+    assert world.versions("ref") == ["1"] and [e.version for e in world.publisher.events] == ["1"]
+    assert world.slept == []  # no wait for a lease: the failed holder released it
+
+
 def test_burst_of_500_files_becomes_one_version_none_lost_none_twice(world: World) -> None:
     names = [f"churn/drop1/part-{i:04d}.csv" for i in range(500)]
     events = [world.upload(n, f"row,{n}\n".encode()) for n in names]
