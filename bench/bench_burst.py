@@ -1,4 +1,4 @@
-"""The burst: one drop folder of N files (2,000; quick 300) and its marker, delivered under pressure.
+"""The burst: one drop folder of N files (2,000; quick 100) and its marker, delivered under pressure.
 
 Evergreen against the naive per-blob recipe, side by side on one local stack (`bench/stackbench.py`):
 the files are uploaded once, then the same deliveries (20 % duplicate deliveries, shuffled, 8
@@ -8,7 +8,7 @@ Functions host code.
 
 Evergreen should make exactly one data version (holding every file) and one retraining job, with no
 failed execution. The naive recipe makes one version and one job per delivery; it gets a time budget
-(quick 30 s, full 90 s) and, when it has not handled every delivery by then, its counts are scaled to
+(quick 10 s, full 90 s) and, when it has not handled every delivery by then, its counts are scaled to
 all deliveries (said in its figures: `naive_handled`, `*_projected`).
 
     python -m bench.bench_burst [--quick] [--files N]
@@ -62,8 +62,8 @@ class Side:
 
 def run(quick: bool, files: int | None = None, naive_budget: float | None = None) -> list[BenchResult]:
     """The burst on a fresh local stack; `files`/`naive_budget` override the sizes (the smoke test uses tiny ones)."""
-    count = files or (300 if quick else 2000)
-    budget = naive_budget or (30.0 if quick else 90.0)
+    count = files or (100 if quick else 2000)
+    budget = naive_budget or (10.0 if quick else 90.0)
     with bench_stack() as bench:
         return burst(bench, count, budget)
 

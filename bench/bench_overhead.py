@@ -1,6 +1,6 @@
 """Per-event overhead: Evergreen's blob trigger against a no-op blob trigger, same host, same deliveries.
 
-On one local stack (`bench/stackbench.py`), N files (quick 20, full 150) are delivered to Evergreen's
+On one local stack (`bench/stackbench.py`), N files (quick 8, full 150) are delivered to Evergreen's
 `on_blob_created` twice (the second time each is already known: deduplicated by URL + eTag), N other
 files once (each a new file of a folder batch; the batch does not seal during the run), and the same
 deliveries to the no-op trigger of `bench/naive_app`. One event at a time (the next is posted once the
@@ -66,7 +66,7 @@ def _timed(call: Callable[..., Any], bucket: str, sink: dict[str, float]) -> Cal
 
 def run(quick: bool, files: int | None = None) -> list[BenchResult]:
     """Overhead on a fresh local stack; `files` overrides the size (the smoke test uses a tiny one)."""
-    count = files or (20 if quick else 150)
+    count = files or (8 if quick else 150)
     with bench_stack() as bench:
         return overhead(bench, count)
 

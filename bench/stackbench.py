@@ -189,9 +189,48 @@ class BenchStack:
         return [Execution(m["fn"], m["ok"] == "Succeeded", float(m["ms"])) for m in _EXECUTED.finditer(text)]
 
 
+_shared: list[BenchStack] = []  # the stack `shared_stacks()` keeps for the benchmarks run inside it
+_sharing: list[bool] = []
+
+
+@contextmanager
+def shared_stacks() -> Iterator[None]:
+    """Inside this block every `bench_stack()` is one stack, started on first use and stopped at the end.
+
+    `make bench QUICK=1` runs the burst and the overhead benchmark on one stack: a stack's start-up
+    (Azurite, the emulator, the Event Grid and a Functions host) costs more than their quick sizes.
+    Their files live under different folders, so neither sees the other's blobs.
+    """
+    _sharing.append(True)
+    try:
+        yield
+    finally:
+        _sharing.pop()
+        if not _sharing:
+            while _shared:
+                _stop(_shared.pop())
+
+
 @contextmanager
 def bench_stack() -> Iterator[BenchStack]:
-    """Start the stack on free ports with Evergreen's host on the benchmark policy; stop it all afterwards."""
+    """The stack on free ports with Evergreen's host on the benchmark policy, stopped afterwards.
+
+    Inside `shared_stacks()` it is the block's one stack (started here on first use, stopped by the block).
+    """
+    if not _sharing:
+        bench = _start()
+        try:
+            yield bench
+        finally:
+            _stop(bench)
+        return
+    if not _shared:
+        _shared.append(_start())
+    yield _shared[0]
+
+
+def _start() -> BenchStack:
+    """Start Azurite, the emulator, the Event Grid and Evergreen's host on free ports; raises ServiceStartError."""
     from devstack.azurite import ensure_installed
     from devstack.host import start_host
 
@@ -212,14 +251,19 @@ def bench_stack() -> Iterator[BenchStack]:
         stack.services.append(host)
         host.wait_ready(timeout=90)
         bench._aml("POST", "/_emulator/compute", json={"hold": True})
-        yield bench
-    finally:
-        bench.stop_naive()
-        stop_stack(stack)
-        if os.environ.get(KEEP):
-            print(f"{KEEP} is set: logs kept in {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    except BaseException:
+        _stop(bench)
+        raise
+    return bench
+
+
+def _stop(bench: BenchStack) -> None:
+    bench.stop_naive()
+    stop_stack(bench.stack)
+    if os.environ.get(KEEP):
+        print(f"{KEEP} is set: logs kept in {bench.root}")
+    else:
+        shutil.rmtree(bench.root, ignore_errors=True)
 
 
 # -- blobs and deliveries ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
@@ -62,6 +63,7 @@ def bench(*, quick: bool, only: str | None = None, results: Path | None = None) 
     import time
 
     from bench.report import BENCHMARKS, BenchResult, details, table, write_latest
+    from bench.stackbench import shared_stacks
 
     wanted = [name.strip() for name in only.split(",")] if only else list(BENCHMARKS)
     unknown = [name for name in wanted if name not in BENCHMARKS]
@@ -70,15 +72,18 @@ def bench(*, quick: bool, only: str | None = None, results: Path | None = None) 
         return 2
     collected: list[BenchResult] = []
     failed: list[str] = []
-    for name in wanted:
-        started = time.monotonic()
-        print(f"== {name} ({'quick' if quick else 'full'})", flush=True)
-        try:
-            collected.extend(importlib.import_module(f"bench.{name}").run(quick))
-        except Exception as exc:  # one broken benchmark must not hide the others' numbers
-            logging.getLogger(__name__).exception("benchmark %s failed", name)
-            failed.append(f"{name}: {type(exc).__name__}: {exc}")
-        print(f"   {name} took {time.monotonic() - started:.0f}s", flush=True)
+    begun = time.monotonic()
+    with shared_stacks() if quick else contextlib.nullcontext():  # quick: one stack for burst and overhead
+        for name in wanted:
+            started = time.monotonic()
+            print(f"== {name} ({'quick' if quick else 'full'})", flush=True)
+            try:
+                collected.extend(importlib.import_module(f"bench.{name}").run(quick))
+            except Exception as exc:  # one broken benchmark must not hide the others' numbers
+                logging.getLogger(__name__).exception("benchmark %s failed", name)
+                failed.append(f"{name}: {type(exc).__name__}: {exc}")
+            print(f"   {name} took {time.monotonic() - started:.0f}s", flush=True)
+    print(f"all benchmarks took {time.monotonic() - begun:.0f}s", flush=True)
     print(table(collected))
     print(details(collected))
     path = write_latest(collected, quick=quick, path=results)

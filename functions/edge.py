@@ -73,7 +73,7 @@ class Settled(Protocol):
 class Handled:
     """An outcome for handlers that have no service outcome to return (the timer, the HTTP trigger)."""
 
-    action: str
+    action: EdgeAction
     detail: str
     reply: HttpReply | None = None  # the HTTP answer; only the HTTP source reads it
 
@@ -294,12 +294,12 @@ def _settle(
             _audit_rejection(delivery, exc, audit, about, started)
             return source.refuse(exc)
         except TransientError as exc:
-            _line(logging.WARNING, delivery, about, "retry", f"{type(exc).__name__}: {exc}", started)
-            telemetry.annotate({Attr.OUTCOME: "retry"})
+            _line(logging.WARNING, delivery, about, EdgeAction.RETRY.value, f"{type(exc).__name__}: {exc}", started)
+            telemetry.annotate({Attr.OUTCOME: EdgeAction.RETRY.value})
             raise
         except Exception as exc:
-            _line(logging.ERROR, delivery, about, "failed", f"{type(exc).__name__}: {exc}", started)
-            telemetry.annotate({Attr.OUTCOME: "failed"})
+            _line(logging.ERROR, delivery, about, EdgeAction.FAILED.value, f"{type(exc).__name__}: {exc}", started)
+            telemetry.annotate({Attr.OUTCOME: EdgeAction.FAILED.value})
             raise
         _line(logging.INFO, delivery, about, action_value(outcome.action), outcome.detail, started)
         telemetry.annotate({Attr.OUTCOME: action_value(outcome.action), Attr.REJECTED: False})
@@ -314,7 +314,7 @@ def _audit_rejection(delivery: Delivery, exc: Rejection, audit: Callable[[], Aud
     try:
         audit().record(record)
     except Exception as failure:
-        _line(logging.ERROR, delivery, about, "audit_failed",
+        _line(logging.ERROR, delivery, about, EdgeAction.AUDIT_FAILED.value,
               f"the rejection was not audited ({type(failure).__name__}: {failure}); acknowledged anyway", started)
 
 

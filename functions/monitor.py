@@ -12,6 +12,7 @@ import azure.functions as func
 
 from functions.edge import Delivery, Handled, Settled, edge, timer
 from shared.composition import get_monitor
+from shared.domain.vocabulary import EdgeAction
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
@@ -23,4 +24,4 @@ def rescore(fired: func.TimerRequest, delivery: Delivery) -> Settled:
     """Re-score every champion on its newest evaluation data; retrain once where the training code changed."""
     outcomes = get_monitor().on_schedule(delivery.id)
     detail = "; ".join(f"{o.action.value}: {o.detail}" for o in outcomes) or "no model has an evaluation or a champion"
-    return Handled(action="rescored", detail=detail)
+    return Handled(action=EdgeAction.RESCORED, detail=detail)

@@ -17,6 +17,7 @@ from shared.domain.rollout import (
     candidate_retry_from_json,
     tick_from_json,
 )
+from shared.domain.vocabulary import EdgeAction
 from shared.domain.webhooks import (
     Ignored,
     Received,
@@ -56,10 +57,10 @@ def registry_webhook(result: WebhookResult, delivery: Delivery) -> Settled:
     if isinstance(result, Received):
         promoter = get_services().promoter
         done = [f"{item.model}:{action_value(promoter.on_model_version(item).action)}" for item in result.events]
-        return Handled(action="received", detail=", ".join(done), reply=reply)
+        return Handled(action=EdgeAction.RECEIVED, detail=", ".join(done), reply=reply)
     if isinstance(result, Ignored):
-        return Handled(action="ignored", detail=result.reason, reply=reply)
-    return Handled(action="handshake", detail=type(result).__name__, reply=reply)
+        return Handled(action=EdgeAction.IGNORED, detail=result.reason, reply=reply)
+    return Handled(action=EdgeAction.HANDSHAKE, detail=type(result).__name__, reply=reply)
 
 
 @bp.function_name("advance_rollout")

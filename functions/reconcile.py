@@ -10,6 +10,7 @@ import azure.functions as func
 
 from functions.edge import Delivery, Handled, Settled, edge, timer
 from shared.composition import get_reconciler
+from shared.domain.vocabulary import EdgeAction
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
@@ -20,4 +21,4 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
 def reconcile(fired: func.TimerRequest, delivery: Delivery) -> Settled:
     """Re-drive stuck work in every flow; a flow that fails fails the run (the next tick tries again)."""
     summary = get_reconciler().run(run_id=delivery.id)
-    return Handled(action="reconciled", detail=summary.detail)
+    return Handled(action=EdgeAction.RECONCILED, detail=summary.detail)

@@ -9,6 +9,7 @@ import azure.functions as func
 
 from functions.edge import Delivery, Handled, Settled, edge, timer
 from shared.composition import get_services
+from shared.domain.vocabulary import EdgeAction
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
@@ -20,4 +21,4 @@ def retention(fired: func.TimerRequest, delivery: Delivery) -> Settled:
     """Plan and apply the policy's retention rules; failed actions fail the invocation (and retry next run)."""
     summary = get_services().retention.run(run_id=delivery.id, dry_run=False)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing to do"
-    return Handled(action="applied", detail=f"{counts}; {len(summary.plan.protected)} protected")
+    return Handled(action=EdgeAction.APPLIED, detail=f"{counts}; {len(summary.plan.protected)} protected")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import azure.functions as func
 
 from functions.edge import Delivery, Settled, edge, event_grid, queue_message
-from shared.composition import RETRAIN_QUEUE, get_monitor, get_services
+from shared.composition import RETRAIN_QUEUE, get_services, on_run_finished
+from shared.composition import on_data_version_registered as route_data_version
 from shared.domain.events import DataVersionRegistered
 from shared.domain.retrain import (
     RetrainCheck,
@@ -15,7 +16,6 @@ from shared.domain.retrain import (
     parse_run_event,
     retrain_check_from_json,
 )
-from shared.domain.vocabulary import ComparisonPurpose, Tag
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
@@ -27,13 +27,7 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
 def on_data_version_registered(registered: DataVersionRegistered, delivery: Delivery) -> Settled:
     """Start (or coalesce, or skip with a reason) the dataset's retraining pipeline; a version of some model's
     evaluation data re-scores that model's champion on it (`shared.services.monitor`)."""
-    monitor = get_monitor()
-    if monitor.evaluates(registered) and get_services().policy.retraining_for(registered.dataset) is None:
-        return monitor.on_data_version(registered, delivery.id)
-    outcome = get_services().retrainer.on_data_version_registered(registered, delivery.id)
-    if monitor.evaluates(registered):  # a dataset both trained on and evaluated on: both happen
-        monitor.on_data_version(registered, delivery.id)
-    return outcome
+    return route_data_version(get_services(), registered, delivery.id)  # routed in the composition root
 
 
 @bp.function_name("on_run_event")
@@ -43,11 +37,7 @@ def on_data_version_registered(registered: DataVersionRegistered, delivery: Deli
 def on_run_event(finished: RunFinished, delivery: Delivery) -> Settled:
     """A run ended: a challenger's comparison job goes to the promoter (it decides from comparison.json);
     a retraining run is recorded, and the coalesced follow-up run starts if newer data arrived meanwhile."""
-    if finished.tags.get(Tag.COMPARISON.value) == ComparisonPurpose.CHALLENGER.value:
-        return get_services().promoter.on_comparison_finished(finished, delivery.id)
-    if finished.tags.get(Tag.COMPARISON.value) == ComparisonPurpose.RESCORE.value:  # a champion re-scored alone
-        return get_monitor().on_rescore_finished(finished, delivery.id)
-    return get_services().retrainer.on_run_finished(finished, delivery.id)
+    return on_run_finished(get_services(), finished, delivery.id)  # the same routing as a replayed dead letter
 
 
 @bp.function_name("retrain_due")

@@ -13,6 +13,7 @@ import azure.functions as func
 
 from functions.edge import Delivery, Handled, Settled, edge, http_request
 from shared.composition import get_status_reader, load_configuration
+from shared.domain.vocabulary import EdgeAction
 from shared.domain.webhooks import HttpReply
 
 if TYPE_CHECKING:  # imported on the first request: start-up stays cheap (tests/unit/test_cold_start.py)
@@ -49,7 +50,7 @@ def status_page(query: StatusQuery, delivery: Delivery) -> Settled:
     body = render_html(get_status_reader().read(query), policy_datasets=tuple(d.name for d in policy.datasets),
                        policy_models=tuple(m.name for m in policy.models),
                        policy_endpoints=tuple(sorted({m.promotion.endpoint for m in policy.models}))).encode("utf-8")
-    return Handled(action="rendered", detail=f"{len(body)} bytes", reply=HttpReply(200, PAGE_HEADERS, body))
+    return Handled(action=EdgeAction.RENDERED, detail=f"{len(body)} bytes", reply=HttpReply(200, PAGE_HEADERS, body))
 
 
 @bp.function_name("status_json")
@@ -60,4 +61,4 @@ def status_json(query: StatusQuery, delivery: Delivery) -> Settled:
     from shared.status_page import render_json
 
     body = render_json(get_status_reader().read(query)).encode("utf-8")
-    return Handled(action="rendered", detail=f"{len(body)} bytes", reply=HttpReply(200, JSON_HEADERS, body))
+    return Handled(action=EdgeAction.RENDERED, detail=f"{len(body)} bytes", reply=HttpReply(200, JSON_HEADERS, body))

@@ -32,18 +32,21 @@ if TYPE_CHECKING:  # imported where used: see the module docstring (cold start)
     from shared.adapters.azure.eventgrid import EventGridPublisher
     from shared.adapters.azure.queues import AzureDelayedQueue
     from shared.config.connections import StorageConnection
+    from shared.config.validate import PipelineReader, WorkspaceFacts
+    from shared.domain.events import DataVersionRegistered
+    from shared.domain.retrain import RunFinished
     from shared.services.approval import Approvals
     from shared.services.audit import TableAuditLog
     from shared.services.ingest import Ingestor
     from shared.services.ledger import Ledger
     from shared.services.lineage import LineageReader
-    from shared.services.monitor import ChampionMonitor
+    from shared.services.monitor import ChampionMonitor, MonitorOutcome
     from shared.services.operator import Operator
-    from shared.services.promotion import Promoter
+    from shared.services.promotion import Promoter, PromotionOutcome
     from shared.services.reconcile import Reconciler
     from shared.services.redrive import Redriver
     from shared.services.retention import RetentionRunner
-    from shared.services.retrain import Retrainer
+    from shared.services.retrain import Retrainer, RetrainOutcome
     from shared.services.status import StatusReader
 
 log = logging.getLogger(__name__)
@@ -185,7 +188,8 @@ class _Clients:
         from shared.services.retention import RetentionRunner
 
         return RetentionRunner(policy=policy.retention, workspace=AmlRetention(self.azureml),
-                               blobs=BlobRetention(self.data_blobs), rollouts=self.ledger.rollouts, audit=self.audit)
+                               blobs=BlobRetention(self.data_blobs), rollouts=self.ledger.rollouts,
+                               approvals=self.ledger.open_approvals, audit=self.audit)
 
 
 def build_services(settings: Settings, policy: Policy) -> Services:
@@ -262,6 +266,40 @@ def get_monitor() -> ChampionMonitor:
     return monitor
 
 
+def on_data_version_registered(services: Services, registered: DataVersionRegistered,
+                               event_id: str) -> RetrainOutcome | MonitorOutcome:
+    """Where a DataVersionRegistered goes (`functions/retrain.py`'s trigger, the chaos harness): the dataset's
+    retraining; a version of some model's evaluation data also re-scores that model's champion (the monitor),
+    and only that when nothing trains on the dataset. Raises RuntimeError if the services have no monitor."""
+    monitor = services.monitor
+    if monitor is None:
+        raise RuntimeError("the services were built without the champion monitor")
+    evaluated = monitor.evaluates(registered)
+    if evaluated and services.policy.retraining_for(registered.dataset) is None:
+        return monitor.on_data_version(registered, event_id)
+    outcome = services.retrainer.on_data_version_registered(registered, event_id)
+    if evaluated:  # a dataset both trained on and evaluated on: both happen
+        monitor.on_data_version(registered, event_id)
+    return outcome
+
+
+def on_run_finished(services: Services, finished: RunFinished,
+                    event_id: str) -> PromotionOutcome | MonitorOutcome | RetrainOutcome:
+    """Where a finished Azure ML run goes, from its trigger (`functions/retrain.py:on_run_event`) or a replayed
+    dead letter alike: a challenger's comparison to the promoter, a champion's re-score to the monitor, any other
+    run to the retrainer. Raises RuntimeError for a re-score if the services were built without the monitor."""
+    from shared.domain.vocabulary import ComparisonPurpose, Tag
+
+    purpose = finished.tags.get(Tag.COMPARISON.value)
+    if purpose == ComparisonPurpose.CHALLENGER.value:
+        return services.promoter.on_comparison_finished(finished, event_id)
+    if purpose == ComparisonPurpose.RESCORE.value:
+        if services.monitor is None:
+            raise RuntimeError("the services were built without the champion monitor")
+        return services.monitor.on_rescore_finished(finished, event_id)
+    return services.retrainer.on_run_finished(finished, event_id)
+
+
 # -- recovery (issue 11): the reconciler and the redrive command --------------------------------------------
 def get_reconciler() -> Reconciler:
     """The reconciler over every flow's service (the `reconcile` timer and `python -m shared.cli reconcile`)."""
@@ -285,8 +323,6 @@ def build_redriver(services: Services) -> Redriver:
         queue_service,
     )
     from shared.domain.redrive import BLOB_TRIGGER_POISON, BLOB_TRIGGER_QUEUE, POISON_SUFFIX
-    from shared.domain.retrain import RUN_COMPLETED, RUN_STATUS_CHANGED, parse_run_event
-    from shared.domain.webhooks import MODEL_REGISTERED, parse_model_registered
     from shared.services.redrive import Redriver
 
     settings = services.settings
@@ -302,19 +338,26 @@ def build_redriver(services: Services) -> Redriver:
     if blob_trigger:
         queues[BLOB_TRIGGER_QUEUE] = AzureDelayedQueue(data_queues.get_queue_client(blob_trigger), str)
 
-    def run_event(document: Mapping[str, Any]) -> object:
-        """A dead-lettered Azure ML run event, through `functions/retrain.py:on_run_event`'s parser and service."""
-        return services.retrainer.on_run_finished(parse_run_event(str(document["eventType"]), document["data"]),
-                                                  str(document["id"]))
-
     return Redriver(
         dead_letters=BlobDeadLetters(blob_service(settings.app_storage, credential)
                                      .get_container_client(DEAD_LETTER_CONTAINER)),
         poison_queues=poison, queues=queues, publisher=_publisher(settings, credential),
-        handlers={MODEL_REGISTERED: lambda doc: services.promoter.on_model_version(parse_model_registered(doc)),
-                  RUN_COMPLETED: run_event, RUN_STATUS_CHANGED: run_event},
-        audit=services.audit,
+        handlers=redrive_handlers(services), audit=services.audit,
     )
+
+
+def redrive_handlers(services: Services) -> dict[str, Callable[[Mapping[str, Any]], object]]:
+    """A dead-lettered Azure ML event type -> its trigger's parser and service, in-process (`redrive replay`)."""
+    from shared.domain.retrain import RUN_COMPLETED, RUN_STATUS_CHANGED, parse_run_event
+    from shared.domain.webhooks import MODEL_REGISTERED, parse_model_registered
+
+    def run_event(document: Mapping[str, Any]) -> object:
+        """As `functions/retrain.py:on_run_event`: the same parser, routed by `on_run_finished`."""
+        return on_run_finished(services, parse_run_event(str(document["eventType"]), document["data"]),
+                               str(document["id"]))
+
+    return {MODEL_REGISTERED: lambda doc: services.promoter.on_model_version(parse_model_registered(doc)),
+            RUN_COMPLETED: run_event, RUN_STATUS_CHANGED: run_event}
 
 
 def build_retention(settings: Settings, policy: Policy) -> RetentionRunner:
@@ -342,6 +385,23 @@ def build_operator(settings: Settings, policy: Policy, *, workspace: bool = Fals
 def build_approvals(settings: Settings, policy: Policy) -> Approvals:
     """`python -m shared.cli approve|reject`: the ledger, the audit log, the retry queue and the model registry."""
     return _Clients(settings).approvals(policy)
+
+
+def build_audit_reader(settings: Settings) -> TableAuditLog:
+    """`python -m shared.cli audit`: the audit log on the app's storage, read as it is (the table is not created)."""
+    from shared.adapters.azure.tables import AzureTable
+    from shared.services.audit import AUDIT_TABLE, TableAuditLog
+
+    tables = table_service(settings.app_storage, credential_for(settings.client_id))
+    return TableAuditLog(AzureTable(tables.get_table_client(AUDIT_TABLE)))
+
+
+def build_validation_readers(env: Mapping[str, str]) -> tuple[PipelineReader, WorkspaceFacts | None]:
+    """`python -m shared.cli validate`: azure-ai-ml's `load_job`, and the workspace `env` names (None when it
+    names none: the workspace checks are then skipped with a note)."""
+    from shared.adapters.azure.workspace_facts import AmlPipelineReader, workspace_facts
+
+    return AmlPipelineReader(), workspace_facts(credential_for(env.get("AZURE_CLIENT_ID") or None), env)
 
 
 def build_lineage(settings: Settings, policy: Policy, *, days: int = 30) -> LineageReader:

@@ -24,6 +24,7 @@ from shared.domain.retention.addresses import AddressBook, Datastore
 from shared.domain.retention.inventory import Blob, DataVersion, Deployment, Job, ModelVersion
 from shared.domain.retention.planner import Action
 from shared.domain.retrain import PipelineSubmission
+from shared.domain.vocabulary import ApplyStatus
 from shared.domain.workspace import (
     DataVersionInfo,
     DataVersionSpec,
@@ -70,8 +71,9 @@ class TableStore(Protocol):
         """Upsert entities of ONE partition, atomically in groups of at most 100 (a table transaction)."""
         ...
 
-    def query(self, partition: str) -> Iterator[Row]:
-        """Every entity of one partition, in RowKey order (paged underneath)."""
+    def query(self, partition: str, *, start: str = "", end: str = "") -> Iterator[Row]:
+        """The entities of one partition with `start` <= RowKey < `end` ("" = unbounded), in RowKey order
+        (paged underneath): one range read, so a partition can hold several kinds of rows told apart by key."""
         ...
 
     def delete(self, partition: str, row: str) -> None:
@@ -274,7 +276,7 @@ class RetentionWorkspace(Protocol):
         """Every job with its status, the assets it reads and the paths it writes."""
         ...
 
-    def execute(self, action: Action) -> str:
+    def execute(self, action: Action) -> ApplyStatus:
         """Carry out one archive/delete of a version or deployment: 'done', or 'already' when there was
         nothing left to do (gone, or already archived). Raises for any other failure; ValueError for an
         action that is not Azure ML's."""
@@ -292,13 +294,15 @@ class RetentionBlobs(Protocol):
         """Every blob of the given containers, with tier, index tags and ETag; a missing container holds none."""
         ...
 
-    def execute(self, action: Action) -> str:
+    def execute(self, action: Action) -> ApplyStatus:
         """Delete or tier one blob if it still has the listed ETag: 'done', 'already' when it is gone or
         already in that tier, 'changed' when it was changed since it was listed (nothing done)."""
         ...
 
-    def delete_job_output(self, action: Action) -> str:
-        """Delete every blob under a finished job's output folder: 'done', or 'already' when it was empty."""
+    def delete_job_output(self, action: Action) -> ApplyStatus:
+        """Delete every blob under a finished job's output folder written before the job finished
+        (`action.written_before`): 'done'; 'already' when none was left; 'newer' when some were written after
+        the job finished (those are kept, the rest deleted). Raises ValueError without `written_before`."""
         ...
 
 

@@ -14,7 +14,7 @@
   deployments and retention (`shared.cli.lineage`).
 - `approve|reject MODEL:VERSION --reason … [--by …]`: a verdict on a candidate awaiting manual approval
   (`shared.cli.approve`).
-- `validate [--policy FILE]`: check the policy and the pipelines it names (`shared.config.validate`).
+- `validate [--policy FILE] [--json]`: check the policy and the pipelines it names (`shared.config.validate`).
 
 Reads the Function App's settings from the environment, completed by `local.settings.json` (its
 `Values`) as `func start` does; each command asks only for the settings it needs. Exit codes: 0 done,
@@ -109,13 +109,9 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command in by_args:  # the commands that build what they need from `args` alone
         return by_args[args.command](args)
     if args.command == "audit":
-        from shared.adapters.azure.tables import AzureTable
-        from shared.composition import credential_for, table_service
-        from shared.services.audit import AUDIT_TABLE, TableAuditLog
+        from shared.composition import build_audit_reader
 
-        settings = load_settings_for("audit")
-        tables = table_service(settings.app_storage, credential_for(settings.client_id))
-        return run_audit(args, TableAuditLog(AzureTable(tables.get_table_client(AUDIT_TABLE))))
+        return run_audit(args, build_audit_reader(load_settings_for("audit")))
     operator = build_operator(args.command)
     if args.command == "status":
         return run_status(args, operator)
@@ -159,15 +155,13 @@ def run_validate(argv: list[str]) -> int:
     """
     import importlib
 
-    from shared.adapters.azure.workspace_facts import AmlPipelineReader, workspace_facts
-    from shared.composition import credential_for
+    from shared.composition import build_validation_readers
     from shared.config.settings import environment_with_local_settings
 
     validate = importlib.import_module("shared.config.validate")  # by name: loaded only for this command
 
-    env = environment_with_local_settings()
-    workspace = workspace_facts(credential_for(env.get("AZURE_CLIENT_ID") or None), env)
-    return int(validate.main(argv, pipelines=AmlPipelineReader(), workspace=workspace))
+    pipelines, workspace = build_validation_readers(environment_with_local_settings())
+    return int(validate.main(argv, pipelines=pipelines, workspace=workspace))
 
 
 def _aware_time(text: str) -> datetime:

@@ -179,6 +179,14 @@ def render_status(status: Status) -> str:
                            s.active_status.value if s.active_status else "idle", s.pending_version or "-",
                            _time(s.lease_until), _time(s.last_submitted_at)) for s in status.retraining)])
                  if status.retraining else "  none")
+    parts += ["", "Comparisons in flight"]
+    parts.append(table([("job", "candidate", "champion", "since"),
+                        *((c.job, c.candidate, c.champion or "(scored alone)", _time(c.since))
+                          for c in status.comparisons)]) if status.comparisons else "  none")
+    parts += ["", "Awaiting approval"]
+    parts.append(table([("endpoint", "candidate", "state", "since", "expires", "gate"),
+                        *((a.endpoint, a.candidate, a.state, _time(a.requested_at), _time(a.expires_at),
+                           a.gate_reason) for a in status.approvals)]) if status.approvals else "  none")
     parts += ["", "Active rollouts"]
     parts.append(table([("endpoint", "candidate", "champion", "phase", "in phase since", "age", "reason"),
                         *((r.endpoint, r.candidate, r.champion or "-", r.phase, _time(r.phase_since),

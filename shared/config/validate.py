@@ -7,7 +7,7 @@ submission, the metrics they produce), the scoring code folders, the names reten
 select, the timer schedules; and, when a workspace is reachable (`WorkspaceFacts`), the computes and
 datastores. Start-up (`load_policy`) raises one `ConfigurationError` listing every error found here.
 
-    python -m shared.config.validate [--policy FILE]    # one line per problem; exit 1 on an error
+    python -m shared.config.validate [--policy FILE] [--json]   # one line per problem; exit 1 on an error
     python -m shared.config.validate --write-schema     # regenerate schema/evergreen.schema.json
 
 A pipeline is read by a `PipelineReader`: `YamlPipelineReader` here (pure, fast: start-up uses it),
@@ -17,7 +17,6 @@ CLI passes in; the config layer never imports `azure`.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import json
 import logging
@@ -97,6 +96,12 @@ class Report:
         """One line per problem, each naming the file, as the CLI prints them."""
         return [f"{self.source}: {p.line()}" for p in self.problems]
 
+    def to_json(self) -> dict[str, Any]:
+        """The report for a machine (`validate --json`): the file, ok, and every problem with its fields."""
+        return {"source": self.source, "ok": self.ok, "errors": len(self.errors), "warnings": len(self.warnings),
+                "problems": [{"severity": p.severity.value, "path": p.path, "message": p.message, "hint": p.hint}
+                             for p in self.problems]}
+
 
 @dataclass(frozen=True)
 class PipelineFacts:
@@ -127,7 +132,7 @@ class YamlPipelineReader:
     def read(self, path: Path) -> PipelineFacts:
         """Raises ValueError if the file is not YAML or not a pipeline job."""
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            doc = safe_load(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
             raise ValueError(f"cannot read it as YAML: {_one_line(exc)}") from exc
         if not isinstance(doc, dict) or doc.get("type") != "pipeline":
@@ -160,6 +165,19 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def safe_load(text: str) -> Any:
+    """`yaml.safe_load(text)`, parsed by libyaml when PyYAML has it: the start-up check reads the policy and
+    its pipelines, and the pure-Python parser was most of its time (cold start, `bench/bench_cold_start.py`).
+    A document libyaml refuses is parsed again by the pure-Python loader, so every problem reported (its
+    message and line) is the one `yaml.safe_load` gives. Raises yaml.YAMLError or RecursionError as it does."""
+    if yaml.__with_libyaml__:
+        try:
+            return yaml.load(text, Loader=yaml.CSafeLoader)  # same SafeConstructor: the same Python values
+        except (yaml.YAMLError, RecursionError):
+            pass  # the pure-Python loader below raises its own (documented) error for this document
+    return yaml.safe_load(text)
+
+
 def read_document(path: Path) -> tuple[object, list[Problem]]:
     """The parsed YAML of `path`, or the problem that stops reading it (naming the file and the line)."""
     try:
@@ -169,7 +187,7 @@ def read_document(path: Path) -> tuple[object, list[Problem]]:
     except UnicodeDecodeError as exc:
         return None, [Problem("(file)", f"cannot read the file {path.name}: not UTF-8 text (byte {exc.start})")]
     try:
-        return yaml.safe_load(text), []
+        return safe_load(text), []
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path.name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path.name
@@ -406,17 +424,25 @@ def _pipeline_problems(facts: _Facts, root: Path, reader: PipelineReader) -> lis
 
 
 def _evaluation_pipeline_problems(facts: _Facts, root: Path, reader: PipelineReader) -> list[Problem]:
-    """With `promotion.evaluation`, the comparison pipeline exists and declares every input Evergreen sets."""
+    """With `promotion.evaluation`, the comparison pipeline exists, declares every input Evergreen sets, and
+    computes each governed model's `promotion.metric` (when it declares its metrics: the `evergreen.metrics` tag)."""
     governed = [i for i, m in _entries(facts.doc, "models") if isinstance(_get(m, "promotion", "evaluation"), dict)]
     if not governed:
         return []
     path = f"models[{governed[0]}].promotion.evaluation"
     try:
-        declared = reader.read(root / COMPARE_PIPELINE).inputs
+        compare = reader.read(root / COMPARE_PIPELINE)
     except (ValueError, OSError) as exc:
         return [Problem(path, f"{COMPARE_PIPELINE} (the comparison job) cannot be read: {_one_line(exc)}")]
-    return [Problem(path, f"{COMPARE_PIPELINE} does not declare the input {name!r}, which Evergreen sets on every "
-                    "comparison job") for name in COMPARE_INPUTS if name not in declared]
+    problems = [Problem(path, f"{COMPARE_PIPELINE} does not declare the input {name!r}, which Evergreen sets on "
+                        "every comparison job") for name in COMPARE_INPUTS if name not in compare.inputs]
+    metrics = {i: _get(m, "promotion", "metric") for i, m in _entries(facts.doc, "models") if i in governed}
+    problems += [Problem(f"models[{i}].promotion.metric", f"{metric!r} is not a metric the comparison job computes "
+                         f"({', '.join(sorted(compare.metrics))}); every candidate would be skipped as "
+                         "comparison_failed", close(metric, compare.metrics))
+                 for i, metric in metrics.items()
+                 if compare.metrics and isinstance(metric, str) and metric not in compare.metrics]
+    return problems
 
 
 def _model_problems(facts: _Facts) -> list[Problem]:
@@ -609,13 +635,16 @@ def main(
     pipelines: PipelineReader | None = None,
     workspace: WorkspaceFacts | None = None,
 ) -> int:
-    """`validate [--policy FILE] [--write-schema]`: one line per problem on stdout; 1 on an error, else 0."""
+    """`validate [--policy FILE] [--json] [--write-schema]`: one line per problem on stdout; 1 on an error, else 0."""
+    import argparse  # the command line only: the start-up check (`import function_app`) does not pay for it
+
     parser = argparse.ArgumentParser(prog="python -m shared.cli validate",
                                      description="Check evergreen.yaml: every problem, one line each.")
     parser.add_argument("--policy", type=Path, default=None,
                         help="policy file (default: EVERGREEN_POLICY_PATH, else evergreen.yaml at the app root)")
     parser.add_argument("--write-schema", action="store_true",
                         help=f"regenerate {SCHEMA_PATH.relative_to(APP_ROOT)} from the policy models and exit")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object (same exit code)")
     args = parser.parse_args(argv)
     if args.write_schema:
         SCHEMA_PATH.parent.mkdir(parents=True, exist_ok=True)
@@ -624,6 +653,9 @@ def main(
         return 0
     path = args.policy or Path(os.environ.get("EVERGREEN_POLICY_PATH", "").strip() or APP_ROOT / "evergreen.yaml")
     report = validate(path, workspace=workspace, pipelines=pipelines, env=os.environ)
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+        return 0 if report.ok else 1
     for line in report.lines():
         sys.stdout.write(line + "\n")
     summary = f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)"

@@ -16,12 +16,11 @@ from typing import Any
 
 from shared.domain.audit import AuditRecord
 from shared.domain.urls import strip_query
-from shared.domain.vocabulary import TAG_PREFIX, Tag, version_order
+from shared.domain.vocabulary import RETENTION_AUDIT_PREFIX, TAG_PREFIX, Tag, version_order
 
 DATA = "data"
 MODEL = "model"
 _STEP = re.compile(r"\(step (\d+)\)")
-RETENTION_PREFIX = "retention."
 GATE_PREFIX = "promotion."
 ROLLOUT_PREFIX = "rollout."
 
@@ -232,7 +231,7 @@ def retention_targets(data: Iterable[DataNode], models: Iterable[ModelNode],
 
 def retention_actions(records: Iterable[AuditRecord], targets: frozenset[str]) -> tuple[Step, ...]:
     """Retention's records (`retention.*`) that name an asset of the chain, oldest first."""
-    return _oldest_first(r for r in records if r.kind.startswith(RETENTION_PREFIX) and _names(r, targets))
+    return _oldest_first(r for r in records if r.kind.startswith(RETENTION_AUDIT_PREFIX) and _names(r, targets))
 
 
 def _names(record: AuditRecord, targets: frozenset[str]) -> bool:

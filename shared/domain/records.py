@@ -133,6 +133,7 @@ class RetrainState:
     active_asset: str | None = None  # what the active run reads, so a lost submission can be resumed
     active_asset_type: str | None = None
     active_event: str | None = None  # the event that started it (the job's lineage tag)
+    active_rerun: str | None = None  # the active run's rerun key (a resumed rerun keeps its key, tags and run row)
     active_status: RunStatus | None = None  # SUBMITTING until Azure ML confirmed the job, then SUBMITTED
     lease_owner: str | None = None  # who is submitting (while SUBMITTING)
     lease_until: datetime | None = None  # after this, anyone may resume the submission

@@ -241,7 +241,8 @@ def _resume_or_wait(state: RetrainState, pipeline: RetrainPolicy, now: datetime)
                     f"(lease until {state.lease_until.isoformat()})")
     return SubmitRetrain(state.dataset, state.active_asset or state.dataset, state.active_version or "",
                          state.active_asset_type or "uri_folder", state.active_job, pipeline,
-                         "resuming an interrupted submission", resume=True, trigger_event=state.active_event or "")
+                         "resuming an interrupted submission", resume=True, trigger_event=state.active_event or "",
+                         rerun=state.active_rerun or "")
 
 
 def _pending_run(state: RetrainState, pipeline: RetrainPolicy, reason: str) -> SubmitRetrain:
@@ -379,9 +380,10 @@ def plan_reconcile(state: RetrainState, job_status: str | None, policy: Policy,
         return SubmitRetrain(state.dataset, state.active_asset or state.dataset, state.active_version or "",
                              state.active_asset_type or "uri_folder", job, pipeline,
                              f"the active job {job} does not exist; submitting it again", resume=True,
-                             trigger_event=state.active_event or "")
+                             trigger_event=state.active_event or "", rerun=state.active_rerun or "")
     if job and job_status is not None and job_status.lower() in FINISHED_JOB_STATUSES:
-        tags = {Tag.DATASET.value: state.dataset, Tag.DATA_VERSION.value: state.active_version or ""}
+        tags = {Tag.DATASET.value: state.dataset, Tag.DATA_VERSION.value: state.active_version or "",
+                **({Tag.RERUN.value: state.active_rerun} if state.active_rerun else {})}
         return RunFinished(job, job_status, pipeline.experiment, tags)
     if job or not state.pending_version:
         return None

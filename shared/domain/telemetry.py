@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from shared.domain.vocabulary import Tag
+
 SPAN_PREFIX = "evergreen."
 TRACEPARENT = "traceparent"  # the W3C field name, in CloudEvents, queue messages, tags and ledger rows
-TRACEPARENT_TAG = "evergreen.traceparent"  # the same value as an Azure ML job/model tag
+TRACEPARENT_TAG = Tag.TRACEPARENT.value  # the same value as an Azure ML job/model tag
 
 
 class Attr(StrEnum):

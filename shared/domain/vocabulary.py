@@ -180,9 +180,59 @@ class OperatorAction(StrEnum):
 
 
 class EdgeAction(StrEnum):
-    """What the edge did with an event that never reached a service."""
+    """What the edge logged for an input: how it settled one that failed, or the outcome of a handler that
+    has no service outcome of its own (timers, HTTP)."""
 
-    REJECTED = "rejected"
+    REJECTED = "rejected"  # invalid: acknowledged and audited as `event.rejected`, never retried
+    RETRY = "retry"  # a transient error: it propagates and the platform retries
+    FAILED = "failed"  # any other error: it propagates
+    AUDIT_FAILED = "audit_failed"  # the rejection could not be audited (acknowledged anyway)
+    APPLIED = "applied"  # the retention timer
+    RECONCILED = "reconciled"  # the reconciler timer
+    RESCORED = "rescored"  # the champion re-score timer
+    RECEIVED = "received"  # a registry webhook's events went to the promoter
+    IGNORED = "ignored"  # a registry webhook the app does not handle
+    HANDSHAKE = "handshake"  # an Event Grid or CloudEvents subscription handshake
+    RENDERED = "rendered"  # the status page
+
+
+class ReplayAction(StrEnum):
+    """What replaying one dead letter or poison message did (`python -m shared.cli redrive replay`)."""
+
+    REPLAYED = "replayed"  # sent again (audit kind `redrive.replayed`) and removed
+    UNSUPPORTED = "unsupported"  # not something Evergreen can replay; left in place
+    FAILED = "failed"  # the replay failed; left in place
+    NOT_FOUND = "not_found"  # no such item (replayed already, or being replayed)
+
+
+RETENTION_AUDIT_PREFIX = "retention."  # every retention audit kind: `retention.<RetentionAudit>` and one
+# `retention.<action kind>` (archive_data, delete_blob, …) per decision, written before it is executed
+
+
+class RetentionAudit(StrEnum):
+    """Retention's audit kinds besides its decisions (audit kind `retention.<value>`; `retention_audit_kind`)."""
+
+    RUN = "run"  # one applied run: how many actions did what
+    SUSPENDED = "suspended"  # a rule not applied: an address in use could not be read
+    SKIPPED = "skipped"  # an action left undone: its blob changed since listed, or was written after the job
+    FAILED = "failed"  # an action that raised (the next run retries it)
+
+
+def retention_audit_kind(what: str) -> str:
+    """The audit kind `retention.<what>` (a `RetentionAudit` or a plan action kind's value)."""
+    return f"{RETENTION_AUDIT_PREFIX}{what}"
+
+
+class ApplyStatus(StrEnum):
+    """What executing one retention action did (`Outcome.status`, stored by value in audit rows and JSON), and
+    what the retention ports answer: CHANGED and NEWER are port answers the runner reports as SKIPPED."""
+
+    DONE = "done"
+    ALREADY = "already"  # nothing left to do: gone, or already in the wanted state
+    SKIPPED = "skipped"  # left undone on purpose (the outcome says why)
+    FAILED = "failed"
+    CHANGED = "changed"  # a blob changed since it was listed: nothing done
+    NEWER = "newer"  # blobs under a job output written after the job finished: kept (the rest deleted)
 
 
 class Tag(StrEnum):
@@ -229,6 +279,8 @@ class Tag(StrEnum):
     KEEP = "evergreen.keep"
     # retraining pipeline jobs: the metrics a pipeline writes, "roc_auc,accuracy" (checked by `validate`)
     PIPELINE_METRICS = "evergreen.metrics"
+    # tracing: the W3C trace context a retraining job gets and its models carry on (`shared.domain.telemetry`)
+    TRACEPARENT = "evergreen.traceparent"
 
 
 TAG_PREFIX = "evergreen."  # every `Tag` (and metric tag) starts with it: Evergreen's own tags among a user's

@@ -295,8 +295,10 @@ def _abuse_protection(h: Mapping[str, str], max_rate: int | None) -> AbuseProtec
     requested = requested.strip()
     if requested == "*":
         return AbuseProtectionHandshake(origin, "*" if max_rate is None else str(max_rate))
-    if not requested.isdigit() or int(requested) < 1:
-        raise InvalidEventError(f"WebHook-Request-Rate must be a positive integer or '*', got {requested!r}")
+    # ASCII digits only, and few: `str.isdigit` accepts '²' and `int` refuses 4,300+ digits (issue 11, defect 5)
+    if not re.fullmatch(r"[0-9]{1,9}", requested) or int(requested) < 1:
+        raise InvalidEventError(f"WebHook-Request-Rate must be a positive integer (at most 9 digits) or '*', "
+                                f"got {requested[:40]!r}")
     rate = int(requested) if max_rate is None else min(int(requested), max_rate)
     return AbuseProtectionHandshake(origin, str(rate))
 

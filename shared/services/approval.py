@@ -45,8 +45,8 @@ from shared.domain.approval import (
 from shared.domain.audit import AuditRecord
 from shared.domain.records import utcnow
 from shared.domain.rollout import CandidateRetry
-from shared.domain.vocabulary import ApprovalState, PromotionAction, Tag
-from shared.errors import ConcurrentUpdateError, OperationFailedError
+from shared.domain.vocabulary import ApprovalState, PromotionAction, Tag, TickAction
+from shared.errors import ConcurrentUpdateError, EvergreenError, OperationFailedError
 from shared.ports import AuditLog, Clock, DelayedQueue, Endpoints
 from shared.services.ledger import Ledger
 
@@ -65,7 +65,7 @@ class ApprovalOutcome:
     model: str = ""
 
 
-class ApprovalRefused(Exception):
+class ApprovalRefused(EvergreenError):
     """A verdict that cannot apply (no such candidate waiting, another verdict is final); the message says why."""
 
 
@@ -256,13 +256,20 @@ class Approvals:
         if now < decided + HANDOVER_GRACE:
             return None  # its message is (most likely) still on the queue
         if promotion is None or now >= decided + promotion.approval_expiry:
-            log.warning("approval event=%s model=%s: approved, but its rollout never started; given up",
-                        record.event_id, record.model)
+            reason = f"{record.model} was approved, but its rollout never started; given up"
+            log.warning("approval event=%s model=%s: %s", record.event_id, record.model, reason)
+            self._redriven(record, "drop approved candidate", reason, now)
             self._ledger.close_approval(record)
             return None
+        reason = f"{record.model} was approved but its rollout had not started; handed over again"
+        self._redriven(record, "hand over again", reason, now)
         self._continue(record)
-        return ApprovalOutcome(PromotionAction.APPROVED, f"{record.model} was approved but its rollout had not "
-                               "started; handed over again", record.model)
+        return ApprovalOutcome(PromotionAction.APPROVED, reason, record.model)
+
+    def _redriven(self, record: ApprovalRecord, decision: str, reason: str, now: datetime) -> None:
+        """Audit a re-drive before doing it (`promotion.redriven`, as the Promoter's): a retry rewrites the row."""
+        self._audit.record(AuditRecord(f"promotion.{TickAction.REDRIVEN.value}", decision, reason, record.event_id,
+                                       {"model": record.model, "endpoint": record.endpoint}, at=now))
 
     def _expire(self, record: ApprovalRecord, reason: str) -> ApprovalOutcome | None:
         """Mark a pending candidate expired (never deployed later), tag and audit it; None on a lost race."""

@@ -1,11 +1,26 @@
 """The audit log on a table: one row per automated decision (what, why, which event, which assets).
 
-Partitioned by UTC day, so "what did Evergreen do today and why" is one partition query (sorted
-newest first on the record's time). A row is keyed by what the record is, so a retried write rewrites
-it; a retry that crosses UTC midnight lands in the next day's partition, a second row. Each record is
-also written to two time-ordered indexes of its day (`tail-<yyyymmdd>` for every kind and
-`tail.<flow>-<yyyymmdd>` for its flow's kinds, RowKey newest first), so `tail` (the status page) reads
-the newest N records with filters without reading whole days.
+Partitioned by UTC day. A record is written with its two time-ordered index rows in ONE table
+transaction (`upsert_many`: one round trip, all or nothing), all in the day's partition, told apart
+by RowKey:
+
+- the record itself: RowKey = `record_key` (a hex digest, so it sorts before the index rows);
+- `t-<newest-first time>-<key>`: every kind, newest first;
+- `t.<flow>-<newest-first time>-<key>`: its flow's kinds (the kind up to its first dot), newest first.
+
+(A range read of an index runs from its prefix to the prefix with its last character, `-`, raised
+by one: `.`; a printable bound, and no flow name holds `-`, so one flow's range is not another's.)
+
+So "what did Evergreen do today and why" (`query`) is one range read of a day's record rows, and
+`tail` (the status page) reads the newest N records with filters by a range read of an index,
+without reading whole days. A row is keyed by what the record is, so a retried write rewrites it; a
+retry that crosses UTC midnight lands in the next day's partition, a second row (and a retry at a
+later time adds index rows beside the old ones; `tail` shows the record once).
+
+Earlier releases kept the index rows in partitions of their own (`tail-<yyyymmdd>`,
+`tail.<flow>-<yyyymmdd>`): `tail` does not read those any more (no migration: on the day of the
+upgrade it shows only what was recorded since), while their record rows are the same rows as today's
+and `query` still reads them.
 Implements the `shared.ports.AuditLog` port over any `TableStore`.
 """
 
@@ -25,7 +40,8 @@ from shared.ports import TableStore
 log = logging.getLogger(__name__)
 
 AUDIT_TABLE = "evergreenaudit"
-TAIL_PREFIX = "tail-"  # the time-ordered index: partition `tail-<yyyymmdd>` (and `tail.<flow>-…`), newest first
+RECORD_ROWS = ("0", "g")  # the RowKey range of record rows: hex digests (index rows start with `t`)
+INDEX_PREFIX = "t"  # index rows: `t-…` (every kind) and `t.<flow>-…` (one flow's kinds)
 TAIL_SCAN_LIMIT = 5000  # index rows a filtered `tail` reads at most (it says so in its result)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NEWEST_FIRST = 10**17  # microseconds until ~5138 AD: RowKey = this minus the record's time
@@ -40,27 +56,31 @@ class TableAuditLog:
     def record(self, rec: AuditRecord) -> None:
         """Write one record, keyed by what it is (kind, event, decision, assets), never by when it was written.
 
-        So a retried write on the same UTC day rewrites the same row instead of adding a second one.
+        So a retried write on the same UTC day rewrites the same row instead of adding a second one. The
+        record and its index rows are one table transaction: one round trip, written all or none.
         Table errors propagate (the caller's platform retries, and the retry lands on the same row).
         """
         key = record_key(rec)
         fields = {"Kind": rec.kind, "Decision": rec.decision, "Reason": rec.reason, "EventId": rec.event_id,
                   "Assets": json.dumps(dict(rec.assets), sort_keys=True), "At": rec.at.isoformat()}
         day = rec.at.astimezone(UTC).strftime("%Y%m%d")
-        self._table.upsert({"PartitionKey": day, "RowKey": key, **fields})
-        # The same record in the day's time-ordered indexes (every kind; its flow's kinds), so the newest N
-        # are read without the whole day, and a flow's records without the other flows'.
-        indexed = {"RowKey": f"{tail_order(rec.at)}-{key}", "Key": key, **fields}
-        self._table.upsert({"PartitionKey": tail_partition(day), **indexed})
-        self._table.upsert({"PartitionKey": tail_partition(day, rec.kind), **indexed})
+        # The record and its rows in the day's time-ordered indexes (every kind; its flow's kinds), so the
+        # newest N are read without the whole day, and a flow's records without the other flows'.
+        order = tail_order(rec.at)
+        indexes = dict.fromkeys(index_prefix(kind) for kind in ("", rec.kind))  # (one, for a kind with no flow)
+        self._table.upsert_many([
+            {"PartitionKey": day, "RowKey": key, **fields},
+            *({"PartitionKey": day, "RowKey": f"{prefix}{order}-{key}", "Key": key, **fields} for prefix in indexes),
+        ])
         log.info("audit kind=%s event=%s decision=%s reason=%s", rec.kind, rec.event_id, rec.decision, rec.reason)
 
     def query(self, *, days: int = 1, kind_prefix: str = "", now: datetime | None = None) -> Iterator[AuditRecord]:
-        """Newest first (by the record's time), over the last `days` UTC days; one partition read per day."""
+        """Newest first (by the record's time), over the last `days` UTC days; one range read of record rows per day."""
         now = now or datetime.now(UTC)
         for back in range(days):
             day = (now - timedelta(days=back)).strftime("%Y%m%d")
-            records = [_record(row.data) for row in self._table.query(day)
+            start, end = RECORD_ROWS
+            records = [_record(row.data) for row in self._table.query(day, start=start, end=end)
                        if str(row.data["Kind"]).startswith(kind_prefix)]
             yield from sorted(records, key=lambda r: r.at, reverse=True)
 
@@ -82,8 +102,8 @@ class TableAuditLog:
         scanned = 0
         for back in range(days):
             day = (now - timedelta(days=back)).strftime("%Y%m%d")
-            partition = tail_partition(day, kind_prefix) if "." in kind_prefix else tail_partition(day)
-            for row in itertools.islice(self._table.query(partition), scan_limit - scanned):
+            start, end = prefix_range(index_prefix(kind_prefix) if "." in kind_prefix else index_prefix())
+            for row in itertools.islice(self._table.query(day, start=start, end=end), scan_limit - scanned):
                 scanned += 1
                 data = row.data
                 if (data["Key"] in seen or not str(data["Kind"]).startswith(kind_prefix)
@@ -106,12 +126,17 @@ def asset_matches(assets: Mapping[str, str], key: str, value: str) -> bool:
     return any(v == value or v.startswith(value + ":") for v in values)
 
 
-def tail_partition(day: str, kind: str = "") -> str:
-    """The index partition of a UTC day: every kind's, or (given a kind) its flow's, e.g. `tail.rollout-20261201`."""
+def index_prefix(kind: str = "") -> str:
+    """The RowKey prefix of a day's index rows: every kind's (`t-`), or (given a kind) its flow's, e.g. `t.rollout-`."""
     if not kind:
-        return f"{TAIL_PREFIX}{day}"
-    flow = re.sub(r"[^A-Za-z0-9_-]", "_", kind.split(".", 1)[0])
-    return f"tail.{flow}-{day}"
+        return f"{INDEX_PREFIX}-"
+    flow = re.sub(r"[^A-Za-z0-9_]", "_", kind.split(".", 1)[0])  # never `-`: one flow's prefix is not another's
+    return f"{INDEX_PREFIX}.{flow}-"
+
+
+def prefix_range(prefix: str) -> tuple[str, str]:
+    """The RowKey range [start, end) of the keys that start with `prefix` (`t-` → [`t-`, `t.`))."""
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 def tail_order(at: datetime) -> str:

@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 from shared.config.policy import DatasetPolicy, Policy
 from shared.domain.audit import AuditRecord
@@ -68,7 +69,7 @@ from shared.domain.records import DEFAULT_LEASES, HOLDER_WAIT, BatchRecord, Cont
 from shared.domain.telemetry import Attr
 from shared.domain.urls import strip_query
 from shared.domain.vocabulary import BatchState, ContentState, IngestAction, Tag
-from shared.domain.workspace import DataVersionSpec
+from shared.domain.workspace import DataVersionInfo, DataVersionSpec
 from shared.errors import ConcurrentUpdateError, InvalidEventError
 from shared.ports import AuditLog, BlobFacts, BlobStore, Clock, DataRegistry, DelayedQueue, EventPublisher, Sleeper
 from shared.services.ledger import Ledger
@@ -389,8 +390,25 @@ class Ingestor:
         return Busy(self._clock(), f"content {sha256[:12]} of {dataset.name} was taken over meanwhile")
 
     def _version_exists(self, record: ContentRecord) -> bool:
-        """Whether the version that holds this content is still registered (retention may have deleted it)."""
-        return bool(record.version) and self._registry.get_data_version(record.dataset, record.version) is not None
+        """Whether the version that holds this content still holds it: it is registered (retention may have
+        deleted it) and its snapshot is all there (retention's blob rule reclaims an archived version's)."""
+        if not record.version:
+            return False
+        info = self._registry.get_data_version(record.dataset, record.version)
+        return info is not None and self._snapshot_intact(record, info)
+
+    def _snapshot_intact(self, record: ContentRecord, info: DataVersionInfo) -> bool:
+        """Whether the version's snapshot blobs add up to its `evergreen.size` (True for a path that is not a
+        snapshot: a version registered before snapshots existed is taken at its word)."""
+        folder = snapshot_path(record.dataset, record.sha256)
+        uri = unquote(info.uri)
+        if folder not in uri:
+            return True
+        own = uri[uri.index(folder):]  # the snapshot folder (uri_folder) or the one file in it (uri_file)
+        held = [f.size for f in self._blobs.list(self._policy.dataset(record.dataset).container, own)
+                if own.endswith("/") or f.name == own]
+        size = info.tags.get(Tag.SIZE.value, "")
+        return bool(held) and (not (size.isascii() and size.isdigit()) or sum(held) == int(size))
 
     def _wait_for_holder(self, dataset: str, sha256: str) -> ContentRecord | None:
         """The content's record once it is announced or its holder's lease ran out, or after HOLDER_WAIT."""

@@ -91,7 +91,7 @@ def _iso_or_empty(value: datetime | None) -> str:
 RETRAIN_WRITE_ATTEMPTS = 8  # re-reads of a retraining state row after ETag conflicts before giving up
 _NO_PENDING = {"PendingVersion": "", "PendingAsset": "", "PendingAssetType": "", "RecheckAt": ""}
 _NO_ACTIVE = {"ActiveJob": "", "ActiveVersion": "", "ActiveAsset": "", "ActiveAssetType": "", "ActiveEvent": "",
-              "ActiveStatus": "", "LeaseOwner": "", "LeaseUntil": ""}
+              "ActiveRerun": "", "ActiveStatus": "", "LeaseOwner": "", "LeaseUntil": ""}
 
 
 def _active_status(d: dict[str, Any]) -> RunStatus | None:
@@ -118,6 +118,7 @@ def _retrain_state(row: Row) -> RetrainState:
         active_asset=d.get("ActiveAsset") or None,
         active_asset_type=d.get("ActiveAssetType") or None,
         active_event=d.get("ActiveEvent") or None,
+        active_rerun=d.get("ActiveRerun") or None,
         active_status=_active_status(d),
         lease_owner=d.get("LeaseOwner") or None,
         lease_until=_parse(d.get("LeaseUntil")),
@@ -455,15 +456,16 @@ class Ledger:
 
     def claim_submission(self, state: RetrainState | None, *, dataset: str, job: str, version: str, asset: str,
                          asset_type: str, event: str, owner: str, until: datetime,
-                         clear_pending: bool) -> RetrainState | None:
-        """Make `job` the dataset's active run, unconfirmed (SUBMITTING) and leased to `owner` until `until`.
+                         clear_pending: bool, rerun: str = "") -> RetrainState | None:
+        """Make `job` the dataset's active run, unconfirmed (SUBMITTING) and leased to `owner` until `until`;
+        `rerun`: its rerun key, kept so that resuming it submits the same rerun.
 
         Taking over the expired lease of the same job is the same write. None if another instance changed
         the state since it was read: re-read it and decide again.
         """
         changes: dict[str, Any] = {
             "ActiveJob": job, "ActiveVersion": version, "ActiveAsset": asset, "ActiveAssetType": asset_type,
-            "ActiveEvent": event, "ActiveStatus": RunStatus.SUBMITTING.value, "LeaseOwner": owner,
+            "ActiveEvent": event, "ActiveRerun": rerun, "ActiveStatus": RunStatus.SUBMITTING.value, "LeaseOwner": owner,
             "LeaseUntil": _iso(until), "LastVersion": version, "Traceparent": current_traceparent(),
         }
         if clear_pending:

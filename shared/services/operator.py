@@ -17,6 +17,7 @@ version); the ports' own errors propagate.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -28,17 +29,26 @@ from shared.domain.audit import AuditRecord
 from shared.domain.events import DataVersionRegistered
 from shared.domain.records import BatchRecord, RetrainState, RolloutRecord, utcnow
 from shared.domain.rollout import RolloutTick
-from shared.domain.vocabulary import ROLLBACK_PHASES, BatchState, OperatorAction, Phase, Tag
+from shared.domain.vocabulary import (
+    ROLLBACK_PHASES,
+    BatchState,
+    OperatorAction,
+    Phase,
+    RetentionAudit,
+    Tag,
+    retention_audit_kind,
+)
 from shared.errors import EvergreenError
 from shared.ports import AuditLog, Clock, DataRegistry, DelayedQueue
 from shared.services.ledger import Ledger
+from shared.services.promotion import COMPARISON_WORK
 from shared.services.retrain import Retrainer, RetrainOutcome
 
 log = logging.getLogger(__name__)
 
 ABORT_ATTEMPTS = 8  # re-reads of the rollout row when a step moves it while we abort
 RETENTION_LOOKBACK_DAYS = 7  # how far back `status` looks for the last retention run
-RETENTION_RUN_KIND = "retention.run"
+RETENTION_RUN_KIND = retention_audit_kind(RetentionAudit.RUN)
 T = TypeVar("T")
 
 
@@ -56,6 +66,28 @@ class BatchStatus:
     opened_at: datetime
     last_file_at: datetime | None
     seals: str  # when (or on what) it will be sealed
+
+
+@dataclass(frozen=True)
+class ApprovalStatus:
+    """A candidate that passed the gate and waits for a person (or is approved and not yet rolled out)."""
+
+    endpoint: str
+    candidate: str
+    state: str
+    requested_at: datetime
+    expires_at: datetime | None  # None when its model has no promotion policy any more
+    gate_reason: str
+
+
+@dataclass(frozen=True)
+class ComparisonStatus:
+    """A comparison job submitted and not yet judged (its RunCompleted decides the candidate)."""
+
+    job: str
+    candidate: str
+    champion: str  # "" when the candidate is scored alone (no champion yet)
+    since: datetime | None
 
 
 @dataclass(frozen=True)
@@ -81,6 +113,8 @@ class Status:
     rollouts: list[RolloutStatus]
     last_retention: AuditRecord | None
     notes: list[str] = field(default_factory=list)
+    approvals: list[ApprovalStatus] = field(default_factory=list)
+    comparisons: list[ComparisonStatus] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,6 +122,8 @@ class Status:
             "batches": [_jsonable(dataclasses.asdict(b)) for b in self.batches],
             "retraining": [_retrain_json(s) for s in self.retraining],
             "rollouts": [_jsonable(dataclasses.asdict(r)) for r in self.rollouts],
+            "awaiting_approval": [_jsonable(dataclasses.asdict(a)) for a in self.approvals],
+            "comparisons": [_jsonable(dataclasses.asdict(c)) for c in self.comparisons],
             "last_retention": audit_json(self.last_retention) if self.last_retention else None,
             "notes": list(self.notes),
         }
@@ -122,7 +158,8 @@ class Operator:
 
     # -- status -------------------------------------------------------------------------------------
     def status(self) -> Status:
-        """Open batches, retraining per dataset, active rollouts with phase and age, the last retention run."""
+        """Open batches, retraining per dataset, comparisons in flight, candidates awaiting approval, active
+        rollouts with phase and age, the last retention run."""
         now = self._clock()
         rollouts = [self._rollout_status(r, now) for r in self._ledger.rollouts() if r.active]
         last = next(iter(self._audit.query(days=RETENTION_LOOKBACK_DAYS, kind_prefix=RETENTION_RUN_KIND, now=now)),
@@ -130,7 +167,30 @@ class Operator:
         notes = [] if last else [f"no retention run in the last {RETENTION_LOOKBACK_DAYS} days"]
         return Status(at=now, batches=self.batches(),
                       retraining=sorted(self._ledger.retrain_states(), key=lambda s: s.dataset),
-                      rollouts=sorted(rollouts, key=lambda r: r.endpoint), last_retention=last, notes=notes)
+                      rollouts=sorted(rollouts, key=lambda r: r.endpoint), last_retention=last, notes=notes,
+                      approvals=self.approvals(), comparisons=self.comparisons())
+
+    def approvals(self) -> list[ApprovalStatus]:
+        """Candidates waiting for a verdict, or approved and not yet handed to a rollout, oldest first."""
+        found = []
+        for record in self._ledger.open_approvals():
+            model = self._policy.model(record.model_name)
+            expiry = model.promotion.approval_expiry if model is not None else None
+            found.append(ApprovalStatus(endpoint=record.endpoint, candidate=record.model, state=record.state.value,
+                                        requested_at=record.requested_at, gate_reason=record.gate_reason,
+                                        expires_at=record.expires_at(expiry) if expiry is not None else None))
+        return sorted(found, key=lambda a: a.requested_at)
+
+    def comparisons(self) -> list[ComparisonStatus]:
+        """Comparison jobs submitted and not yet judged (the promoter's open-work index), oldest first."""
+        found = []
+        for item in self._ledger.open_work(COMPARISON_WORK):
+            tags = json.loads(str(item.get("Tags") or "{}"))
+            found.append(ComparisonStatus(job=str(item.get("RowKey", "")), candidate=tags.get(Tag.MODEL.value, ""),
+                                          champion=tags.get(Tag.COMPARED_WITH.value, ""),
+                                          since=datetime.fromisoformat(str(item["Since"])) if item.get("Since")
+                                          else None))
+        return sorted(found, key=lambda c: (c.since is None, c.since or datetime.min, c.job))
 
     def batches(self) -> list[BatchStatus]:
         """Every open batch with its files so far and when it will seal (from the open-work index, bounded)."""

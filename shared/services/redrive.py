@@ -32,6 +32,7 @@ from shared.domain.redrive import (
     plan_poison_replay,
     poison_id,
 )
+from shared.domain.vocabulary import ReplayAction
 from shared.ports import (
     AuditLog,
     Clock,
@@ -69,11 +70,11 @@ class RedriveItem:
 @dataclass(frozen=True)
 class ReplayOutcome:
     id: str
-    action: str  # replayed | unsupported | failed | not_found
+    action: ReplayAction
     detail: str
 
     def to_json(self) -> dict[str, str]:
-        return {"id": self.id, "action": self.action, "detail": self.detail}
+        return {"id": self.id, "action": self.action.value, "detail": self.detail}
 
 
 class Redriver:
@@ -133,14 +134,16 @@ class Redriver:
         if source == "deadletter":
             letter = self._dead_letters.get(name)
             if letter is None:
-                return ReplayOutcome(item_id, "not_found", "no dead letter by that name (replayed already?)")
+                return ReplayOutcome(item_id, ReplayAction.NOT_FOUND,
+                                     "no dead letter by that name (replayed already?)")
             return self._replay_dead_letter(letter)
         if queue not in self._poison:
-            return ReplayOutcome(item_id, "not_found", f"{queue} is not one of the poison queues "
+            return ReplayOutcome(item_id, ReplayAction.NOT_FOUND, f"{queue} is not one of the poison queues "
                                  f"({', '.join(sorted(self._poison)) or 'none'})")
         message = self._poison[queue].take(name)
         if message is None:
-            return ReplayOutcome(item_id, "not_found", "no such message (replayed already, or being replayed)")
+            return ReplayOutcome(item_id, ReplayAction.NOT_FOUND,
+                                 "no such message (replayed already, or being replayed)")
         return self._replay_poison(self._poison[queue], message)
 
     def replay_all(self, source: str | None = None) -> list[ReplayOutcome]:
@@ -242,23 +245,23 @@ class Redriver:
         raise TypeError(f"cannot execute {plan!r}")
 
     def _audit_replay(self, item_id: str, event_id: str, plan: Replay, target: str) -> None:
-        self._audit.record(AuditRecord(kind=REPLAYED_KIND, decision="replayed", reason=plan.reason, event_id=event_id,
-                                       assets={"item": item_id, "target": target}, at=self._clock()))
+        self._audit.record(AuditRecord(kind=REPLAYED_KIND, decision=ReplayAction.REPLAYED.value, reason=plan.reason,
+                                       event_id=event_id, assets={"item": item_id, "target": target}, at=self._clock()))
 
     @staticmethod
     def _replayed(item_id: str, detail: str) -> ReplayOutcome:
         log.info("redrive item=%s outcome=replayed detail=%s", item_id, detail)
-        return ReplayOutcome(item_id, "replayed", detail)
+        return ReplayOutcome(item_id, ReplayAction.REPLAYED, detail)
 
     @staticmethod
     def _unsupported(item_id: str, reason: str) -> ReplayOutcome:
         log.warning("redrive item=%s outcome=unsupported detail=%s", item_id, reason)
-        return ReplayOutcome(item_id, "unsupported", reason)
+        return ReplayOutcome(item_id, ReplayAction.UNSUPPORTED, reason)
 
     @staticmethod
     def _failed(item_id: str, exc: Exception) -> ReplayOutcome:
         log.error("redrive item=%s outcome=failed detail=%s: %s", item_id, type(exc).__name__, exc)
-        return ReplayOutcome(item_id, "failed", f"{type(exc).__name__}: {exc}; left in place")
+        return ReplayOutcome(item_id, ReplayAction.FAILED, f"{type(exc).__name__}: {exc}; left in place")
 
 
 def _dead_letter_item(letter: DeadLetter) -> RedriveItem:

@@ -1,7 +1,8 @@
 """One retention run: list the inventory, plan (pure, shared.domain.retention), then apply or only show the plan.
 
 The runner takes only ports (`shared.ports`): the workspace and the data account as retention sees
-them (`RetentionWorkspace`, `RetentionBlobs`), the ledger's rollouts, the audit log and a clock. The
+them (`RetentionWorkspace`, `RetentionBlobs`), the ledger's rollouts and candidates awaiting approval,
+the audit log and a clock. The
 composition root gives it the Azure adapters; tests give it the in-memory ones
 (`shared.adapters.memory.retention`).
 
@@ -22,7 +23,8 @@ Idempotence, so a run cut short by a crash can simply run again:
 Fail closed: the addresses of assets are read through one `AddressBook` per run (the workspace's
 datastores and the data account). Rules the planner suspended because an address in use could not
 be read are audited (`retention.suspended`, with why). A blob changed since it was listed is
-skipped (status 'skipped', 'changed since listed') and audited (`retention.skipped`).
+skipped (status 'skipped', 'changed since listed') and audited (`retention.skipped`); so is a job
+output whose folder holds blobs written after the job finished (those are kept, the rest deleted).
 """
 
 from __future__ import annotations
@@ -37,13 +39,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from shared.config.retention import RetentionPolicy, RuleType
+from shared.domain.approval import ApprovalRecord
 from shared.domain.audit import AuditRecord
 from shared.domain.records import RolloutRecord, utcnow
 from shared.domain.retention.addresses import AddressBook
-from shared.domain.retention.inventory import Inventory, ModelKey, Rollout
+from shared.domain.retention.inventory import Approval, Inventory, ModelKey, Rollout
 from shared.domain.retention.planner import Action, ActionKind, RetentionPlan, plan_retention
 from shared.domain.retention.render import render_plan_table
 from shared.domain.telemetry import Attr
+from shared.domain.vocabulary import (
+    RETENTION_AUDIT_PREFIX,
+    ApplyStatus,
+    ApprovalState,
+    RetentionAudit,
+    retention_audit_kind,
+)
 from shared.domain.workspace import model_ref
 from shared.errors import EvergreenError
 from shared.ports import AuditLog, Clock, RetentionBlobs, RetentionWorkspace
@@ -52,22 +62,29 @@ from shared.telemetry import annotate
 log = logging.getLogger(__name__)
 
 MAX_WORKERS = 8
-AUDIT_PREFIX = "retention."
 _WORKSPACE_KINDS = frozenset({ActionKind.ARCHIVE_DATA, ActionKind.ARCHIVE_MODEL, ActionKind.DELETE_DATA,
                               ActionKind.DELETE_MODEL, ActionKind.DELETE_DEPLOYMENT})
 _BLOB_KINDS = frozenset({ActionKind.DELETE_BLOB, ActionKind.TIER_BLOB})
-CHANGED = "changed"  # what a blob port answers for a blob changed since it was listed
 SKIPPED_CHANGED = "changed since listed"
+SKIPPED_NEWER = "blobs written after the job finished were kept"
+_NEVER_DEPLOYED = frozenset({ApprovalState.REJECTED, ApprovalState.EXPIRED})  # approvals that protect nothing
+_SKIPPED = {ApplyStatus.CHANGED: SKIPPED_CHANGED, ApplyStatus.NEWER: SKIPPED_NEWER}  # port answer -> why skipped
 
 RolloutSource = Callable[[], Sequence[RolloutRecord]]
 """The ledger's rollout rows (`Ledger.rollouts`): retention protects what an active one references."""
+ApprovalSource = Callable[[], Sequence[ApprovalRecord]]
+"""The ledger's open approvals (`Ledger.open_approvals`): retention protects each candidate with its data."""
 
 
 @dataclass(frozen=True)
 class Outcome:
     action: Action
-    status: str  # done | already | skipped | failed
+    status: ApplyStatus  # done | already | skipped | failed
     error: str = ""  # why it failed or was skipped
+
+    def __post_init__(self) -> None:
+        """Stored as the enum even when given its value ('done'); raises ValueError for any other word."""
+        object.__setattr__(self, "status", ApplyStatus(self.status))
 
 
 @dataclass(frozen=True)
@@ -87,7 +104,7 @@ class RetentionSummary:
 
     @property
     def failed(self) -> tuple[Outcome, ...]:
-        return tuple(o for o in self.outcomes if o.status == "failed")
+        return tuple(o for o in self.outcomes if o.status is ApplyStatus.FAILED)
 
     def render(self) -> str:
         """The plan table, then (after an apply) what happened to each action."""
@@ -109,7 +126,7 @@ class RetentionSummary:
                          "tier": a.tier.value if a.tier else None, "key": a.key} for a in self.plan.actions],
             "protected": [{"target": str(p.target), "reason": p.reason} for p in self.plan.protected],
             "suspended": [{"rule": s.rule, "reason": s.reason} for s in self.plan.suspended],
-            "outcomes": [{"target": str(o.action.target), "status": o.status, "error": o.error}
+            "outcomes": [{"target": str(o.action.target), "status": o.status.value, "error": o.error}
                          for o in self.outcomes],
         }, indent=2)
 
@@ -138,14 +155,22 @@ def rollouts_from(records: Sequence[RolloutRecord]) -> tuple[Rollout, ...]:
     return tuple(out)
 
 
+def approvals_from(records: Sequence[ApprovalRecord]) -> tuple[Approval, ...]:
+    """The candidates held for approval, as the planner sees them. A record in a final state (rejected,
+    expired) is never deployed and protects nothing; any other state, including an unknown one, protects."""
+    return tuple(Approval(r.endpoint, ModelKey(r.model_name, r.version), str(r.state)) for r in records
+                 if r.state not in _NEVER_DEPLOYED)
+
+
 class RetentionRunner:
     """Builds the inventory, plans with the policy's rules, and applies (or dry-runs) the plan."""
 
     def __init__(self, *, policy: RetentionPolicy, workspace: RetentionWorkspace, blobs: RetentionBlobs,
-                 rollouts: RolloutSource, audit: AuditLog, clock: Clock = utcnow,
+                 rollouts: RolloutSource, approvals: ApprovalSource, audit: AuditLog, clock: Clock = utcnow,
                  max_workers: int = MAX_WORKERS) -> None:
         self.policy = policy
         self._workspace, self._blobs, self._rollouts, self._audit = workspace, blobs, rollouts, audit
+        self._approvals = approvals
         self._clock = clock
         self._max_workers = max_workers
 
@@ -177,12 +202,13 @@ class RetentionRunner:
         deployments = self._workspace.deployments()
         jobs = self._workspace.jobs(book)
         rollouts = rollouts_from(self._rollouts())
+        approvals = approvals_from(self._approvals())
         timings["list_deployments_jobs_rollouts"] = time.perf_counter() - mark
         log.info("retention run=%s listed %d data version(s), %d model version(s), %d deployment(s), %d job(s), "
-                 "%d rollout(s), %d blob(s)", run_id, len(data), len(models), len(deployments), len(jobs),
-                 len(rollouts), len(blobs))
+                 "%d rollout(s), %d approval(s), %d blob(s)", run_id, len(data), len(models), len(deployments),
+                 len(jobs), len(rollouts), len(approvals), len(blobs))
         return Inventory(now=now, data_versions=tuple(data), model_versions=tuple(models), blobs=tuple(blobs),
-                         deployments=tuple(deployments), jobs=tuple(jobs), rollouts=rollouts)
+                         deployments=tuple(deployments), jobs=tuple(jobs), rollouts=rollouts, approvals=approvals)
 
     def run(self, *, run_id: str, dry_run: bool, now: datetime | None = None) -> RetentionSummary:
         """One run; `now` is the clock the rules' ages are measured against (default: the runner's clock).
@@ -196,7 +222,8 @@ class RetentionRunner:
         timings["plan"] = time.perf_counter() - mark
         listed = {"data_versions": len(inventory.data_versions), "model_versions": len(inventory.model_versions),
                   "deployments": len(inventory.deployments), "jobs": len(inventory.jobs),
-                  "rollouts": len(inventory.rollouts), "blobs": len(inventory.blobs)}
+                  "rollouts": len(inventory.rollouts), "approvals": len(inventory.approvals),
+                  "blobs": len(inventory.blobs)}
         log.info("retention run=%s planned %d action(s), %d protected, dry_run=%s", run_id, len(plan.actions),
                  len(plan.protected), dry_run)
         for suspended in plan.suspended:
@@ -204,7 +231,8 @@ class RetentionRunner:
         if dry_run:
             return RetentionSummary(run_id, True, plan, (), listed, timings)
         for suspended in plan.suspended:
-            self._audit.record(AuditRecord(kind=f"{AUDIT_PREFIX}suspended", decision=f"suspended rule {suspended.rule}",
+            self._audit.record(AuditRecord(kind=retention_audit_kind(RetentionAudit.SUSPENDED),
+                                           decision=f"suspended rule {suspended.rule}",
                                            reason=suspended.reason, event_id=run_id, assets={"rule": suspended.rule}))
         mark = time.perf_counter()
         outcomes = self.apply(plan, run_id)
@@ -212,7 +240,7 @@ class RetentionRunner:
         summary = RetentionSummary(run_id, False, plan, outcomes, listed, timings)
         annotate({Attr.RETENTION_ACTIONS: len(outcomes), Attr.RETENTION_ERRORS: len(summary.failed)})  # alerts
         self._audit.record(AuditRecord(
-            kind=f"{AUDIT_PREFIX}run", decision=f"applied {len(outcomes)} action(s)",
+            kind=retention_audit_kind(RetentionAudit.RUN), decision=f"applied {len(outcomes)} action(s)",
             reason=", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing to retire",
             event_id=run_id, assets={"protected": str(len(plan.protected)), **{k: str(v) for k, v in listed.items()}},
         ))
@@ -226,15 +254,16 @@ class RetentionRunner:
         with ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="retention-apply") as pool:
             outcomes = tuple(pool.map(lambda a: self._apply_one(a, run_id, recorded), plan.actions))
         for o in outcomes:
-            if o.status == "failed":
+            if o.status is ApplyStatus.FAILED:
                 log.error("retention run=%s %s %s failed: %s", run_id, o.action.kind.value, o.action.target, o.error)
         return outcomes
 
     def _recorded_keys(self) -> frozenset[str]:
         """Action keys already recorded today (UTC), read in one partition query before applying."""
-        return frozenset(r.assets.get("action", "") for r in self._audit.query(days=1, kind_prefix=AUDIT_PREFIX))
+        records = self._audit.query(days=1, kind_prefix=RETENTION_AUDIT_PREFIX)
+        return frozenset(r.assets.get("action", "") for r in records)
 
-    def _execute(self, action: Action) -> str:
+    def _execute(self, action: Action) -> ApplyStatus:
         """Route one action to the port that owns its asset."""
         if action.kind in _WORKSPACE_KINDS:
             return self._workspace.execute(action)
@@ -246,22 +275,23 @@ class RetentionRunner:
         assets = {"target": str(action.target), "action": action.key, "rule": action.rule}
         if action.key not in recorded:
             decision = action.kind.value + (f" to {action.tier.value}" if action.tier else "")
-            self._audit.record(AuditRecord(kind=f"{AUDIT_PREFIX}{action.kind.value}",
+            self._audit.record(AuditRecord(kind=retention_audit_kind(action.kind.value),
                                            decision=f"{decision} {action.target}", reason=action.reason,
                                            event_id=run_id, assets=assets))
         try:
             status = self._execute(action)
         except Exception as exc:  # reported, recorded, raised at the end: one failure must not stop the others
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            self._audit.record(AuditRecord(kind=f"{AUDIT_PREFIX}failed", decision=f"failed {action.kind.value} "
-                                           f"{action.target}", reason=error, event_id=run_id, assets=assets))
-            return Outcome(action, "failed", error)
-        if status == CHANGED:
-            log.warning("retention run=%s %s %s skipped: %s", run_id, action.kind.value, action.target,
-                        SKIPPED_CHANGED)
-            self._audit.record(AuditRecord(kind=f"{AUDIT_PREFIX}skipped", decision=f"skipped {action.kind.value} "
-                                           f"{action.target}", reason=SKIPPED_CHANGED, event_id=run_id,
-                                           assets=assets))
-            return Outcome(action, "skipped", SKIPPED_CHANGED)
+            self._audit.record(AuditRecord(kind=retention_audit_kind(RetentionAudit.FAILED),
+                                           decision=f"failed {action.kind.value} {action.target}", reason=error,
+                                           event_id=run_id, assets=assets))
+            return Outcome(action, ApplyStatus.FAILED, error)
+        skipped = _SKIPPED.get(ApplyStatus(status))
+        if skipped is not None:
+            log.warning("retention run=%s %s %s skipped: %s", run_id, action.kind.value, action.target, skipped)
+            self._audit.record(AuditRecord(kind=retention_audit_kind(RetentionAudit.SKIPPED),
+                                           decision=f"skipped {action.kind.value} {action.target}", reason=skipped,
+                                           event_id=run_id, assets=assets))
+            return Outcome(action, ApplyStatus.SKIPPED, skipped)
         log.info("retention run=%s %s %s: %s", run_id, action.kind.value, action.target, status)
-        return Outcome(action, status)
+        return Outcome(action, ApplyStatus(status))

@@ -263,7 +263,7 @@ class Retrainer:
         claimed = self._ledger.claim_submission(
             state, dataset=decision.dataset, job=decision.job_name, version=decision.data_version,
             asset=decision.asset_name, asset_type=decision.asset_type, event=trigger, owner=owner,
-            until=self._clock() + self._leases.submit, clear_pending=not decision.resume)
+            until=self._clock() + self._leases.submit, clear_pending=not decision.resume, rerun=decision.rerun)
         if claimed is None:
             return None
         try:

@@ -38,7 +38,15 @@ from shared.domain.audit import AuditRecord
 from shared.domain.gate import parse_metric
 from shared.domain.records import utcnow
 from shared.domain.urls import strip_query
-from shared.domain.vocabulary import ApprovalState, PromotionAction, Tag, metric_tag, version_order
+from shared.domain.vocabulary import (
+    ApprovalState,
+    PromotionAction,
+    RetentionAudit,
+    Tag,
+    metric_tag,
+    retention_audit_kind,
+    version_order,
+)
 from shared.domain.workspace import DataVersionInfo, EndpointView, ModelInfo
 from shared.errors import InvalidEventError
 from shared.ports import AuditLog, Clock, DataRegistry, DeadLetters, Endpoints, PoisonQueue
@@ -100,7 +108,7 @@ def parse_status_query(params: Mapping[str, str], policy: Policy) -> StatusQuery
         problems.append(f"kind={values['kind']!r} is not an audit kind prefix like 'rollout.' or 'promotion.skipped'")
     limit = 50
     if values["limit"]:
-        if not values["limit"].isdigit() or not 1 <= int(values["limit"]) <= 500:
+        if not re.fullmatch(r"[0-9]{1,3}", values["limit"]) or not 1 <= int(values["limit"]) <= 500:  # not '²'
             problems.append(f"limit={values['limit']!r} must be a whole number from 1 to 500")
         else:
             limit = int(values["limit"])
@@ -408,7 +416,7 @@ class StatusReader:
 
     # -- retention ----------------------------------------------------------------------------------
     def _retention(self, now: datetime) -> RetentionStatus:
-        last = self._tail(now, 1, "retention.run", {})
+        last = self._tail(now, 1, retention_audit_kind(RetentionAudit.RUN), {})
         next_run = croniter(self._schedule, now, second_at_beginning=True).get_next(datetime)
         ttl = self._plans.ttl_seconds if self._plans else 0.0
         empty = RetentionStatus(schedule=self._schedule, next_run=next_run, last_run=last[0] if last else None,
@@ -478,7 +486,7 @@ def _before(version: str, count: int, get: Callable[[str], Any]) -> list[Any]:
 
     Reads at most `2 * count` numbers, so a registry with many deleted versions cannot make it scan.
     """
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit()) or len(version) > 18:  # '²' is a digit `int` cannot read
         return []
     found: list[Any] = []
     for number in range(int(version) - 1, max(0, int(version) - 1 - 2 * count), -1):

@@ -1,4 +1,5 @@
-"""The eight flows of issue 11, each a short script of inputs and what its fault-free run must end with.
+"""The flows of issue 11, manual approval and a champion re-score: each a short script of inputs and what its
+fault-free run must end with.
 
 Each flow has its own policy, scoped to the hops it exercises (the upload flows have no retraining,
 the retraining flows no promotion), so a non-converging schedule points at one flow's code.
@@ -11,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from shared.config.policy import Policy, parse_policy
+from shared.domain.decay import degradation_trigger
 from shared.domain.events import DataVersionRegistered
 from shared.domain.retention.inventory import (
     BlobPath,
@@ -23,7 +25,7 @@ from shared.domain.retention.inventory import (
 )
 from shared.domain.retrain import job_name_for
 from shared.domain.rollout import deployment_name
-from shared.domain.vocabulary import Phase, metric_tag
+from shared.domain.vocabulary import ApprovalState, Phase, Tag, metric_tag
 from shared.domain.workspace import DataVersionSpec, DeploymentSpec
 from tests.chaos.harness import EndState, Flow
 from tests.chaos.platform import START, Platform
@@ -61,12 +63,15 @@ RETENTION = {"rules": [
 
 
 def policy(*, datasets: tuple[dict[str, Any], ...] = (MARKER_DATASET,), retraining: bool = False,
-           promotion: bool = False, retention: bool = False, evaluation: bool = False) -> Policy:
+           promotion: bool = False, retention: bool = False, evaluation: bool = False,
+           approval: bool = False) -> Policy:
     document: dict[str, Any] = {"datasets": list(datasets)}
     if retraining:
         document["retraining"] = [RETRAINING]
     if promotion:
         document["models"] = [PROMOTION]
+    if approval:
+        document["models"] = [{**PROMOTION, "promotion": {**PROMOTION["promotion"], "approval": "manual"}}]
     if evaluation:
         document["datasets"].append(HOLDOUT_DATASET)
         document["models"] = [{**PROMOTION, "promotion": {**PROMOTION["promotion"], "evaluation": EVALUATION}}]
@@ -195,6 +200,67 @@ def expect_compared_and_serving(end: EndState) -> list[str]:
         (len(compared) == 1, f"one comparison job, not {compared}"))
 
 
+# -- manual approval: the gate passes, the candidate waits, a person decides -----------------------------
+OPERATOR = "ops@example.com"
+
+
+def _decided(verdict: ApprovalState) -> Any:
+    def script(platform: Platform) -> None:
+        """Version 1 serves; version 2 passes the gate and waits; ten minutes later a person decides."""
+        _champion(platform)
+        platform.at(0, "ModelRegistered churn-model:2 (better; approval: manual)",
+                    lambda: platform.register_model(MODEL, {metric_tag(METRIC): "0.90"}))
+        platform.operator(600, f"python -m shared.cli {verdict.value} {MODEL}:2", lambda: (
+            platform.services.approvals and platform.services.approvals.decide(
+                MODEL, "2", verdict, by=OPERATOR, reason="reviewed", event_id=f"cli-{verdict.value}")))
+    return script
+
+
+def expect_decided(verdict: ApprovalState) -> Any:
+    def expect(end: EndState) -> list[str]:
+        approvals = [state for _, state in end.state["approvals"]]
+        if verdict is ApprovalState.APPROVED:
+            return expect_serving("2", Phase.SUCCEEDED)(end) + _problems(
+                (approvals == [verdict.value], f"the approval {verdict.value}, not {approvals}"))
+        traffic, deployments = end.state["endpoints"][ENDPOINT]
+        kept = deployment_name(MODEL, "1")
+        return _problems((traffic == ((kept, 100),), f"all traffic still on {kept}, not {traffic}"),
+                         ([d[0] for d in deployments] == [kept], f"only {kept} deployed, not {deployments}"),
+                         (end.state["rollouts"] == [], f"no rollout, not {end.state['rollouts']}"),
+                         (approvals == [verdict.value], f"the approval {verdict.value}, not {approvals}"))
+    return expect
+
+
+# -- champion re-score: new evaluation data, the champion decayed, retrained once -----------------------
+def rescore(platform: Platform) -> None:
+    """Version 1 serves (0.80 at promotion); the newest training data is churn:1; holdout:1 arrives and the
+    champion scores 0.70 on it: ChampionDegraded, and churn:1 is retrained (a rerun keyed by the decay)."""
+    _champion(platform)
+    platform.rescored = 0.70
+    ws = platform.stores.workspace
+    ws.register_data_version(DataVersionSpec(name="churn", uri="azureml://datastores/landing/paths/churn/d1/",
+                                             asset_type="uri_folder", description="",
+                                             tags={Tag.SHA256.value: "c" * 64}))
+    holdout = ws.register_data_version(DataVersionSpec(
+        name="holdout", uri="azureml://datastores/landing/paths/holdout/1.csv", asset_type="uri_file",
+        description="", tags={Tag.SHA256.value: "h" * 64}))
+    platform.at(0, "DataVersionRegistered holdout:1 (evaluation data)", lambda: platform.publish(DataVersionRegistered(
+        dataset="holdout", asset_name="holdout", version=holdout.version, uri=holdout.uri, asset_type="uri_file",
+        sha256="h" * 64, file_count=1)))
+
+
+def expect_rescored(end: EndState) -> list[str]:
+    """One degraded score, one ChampionDegraded, churn:1 retrained under the decay's rerun key, and its model
+    then rolled out as any candidate (compared with the champion on the holdout)."""
+    scores, degraded = end.state["champion scores"], end.state["champion degraded"]
+    rerun = job_name_for("churn", "1", degradation_trigger(f"{MODEL}:1", "holdout", "1"))
+    retrained = [job for job, _ in end.state["jobs"] if job.startswith("evergreen-churn-")]
+    return expect_serving("2", Phase.SUCCEEDED)(end) + _problems(
+        (len(scores) == 1 and scores[0][1:] == (f"{MODEL}:1", "0.7", True), f"one degraded re-score, not {scores}"),
+        (len(degraded) == 1, f"one ChampionDegraded, not {degraded}"),
+        (retrained == [rerun], f"churn:1 retrained once as {rerun}, not {retrained}"))
+
+
 # -- retention -----------------------------------------------------------------------------------------
 def retention(platform: Platform) -> None:
     """Old data and model versions to archive, raw blobs to delete, a stray blob to tier; one deployment serving."""
@@ -250,8 +316,15 @@ FLOWS: tuple[Flow, ...] = (
          expect_compared_and_serving),
     Flow("retention-apply", policy(retention=True), retention, expect_retired, retention=True,
          observe=retention_assets),
+    Flow("manual-approval-approved", policy(approval=True), _decided(ApprovalState.APPROVED),
+         expect_decided(ApprovalState.APPROVED)),
+    Flow("manual-approval-rejected", policy(approval=True), _decided(ApprovalState.REJECTED),
+         expect_decided(ApprovalState.REJECTED)),
+    Flow("champion-rescored-degraded-retrained", policy(retraining=True, evaluation=True), rescore,
+         expect_rescored),
 )
 
 QUEUED_FLOWS = frozenset({  # flows whose work rides on queue messages (the blob trigger's, seals, rollout steps)
     "one-file-upload", "batch-sealed-by-marker", "batch-sealed-by-quiet-period", "model-registered-to-100-percent",
-    "rollback", "model-registered-compared-then-rolled-out"})
+    "rollback", "model-registered-compared-then-rolled-out", "manual-approval-approved",
+    "champion-rescored-degraded-retrained"})

@@ -3,8 +3,8 @@
 `EndState` is what a run left behind, in three parts:
 
 - `state`: what must equal the fault-free run's (data versions with their sha256 tag, published
-  event ids, jobs, models, endpoints with deployments and traffic, rollout outcomes, the retention
-  inventory, rejected inputs);
+  event ids, jobs, models, endpoints with deployments and traffic, rollout outcomes, approval verdicts,
+  champion re-scores and ChampionDegraded ids, the retention inventory, rejected inputs);
 - `stuck`: what must be empty in every run (a live lease, a batch still sealing, content not
   announced, a submission never confirmed, an active rollout, an open-work row, a message left in a
   queue, an event not delivered, a poison message, a dead letter, a run that never went quiet);
@@ -87,8 +87,9 @@ def _state(platform: Platform) -> dict[str, Any]:
         endpoints[model.promotion.endpoint] = None if view is None else (
             tuple(sorted(view.traffic.items())),
             tuple(sorted((d.name, d.state, ":".join(d.model) if d.model else "") for d in view.deployments)))
+    rows = s.ledger.entities()
     rollouts = sorted((r["RowKey"], r.get("State"), f"{r.get('CandidateName')}:{r.get('CandidateVersion')}")
-                      for r in s.ledger.entities() if r["PartitionKey"] == "rollout")
+                      for r in rows if r["PartitionKey"] == "rollout")
     state: dict[str, Any] = {
         "data versions": data,
         "events published": sorted(e.event_id for e in s.publisher.events),
@@ -96,6 +97,10 @@ def _state(platform: Platform) -> dict[str, Any]:
         "models": sorted(platform.models),
         "endpoints": endpoints,
         "rollouts": rollouts,
+        "approvals": sorted((str(r["RowKey"]), r.get("State")) for r in rows if r["PartitionKey"] == "approval"),
+        "champion scores": sorted((str(r["RowKey"]), r.get("Model"), r.get("Value"), r.get("Degraded"))
+                                  for r in rows if str(r["PartitionKey"]).startswith("score-")),
+        "champion degraded": sorted(e.event_id for e in s.publisher.degraded),
         "rejected": sorted(what for what, _ in platform.rejected),
     }
     return state
@@ -160,7 +165,7 @@ def _effect(call: Call, traffic: dict[str, Any]) -> str | None:
     method, args = call.method, call.args
     if method == "register_data_version":
         return f"data version registered: {args[0].name}"
-    if method == "data_version_registered":
+    if method in ("data_version_registered", "champion_degraded"):
         return f"event published: {args[0].event_id}"
     if method == "submit_pipeline":
         return f"job submitted: {args[0].job_name}"

@@ -14,13 +14,18 @@ what was in flight is redelivered:
   received message is leased for `FUNCTION_LEASE`; a failed run releases it after host.json's
   `visibilityTimeout` (10 s), a crashed one reappears when its lease lapses; the dequeue count
   rises each time, and a message received more than `MAX_DEQUEUE` times goes to poison.
+- **People**: an operator's command (`python -m shared.cli approve`) runs through the same faulty ports;
+  when it fails (a fault, or the candidate is not waiting yet) the operator runs it again a minute later.
 - **Timers**: the reconciler (`reconcile(now)` of each service that has it) every
   `RECONCILE_SECONDS`; retention, when the flow has it, every `RETENTION_SECONDS`.
 - **Azure ML**: a submitted pipeline job runs after `JOB_START_SECONDS` and completes after
   `JOB_SECONDS`; then a model version is registered (metric and lineage tags) and `RunCompleted`
-  and `ModelRegistered` are published. Endpoint operations settle after `OPERATION_SECONDS`.
+  and `ModelRegistered` are published (a champion re-score writes its comparison.json with the score
+  `Platform.rescored`, and registers nothing). Endpoint operations settle after `OPERATION_SECONDS`.
 - **The clock** is fake: when nothing is due it jumps to the next due item.
 
+Event Grid deliveries are routed as the app's triggers route them, by the composition root's own functions
+(`shared.composition.on_data_version_registered`, `on_run_finished`) over a real `composition.Services`.
 Like the edge (`functions/edge.py`), an `InvalidEventError` acknowledges the input (recorded as
 rejected); any other exception leaves it to the platform's retry.
 """
@@ -50,7 +55,10 @@ from shared.adapters.memory.queues import MemoryDelayedQueue, QueuedMessage
 from shared.adapters.memory.retention import MemoryRetentionBlobs, MemoryRetentionWorkspace
 from shared.adapters.memory.tables import MemoryTable
 from shared.composition import SEAL_QUEUE
+from shared.config.connections import StorageConnection
 from shared.config.policy import Policy
+from shared.config.settings import Settings
+from shared.domain.decay import ChampionDegraded
 from shared.domain.events import BlobCreated, DataVersionRegistered
 from shared.domain.retrain import RUN_COMPLETED, parse_data_version_registered, parse_run_event
 from shared.domain.vocabulary import ComparisonPurpose, Tag, metric_tag
@@ -68,9 +76,11 @@ from shared.ports import (
     TableStore,
 )
 from shared.services import promotion
+from shared.services.approval import Approvals
 from shared.services.audit import TableAuditLog
 from shared.services.ingest import Ingestor
 from shared.services.ledger import Ledger
+from shared.services.monitor import ChampionMonitor
 from shared.services.promotion import ROLLOUT_QUEUE, Promoter
 from shared.services.reconcile import Reconciler
 from shared.services.retention import RetentionRunner
@@ -184,14 +194,20 @@ class TrackedJob:
     state: str = "NotStarted"
 
 
-@dataclass
-class Services:
-    """What one process builds: the services (each over fault-injecting ports) and the reconciler over them."""
+OPERATOR_RETRY_SECONDS = 60.0  # an operator whose command failed runs it again after this
 
-    ingestor: Ingestor
-    retrainer: Retrainer
-    promoter: Promoter
-    retention: RetentionRunner
+# The app's settings as the services see them (nothing here reaches a network: every port is in memory).
+SETTINGS = Settings(subscription_id="0", resource_group="rg", workspace_name="mlw", policy_path=REPO / "evergreen.yaml",
+                    landing_container="landing", app_storage=StorageConnection(name="AzureWebJobsStorage"),
+                    data_storage=StorageConnection(name="EVERGREEN_DATA_STORAGE"), events_topic_endpoint="",
+                    events_topic_key=None, client_id=None, webhook_secret=None, retention_schedule="0 0 3 * * *")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Services(composition.Services):
+    """What one process builds: the app's `Services` (so the composition root's routing functions take them as
+    the triggers pass them), each over fault-injecting ports, and the reconciler over them."""
+
     reconciler: Reconciler
 
 
@@ -278,6 +294,7 @@ class Platform:
         self.stores = Stores(self.clock)
         self.retention_timer = retention_timer
         self.metric = metric
+        self.rescored = 0.83  # what a champion re-scored alone scores now (a flow sets a decayed score)
         self.subscriptions = _subscriptions()
         self.events: list[EventDelivery] = []
         self.jobs: dict[str, TrackedJob] = {}
@@ -309,28 +326,33 @@ class Platform:
                   "sleep": self.clock.sleep, "sleeper": self.clock.sleep, "app_root": REPO}
         queues = {wiring.parameter: wrap(s.queues[wiring.queue], wiring.queue, port_methods(DelayedQueue),
                                          error=azure_error) for wiring in QUEUES}
+        publisher = wrap(_Routed(s.publisher, self._published), "publisher", port_methods(EventPublisher),
+                         error=azure_error)
         ingestor = build(Ingestor, {
             **common, **queues, "blobs": wrap(s.blobs, "blobs", port_methods(BlobStore), error=azure_error),
             "registry": wrap(s.workspace, "registry", port_methods(DataRegistry), error=azure_error),
-            "publisher": wrap(_Routed(s.publisher, self._published), "publisher", port_methods(EventPublisher),
-                              error=azure_error)})
+            "publisher": publisher})
         retrainer = build(Retrainer, {**common, **queues, "jobs": wrap(s.workspace, "jobs", port_methods(JobRunner),
                                                                        error=azure_error)})
-        promoter = build(Promoter, {**common, **queues,
-                                    "endpoints": wrap(s.endpoints, "endpoints", port_methods(Endpoints),
-                                                      error=endpoint_error),
-                                    "jobs": wrap(s.workspace, "jobs", port_methods(JobRunner), error=azure_error),
-                                    "data": wrap(s.workspace, "registry", port_methods(DataRegistry),
-                                                 error=azure_error)})
+        endpoints = wrap(s.endpoints, "endpoints", port_methods(Endpoints), error=endpoint_error)
+        jobs = wrap(s.workspace, "jobs", port_methods(JobRunner), error=azure_error)
+        data = wrap(s.workspace, "registry", port_methods(DataRegistry), error=azure_error)
+        approvals = build(Approvals, {**common, **queues, "endpoints": endpoints})
+        promoter = build(Promoter, {**common, **queues, "endpoints": endpoints, "jobs": jobs, "data": data,
+                                    "approvals": approvals})
+        monitor = build(ChampionMonitor, {**common, "endpoints": endpoints, "jobs": jobs, "data": data,
+                                          "publisher": publisher, "retrainer": retrainer,
+                                          "code_hash": lambda: ""})  # the rescore timer's code check: not a flow
         retention = build(RetentionRunner, {
             **common, "policy": self.policy.retention, "max_workers": 1,  # one worker: call numbers are replayable
             "workspace": wrap(s.retention_workspace, "retention_workspace", port_methods(RetentionWorkspace),
                               error=azure_error),
             "blobs": wrap(s.retention_blobs, "retention_blobs", port_methods(RetentionBlobs), error=azure_error),
-            "rollouts": ledger.rollouts})
-        reconciler = Reconciler(flows={"ingest": ingestor, "retrain": retrainer, "promotion": promoter},
-                                clock=self.clock)
-        return Services(ingestor=ingestor, retrainer=retrainer, promoter=promoter, retention=retention,
+            "rollouts": ledger.rollouts, "approvals": ledger.open_approvals})
+        reconciler = Reconciler(flows={"ingest": ingestor, "retrain": retrainer, "promotion": promoter,
+                                       "approval": approvals}, clock=self.clock)
+        return Services(settings=SETTINGS, policy=self.policy, ingestor=ingestor, retrainer=retrainer,
+                        promoter=promoter, retention=retention, audit=audit, approvals=approvals, monitor=monitor,
                         reconciler=reconciler)
 
     def _invoke(self, what: str, handler: Callable[[], object]) -> str:
@@ -355,6 +377,16 @@ class Platform:
         """Schedule a scripted input `seconds` after the start."""
         self.script.append((START + timedelta(seconds=seconds), what, action))
         self.script.sort(key=lambda item: item[0])
+
+    def operator(self, seconds: float, what: str, command: Callable[[], object]) -> None:
+        """A person's command (`python -m shared.cli ...`) `seconds` after the start, through the run's faulty
+        ports; if it fails (a fault, or what it acts on is not there yet) they run it again a minute later."""
+        def attempt() -> None:
+            if self._invoke(f"operator: {what}", command) != "ok":
+                retry = (self.clock() - START).total_seconds() + OPERATOR_RETRY_SECONDS
+                self.at(retry, f"{what} (again)", attempt)
+
+        self.at(seconds, what, attempt)
 
     def upload(self, container: str, name: str, data: bytes) -> None:
         """A blob lands: Event Grid hands BlobCreated to the blob trigger, which queues it."""
@@ -477,14 +509,12 @@ class Platform:
 
     def _event_handler(self, delivery: EventDelivery) -> Callable[[], object]:
         doc = delivery.document
-        if delivery.function == "on_data_version_registered":
-            return lambda: self.services.retrainer.on_data_version_registered(
-                parse_data_version_registered(doc["data"]), str(doc["id"]))
-        if delivery.function == "on_run_event":  # routed as functions/retrain.py:on_run_event routes it
-            finished = parse_run_event(doc["eventType"], doc["data"])
-            if finished.tags.get(Tag.COMPARISON.value) == ComparisonPurpose.CHALLENGER.value:
-                return lambda: self.services.promoter.on_comparison_finished(finished, str(doc["id"]))
-            return lambda: self.services.retrainer.on_run_finished(finished, str(doc["id"]))
+        if delivery.function == "on_data_version_registered":  # routed as functions/retrain.py routes them
+            return lambda: composition.on_data_version_registered(
+                self.services, parse_data_version_registered(doc["data"]), str(doc["id"]))
+        if delivery.function == "on_run_event":
+            return lambda: composition.on_run_finished(
+                self.services, parse_run_event(doc["eventType"], doc["data"]), str(doc["id"]))
         if delivery.function == "on_model_registered":
             return lambda: self.services.promoter.on_model_version(parse_model_registered(doc))
         raise AssertionError(f"no handler for Event Grid subscription {delivery.function}: add it to "
@@ -591,14 +621,17 @@ class Platform:
                              "runStatus": "Completed"}})
 
     def comparison(self, job: TrackedJob) -> str:
-        """What the compare step writes: every challenger clearly better than its champion (by 0.02-0.04)."""
+        """What the compare step writes: every challenger clearly better than its champion (by 0.02-0.04); a
+        champion re-scored alone scores `rescored`."""
         champion = job.tags.get(Tag.COMPARED_WITH.value) or None
+        rescore = job.tags.get(Tag.COMPARISON.value) == ComparisonPurpose.RESCORE.value
         return json.dumps({
             "schema": "evergreen.comparison/1", "seed": 7, "resamples": 1000, "confidence": 0.95,
             "evaluation": {"data_asset": job.tags.get(Tag.DATA_ASSET.value, ""), "rows": 5000,
                            "data_version": job.tags.get(Tag.DATA_VERSION.value, ""), "label_column": "churned"},
             "metric": self.metric, "direction": "higher_is_better",
-            "challenger": {"model": job.tags.get(Tag.MODEL.value, ""), "metrics": {self.metric: 0.83}},
+            "challenger": {"model": job.tags.get(Tag.MODEL.value, ""), "metrics": {
+                self.metric: self.rescored if rescore else 0.83}},
             "champion": None if champion is None else {"model": champion, "metrics": {self.metric: 0.80}},
             "difference": None if champion is None else {"metric": self.metric, "estimate": 0.03, "low": 0.02,
                                                          "high": 0.04},
@@ -623,3 +656,7 @@ class _Routed:
         event_id = self._store.data_version_registered(event)
         self._deliver(event)
         return event_id
+
+    def champion_degraded(self, event: ChampionDegraded) -> str:
+        """Recorded only: no Event Grid subscription of the app takes Evergreen.ChampionDegraded (alerts do)."""
+        return self._store.champion_degraded(event)

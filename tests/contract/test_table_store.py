@@ -117,6 +117,23 @@ def test_query_returns_one_partition_in_row_key_order(table: TableStore) -> None
     assert list(table.query("empty")) == []
 
 
+def test_query_reads_a_row_key_range_of_one_partition(table: TableStore) -> None:
+    keys = ["0a", "f9", "t-2", "t-3", "t.data-1", "t.data_x-1", "t.rollout-1"]
+    table.upsert_many({"PartitionKey": "p", "RowKey": key} for key in reversed(keys))
+    table.insert({"PartitionKey": "q", "RowKey": "t-1"})
+
+    def between(start: str = "", end: str = "") -> list[str]:
+        return [r.data["RowKey"] for r in table.query("p", start=start, end=end)]
+
+    assert between() == keys
+    assert between("0", "g") == ["0a", "f9"]  # start inclusive, end exclusive
+    assert between("t-", "t.") == ["t-2", "t-3"]  # a prefix: only this partition's
+    assert between("t.data-", "t.data.") == ["t.data-1"]
+    assert between("t-3") == ["t-3", *keys[4:]] and between(end="0a") == [] and between("u", "v") == []
+    rows = list(table.query("p", start="t-", end="t."))
+    assert all(r.etag for r in rows)
+
+
 def test_upsert_many_writes_more_than_one_transaction(table: TableStore) -> None:
     table.upsert_many({"PartitionKey": "p", "RowKey": f"{i:04d}", "N": i} for i in range(250))
     rows = list(table.query("p"))

@@ -2,8 +2,9 @@
 
 - `rollout abort` mid-rollout (the host is stopped there, so the rollout cannot finish first): the row
   moves to rollback, and once the host is back the rollout's own steps put traffic back on the champion;
-  `status --json` lists the rollout while it is in flight, `audit --json --model …` shows the abort,
-  and a second abort is refused (exit 2).
+  `status --json` lists the rollout while it is in flight, `rollout resume` re-sends its step (stale
+  once the abort moved the row on), `audit --json --model …` shows both, and a second abort or a
+  resume after the end is refused (exit 2).
 - `retrain <dataset>:<version>` on a version registered without an event: one job; a second call is
   deduplicated by the same decision (no second job).
 """
@@ -112,6 +113,10 @@ def test_abort_during_a_rollout_rolls_back_and_the_champion_keeps_serving(
         (listed,) = [r for r in json.loads(status.stdout)["rollouts"] if r["endpoint"] == ENDPOINT]
         assert listed["candidate"] == wanted and listed["champion"] == champion_model and listed["age_seconds"] > 0
 
+        # resume re-sends the current step; it is stale once the abort below moves the row on
+        resumed = cli(local_stack, "rollout", "resume", ENDPOINT, "--json")
+        assert resumed.returncode == 0, resumed.stderr
+        assert json.loads(resumed.stdout)["action"] == "resumed"
         aborted = cli(local_stack, "rollout", "abort", ENDPOINT, "--reason", "e2e: latency", "--json")
         assert aborted.returncode == 0, aborted.stderr
         assert json.loads(aborted.stdout)["action"] == "aborted"
@@ -125,10 +130,12 @@ def test_abort_during_a_rollout_rolls_back_and_the_champion_keeps_serving(
     assert serving(ml) == now
     again = cli(local_stack, "rollout", "abort", ENDPOINT)
     assert again.returncode == 2 and "is over (rolled_back)" in again.stderr
+    late = cli(local_stack, "rollout", "resume", ENDPOINT)
+    assert late.returncode == 2 and "is over (rolled_back)" in late.stderr
     audit = cli(local_stack, "audit", "--json", "--model", wanted, "--kind", "rollout.")
     assert audit.returncode == 0, audit.stderr
     kinds = [r["kind"] for r in json.loads(audit.stdout)]
-    assert "rollout.aborted" in kinds and "rollout.rolled_back" in kinds
+    assert "rollout.aborted" in kinds and "rollout.resumed" in kinds and "rollout.rolled_back" in kinds
     (abort,) = [r for r in json.loads(audit.stdout) if r["kind"] == "rollout.aborted"]
     assert abort["assets"]["operator"] == "e2e" and abort["reason"] == "aborted by e2e: e2e: latency"
 

@@ -108,6 +108,8 @@ def audit_for(local_stack: Stack, model: str) -> list[dict[str, Any]]:
     query = " or ".join(f"PartitionKey eq '{day}'" for day in sorted(days))
     found = []
     for e in _entities(local_stack, AUDIT_TABLE, query):
+        if "Key" in e:  # one of the log's time-ordered index rows (they carry the record's `Key`), not a record
+            continue
         named = str(json.loads(e.get("Assets") or "{}").get("model", ""))
         if named == model or named.startswith(f"{model}:"):
             found.append(e)

@@ -72,7 +72,8 @@ class World:
         policy = parse_retention(yaml.safe_load(yaml_rules.replace("UID", self.uid).replace("DATA", self.data)
                                                 .replace("MODEL", self.model)))
         return RetentionRunner(policy=policy, workspace=AmlRetention(self.azureml), blobs=BlobRetention(self.blobs),
-                               rollouts=self.ledger.rollouts, audit=self.audit, **kwargs)
+                               rollouts=self.ledger.rollouts,
+                               approvals=self.ledger.open_approvals, audit=self.audit, **kwargs)
 
     def emulator(self, method: str, path: str, body: Any = None) -> Any:
         with httpx.Client(verify=self.aml.env["REQUESTS_CA_BUNDLE"], timeout=30) as client:
@@ -362,7 +363,8 @@ def test_apply_runs_at_most_max_workers_actions_at_once(world: World) -> None:
                                             .replace("MODEL", world.model)))
     counting = CountingBlobs(world.blobs)
     runner = RetentionRunner(policy=policy, workspace=AmlRetention(world.azureml), blobs=counting,
-                             rollouts=world.ledger.rollouts, audit=world.audit, max_workers=3)
+                             rollouts=world.ledger.rollouts,
+                             approvals=world.ledger.open_approvals, audit=world.audit, max_workers=3)
     summary = runner.run(run_id=f"bounded-{world.uid}", dry_run=False, now=LATER)
     assert len([o for o in summary.outcomes if o.action.kind is ActionKind.TIER_BLOB]) == 24
     assert counting.peak == 3

@@ -223,6 +223,21 @@ def test_the_cli_approves_and_rejects_with_exit_codes(arig: ApprovalRig, capsys:
         parser.parse_args(["approve", f"{MODEL}:1"])  # --reason is required
 
 
+def test_an_approved_candidate_whose_rollout_never_started_is_dropped_audited_after_the_expiry(
+        arig: ApprovalRig) -> None:
+    arig.deliver(arig.register("0.80"))
+    arig.approve("1")
+    assert arig.retries is not None
+    lost = arig.retries.receive()
+    assert lost is not None
+    arig.retries.complete(lost)
+    arig.clock.advance(3 * 3600)  # past the policy's 2 h: the gate has had its chance
+    assert arig.approvals().reconcile(arig.clock()) == []
+    (dropped,) = [r for r in arig.audit.query(days=2, now=arig.clock()) if r.kind == "promotion.redriven"]
+    assert "given up" in dropped.reason and dropped.assets["model"] == f"{MODEL}:1"
+    assert arig.ledger.open_approvals() == []
+
+
 def test_a_lost_hand_over_after_an_approval_is_re_sent_by_the_reconciler(arig: ApprovalRig) -> None:
     arig.deliver(arig.register("0.80"))
     arig.approve("1")
@@ -234,6 +249,7 @@ def test_a_lost_hand_over_after_an_approval_is_re_sent_by_the_reconciler(arig: A
     arig.clock.advance(HANDOVER_GRACE.total_seconds())
     redriven = arig.approvals().reconcile(arig.clock())
     assert [o.action for o in redriven] == [PromotionAction.APPROVED]
+    assert arig.kinds().count("promotion.redriven") == 1  # every re-drive is audited (issue 11)
     assert arig.deliver_retries() == [PromotionAction.STARTED]
     assert arig.approvals().reconcile(arig.clock()) == []  # its rollout started: it left the index
     assert arig.ledger.open_approvals() == []

@@ -202,3 +202,45 @@ def test_an_upload_of_content_whose_version_retention_retired_registers_it_again
     (second,) = world.workspace.data_versions("ref")
     assert reads(world, second.spec.uri) == {"regions-again.csv": body}  # a snapshot again, the same bytes
     assert [e.version for e in world.publisher.events] == ["1", "2"]  # announced: retraining runs on it
+
+
+def test_an_upload_of_content_whose_snapshot_retention_reclaimed_registers_it_again(world: World) -> None:
+    """Version 1 was archived, so retention's blob rule (`landing/`, as in the README) reclaimed its snapshot,
+    but version 1 is still registered. The same bytes uploaded again must not become an alias of a version
+    that no longer holds them (nothing would be registered or retrained): they are registered anew, on a
+    snapshot that is there again."""
+    body = b"region\nnorth\n"
+    world.ingestor.on_blob_created(world.upload("reference/regions.csv", body))
+    (first,) = world.workspace.data_versions("ref")
+    snapshot = unquote(first.spec.uri[len(PREFIX):])
+    world.blobs.delete(CONTAINER, snapshot)  # the archived version stays registered; its bytes are gone
+    world.clock.advance(1)
+
+    outcome = world.ingestor.on_blob_created(world.upload("reference/regions-again.csv", body))
+
+    assert (outcome.action, outcome.version) == (IngestAction.REGISTERED, "2")
+    second = {v.version: v for v in world.workspace.data_versions("ref")}["2"]
+    assert reads(world, second.spec.uri) == {"regions-again.csv": body}
+    assert [e.version for e in world.publisher.events] == ["1", "2"]  # announced: retraining runs on it
+
+
+def test_a_folder_generation_dropped_again_makes_a_partly_reclaimed_snapshot_whole(world: World) -> None:
+    """A retention apply cut off mid-way deleted one file of an archived generation's snapshot. The same files
+    dropped again (generation 2 has generation 1's manifest) must not be recorded as an alias of a version that
+    no longer holds them: the snapshot is copied whole again, so version 1 reads its bytes and holds them."""
+    folder, files = "churn/drop1/", {"a.csv": b"id,churned\n1,0\n", "b.csv": b"id,churned\n2,1\n"}
+    for name, body in files.items():
+        world.ingestor.on_blob_created(world.upload(f"{folder}{name}", body))
+    seal(world, folder)
+    (first,) = world.workspace.data_versions("churn")
+    world.blobs.delete(CONTAINER, f"{unquote(first.spec.uri[len(PREFIX):])}b.csv")
+    world.clock.advance(60)
+    for name, body in files.items():
+        world.ingestor.on_blob_created(world.upload(f"{folder}{name}", body))
+    world.ingestor.on_blob_created(world.upload(f"{folder}_SUCCESS", b""))
+    (request,) = world.due("marker")
+
+    outcome = world.ingestor.on_seal_request(request)
+
+    assert (outcome.action, outcome.version) == (IngestAction.DUPLICATE, "1")
+    assert reads(world, first.spec.uri) == files  # whole again: version 1 holds the content it aliases

@@ -6,6 +6,7 @@ Abort and resume run against a real rollout driven by the Promoter (the same rig
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -18,6 +19,7 @@ from shared.domain.vocabulary import Phase, PromotionAction, RetrainAction, Tag
 from shared.domain.workspace import DataVersionSpec
 from shared.services.ledger import Ledger
 from shared.services.operator import Operator, OperatorRefused
+from shared.services.promotion import COMPARISON_WORK
 from tests.services.conftest import FakeClock
 from tests.services.test_promotion import ENDPOINT, MODEL, Rig, first_model
 from tests.services.test_retrain import POLICY, World
@@ -254,3 +256,25 @@ def test_status_gives_a_rollouts_age_since_it_started(clock: FakeClock) -> None:
         attempts=0, failure=""))
     (rollout,) = Operator(policy=POLICY, ledger=world.ledger, audit=world.audit, clock=clock).status().rollouts
     assert rollout.age_seconds == 7200
+
+
+def test_status_shows_comparisons_in_flight_and_candidates_awaiting_approval() -> None:
+    from tests.services.test_approval import ApprovalRig
+
+    arig = ApprovalRig()
+    assert arig.deliver(arig.register("0.80")).action is PromotionAction.AWAITING_APPROVAL
+    requested = arig.clock()
+    arig.ledger.track_work(COMPARISON_WORK, "cmp-churn-3-2", {"Tags": json.dumps(
+        {Tag.MODEL.value: f"{MODEL}:3", Tag.COMPARED_WITH.value: f"{MODEL}:2"})})  # as the promoter indexes it
+    arig.clock.advance(60)
+
+    status = operator_for(arig).status()
+
+    (waiting,) = status.approvals
+    assert (waiting.endpoint, waiting.candidate, waiting.state) == (ENDPOINT, f"{MODEL}:1", "pending")
+    assert (waiting.requested_at, waiting.expires_at) == (requested, requested + timedelta(hours=2))
+    (comparison,) = status.comparisons
+    assert (comparison.job, comparison.candidate, comparison.champion) == ("cmp-churn-3-2", f"{MODEL}:3", f"{MODEL}:2")
+    doc = status.to_json()
+    assert doc["awaiting_approval"][0]["expires_at"] == (requested + timedelta(hours=2)).isoformat()
+    assert doc["comparisons"][0]["job"] == "cmp-churn-3-2"

@@ -20,6 +20,7 @@ import yaml
 from shared.adapters.memory.retention import MemoryRetentionBlobs, MemoryRetentionWorkspace, ThrottledError
 from shared.adapters.memory.tables import MemoryTable
 from shared.config.retention import parse_retention
+from shared.domain.approval import ApprovalRecord
 from shared.domain.audit import AuditRecord
 from shared.domain.retention.addresses import Datastore
 from shared.domain.retention.inventory import (
@@ -36,10 +37,11 @@ from shared.domain.retention.inventory import (
     ModelVersion,
 )
 from shared.domain.retention.planner import Action, ActionKind, RetentionPlan
+from shared.domain.vocabulary import ApplyStatus, ApprovalState
 from shared.errors import EvergreenError
 from shared.services.audit import TableAuditLog
 from shared.services.ledger import Ledger
-from shared.services.retention import RetentionIncomplete, RetentionRunner
+from shared.services.retention import SKIPPED_NEWER, RetentionIncomplete, RetentionRunner
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(days=10)
@@ -88,7 +90,8 @@ class World:
 
     def runner(self, rules: str = RULES, **kwargs: object) -> RetentionRunner:
         return RetentionRunner(policy=parse_retention(yaml.safe_load(rules)), workspace=self.workspace,
-                               blobs=self.blobs, rollouts=self.ledger.rollouts, audit=self.audit,
+                               blobs=self.blobs, rollouts=self.ledger.rollouts,
+                               approvals=self.ledger.open_approvals, audit=self.audit,
                                clock=lambda: LATER, **kwargs)  # type: ignore[arg-type]
 
     def archived(self, *keys: DataKey | ModelKey) -> set[str]:
@@ -188,7 +191,8 @@ def test_each_decision_is_recorded_before_it_is_executed(world: World) -> None:
     for name in world.blobs.names("landing"):
         blobs.put("landing", name)
     runner = RetentionRunner(policy=parse_retention(yaml.safe_load(RULES)), workspace=world.workspace, blobs=blobs,
-                             rollouts=world.ledger.rollouts, audit=recording, clock=lambda: LATER)
+                             rollouts=world.ledger.rollouts,
+                             approvals=world.ledger.open_approvals, audit=recording, clock=lambda: LATER)
     runner.run(run_id="ordered", dry_run=False)
     assert seen == [True, True, True]  # two deletes and a tier, each recorded before it ran
 
@@ -275,7 +279,8 @@ def test_apply_runs_at_most_max_workers_actions_at_once(world: World) -> None:
     for i in range(24):
         counting.put("landing", f"churn/stray/{i}.csv")
     runner = RetentionRunner(policy=parse_retention(yaml.safe_load(RULES)), workspace=world.workspace,
-                             blobs=counting, rollouts=world.ledger.rollouts, audit=world.audit,
+                             blobs=counting, rollouts=world.ledger.rollouts,
+                             approvals=world.ledger.open_approvals, audit=world.audit,
                              clock=lambda: LATER, max_workers=3)
     summary = runner.run(run_id="bounded", dry_run=False)
     assert len([o for o in summary.outcomes if o.action.kind is ActionKind.TIER_BLOB]) == 24
@@ -304,8 +309,9 @@ def test_idle_deployments_and_finished_job_outputs_are_deleted_and_what_serves_i
                     Job("old-job", "Completed", outputs={"out": BlobPath("azureml-blobstore", "azureml/old-job/out/")},
                         finished_at=ago(90)),
                     Job("running", "Running", outputs={"out": BlobPath("azureml-blobstore", "azureml/running/out/")}))
-    for name in ("azureml/old-job/out/a.bin", "azureml/old-job/out/b.bin", "azureml/running/out/a.bin"):
-        w.blobs.put("azureml-blobstore", name)
+    for name in ("azureml/old-job/out/a.bin", "azureml/old-job/out/b.bin"):
+        w.blobs.put("azureml-blobstore", name, last_modified=ago(91))  # written while the job ran
+    w.blobs.put("azureml-blobstore", "azureml/running/out/a.bin")
     rules = """
 rules:
   - {name: idle, type: deployments, actions: {deleteIdle: {hoursAtZeroTrafficGreaterThan: 24}}}
@@ -390,3 +396,66 @@ def test_defect6_the_previous_champion_survives_the_grace_period_of_an_in_flight
     table.upsert({**row, "State": "succeeded"})
     world.runner(RAW_BLOBS).run(run_id="after", dry_run=False)
     assert world.workspace.deployment(DeploymentKey("churn-ep", "blue")) is None
+
+
+# -- session 5: candidates awaiting approval; job outputs written to after the listing -------------------------
+def test_a_candidate_awaiting_approval_keeps_its_model_its_training_data_and_that_datas_blobs(world: World) -> None:
+    """`promotion.approval: manual`: the gate passed model 3 (old, not the latest, not the best) and it waits for a
+    person. Until then no rule archives it or its training data, and no blob rule deletes that data's snapshot;
+    once rejected it is ordinary again."""
+    world.workspace.put(dataclasses.replace(model("3", 80, 0.60), data_asset="churn", data_version="3"))
+    world.blobs.put("landing", "churn/d3/part-0.csv")
+    world.ledger.create_approval(ApprovalRecord("churn-ep", "churn-model", "3", ApprovalState.PENDING,
+                                                requested_at=ago(1), event_id="ev-3"))
+    for run in ("first", "second"):  # a data version archived by one run loses its blobs on the next
+        summary = world.runner().run(run_id=run, dry_run=False)
+    assert world.archived(ModelKey("churn-model", "3"), DataKey("churn", "3")) == set()
+    assert "churn/d3/part-0.csv" in world.blobs.names("landing")
+    spared = {p.target: p.reason for p in summary.plan.protected}
+    assert "candidate awaiting approval on churn-ep (pending)" in spared[ModelKey("churn-model", "3")]
+    assert "trained model:churn-model:3" in spared[DataKey("churn", "3")]
+    assert summary.listed["approvals"] == 1
+    pending = world.ledger.get_approval("churn-ep", "churn-model", "3")
+    assert pending is not None
+    world.ledger.decide_approval(dataclasses.replace(pending, state=ApprovalState.REJECTED, decided_at=NOW,
+                                                     decided_by="alice", reason="no"))
+    world.runner().run(run_id="rejected", dry_run=False)
+    assert world.archived(ModelKey("churn-model", "3"), DataKey("churn", "3")) == {"model:churn-model:3",
+                                                                                   "data:churn:3"}
+
+
+def test_an_approved_candidate_not_yet_rolled_out_is_still_protected(world: World) -> None:
+    world.workspace.put(dataclasses.replace(model("3", 80, 0.60), data_asset="churn", data_version="3"))
+    world.ledger.create_approval(ApprovalRecord("churn-ep", "churn-model", "3", ApprovalState.PENDING,
+                                                requested_at=ago(1), event_id="ev-3"))
+    pending = world.ledger.get_approval("churn-ep", "churn-model", "3")
+    assert pending is not None
+    world.ledger.decide_approval(dataclasses.replace(pending, state=ApprovalState.APPROVED, decided_at=NOW,
+                                                     decided_by="alice"))
+    world.runner().run(run_id="approved", dry_run=False)
+    assert world.archived(ModelKey("churn-model", "3"), DataKey("churn", "3")) == set()
+
+
+def test_a_job_output_keeps_what_a_job_started_after_the_listing_writes_under_it() -> None:
+    """The plan's listing saw one finished job; a new job (not listed) writes under its output folder before
+    the apply. Only blobs written before the old job finished are deleted; the new one is kept and reported."""
+
+    class Racing(MemoryRetentionBlobs):
+        def list(self, containers: Iterable[str]) -> list[Blob]:
+            listed = super().list(containers)
+            self.put("azureml-blobstore", "azureml/old-job/out/rerun/model.pkl")  # written now, after the listing
+            return listed
+
+    w = World(blobs=Racing(clock=lambda: NOW))
+    w.workspace.put(Job("old-job", "Completed", outputs={"out": BlobPath("azureml-blobstore", "azureml/old-job/out/")},
+                        finished_at=ago(90)))
+    w.blobs.put("azureml-blobstore", "azureml/old-job/out/model.pkl", last_modified=ago(90.5))
+    rules = "rules:\n  - {name: outputs, type: jobOutputs, actions: {delete: {daysAfterCompletionGreaterThan: 60}}}\n"
+    summary = w.runner(rules).run(run_id="race", dry_run=False)
+    [outcome] = summary.outcomes
+    assert outcome.action.written_before == ago(90)
+    assert (outcome.status, outcome.error) == (ApplyStatus.SKIPPED, SKIPPED_NEWER)
+    assert w.blobs.names("azureml-blobstore") == ["azureml/old-job/out/rerun/model.pkl"]
+    [skipped] = w.records("skipped")
+    assert skipped.reason == SKIPPED_NEWER and skipped.assets["target"] == "job-output:old-job/out"
+    assert '"status": "skipped"' in summary.to_json()

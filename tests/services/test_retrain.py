@@ -19,7 +19,7 @@ from shared.config.policy import parse_policy
 from shared.domain.events import DataVersionRegistered
 from shared.domain.keys import digest
 from shared.domain.records import DEFAULT_LEASES, RECHECK_GRACE, SUBMIT_LEASE, Leases, Row
-from shared.domain.retrain import PipelineSubmission, RetrainCheck, RunFinished, job_name_for
+from shared.domain.retrain import PipelineSubmission, RetrainCheck, RunFinished, job_name_for, run_key
 from shared.domain.vocabulary import RetrainAction, RunStatus, Tag
 from shared.errors import ClaimInProgressError
 from shared.services.audit import TableAuditLog
@@ -445,6 +445,26 @@ def test_reconcile_resumes_a_submission_whose_lease_expired(clock: FakeClock) ->
     assert world.instance().reconcile(clock()) == []  # idempotent: nothing is stuck any more
     (record,) = world.audit.query(now=clock(), kind_prefix="retrain.redriven")
     assert record.assets["job"] == job_name_for("churn", "1")
+
+
+def test_a_rerun_whose_submission_failed_is_resumed_as_the_same_rerun(clock: FakeClock) -> None:
+    """Found by the chaos harness (champion re-score flow): a rerun (a decayed champion's retrain) whose submit
+    failed was resumed by the reconciler as a plain run of its version: its own run row stayed `submitting`
+    for good, and the job lost its rerun tag. The retraining row now keeps the rerun key."""
+    world = World(clock, FailingOnce())
+    rerun = "degraded-abc"
+    with pytest.raises(ConnectionError):
+        world.instance().on_data_version_registered(event("1"), "e1", rerun=rerun)
+    clock.advance(SUBMIT_LEASE.total_seconds() + 1)
+    (redriven,) = world.instance().reconcile(clock())
+    assert redriven.action is RetrainAction.REDRIVEN, redriven.detail
+    (job,) = world.jobs.jobs()
+    assert job.name == job_name_for("churn", "1", rerun) and job.submission.tags[Tag.RERUN.value] == rerun
+    assert world.ledger.retrain_run_status("churn", run_key("1", rerun)) is RunStatus.SUBMITTED
+    assert world.ledger.retrain_run_status("churn", "1") is None  # no plain run of 1 was recorded
+    done = RunFinished(job.name, "Completed", "exp", dict(job.submission.tags))
+    assert world.instance().on_run_finished(done, "run-1").action is RetrainAction.FINISHED
+    assert world.ledger.retrain_run_status("churn", run_key("1", rerun)) is RunStatus.COMPLETED
 
 
 def test_reconcile_runs_the_follow_up_of_a_run_whose_event_was_lost(world: World) -> None:

@@ -16,7 +16,7 @@ from shared.adapters.memory.redrive import MemoryDeadLetters, MemoryPoisonQueue
 from shared.domain.audit import AuditRecord
 from shared.domain.retention.inventory import DataKey
 from shared.domain.vocabulary import Phase, PromotionAction, Tag
-from shared.domain.workspace import DataVersionSpec
+from shared.domain.workspace import DataVersionInfo, DataVersionSpec
 from shared.errors import InvalidEventError
 from shared.services.status import StatusLimits, StatusQuery, StatusReader, parse_status_query
 from shared.status_page import render_html, render_json
@@ -89,6 +89,26 @@ def test_a_query_string_in_a_data_version_uri_or_source_tag_never_reaches_the_pa
     (row,) = view.datasets[0].versions
     assert (row.uri, row.sources[Tag.SOURCE_URL.value]) == ("https://acct/landing/d/1.csv",) * 2
     assert "s3cret" not in render_json(view) and "s3cret" not in render_html(view)
+
+
+class OddVersions(MemoryWorkspace):
+    """A registry whose newest data version was registered by hand under a name that only looks like a number."""
+
+    def __init__(self, newest: str) -> None:
+        super().__init__()
+        self.newest = newest
+
+    def get_data_version(self, name: str, version: str | None = None) -> DataVersionInfo | None:
+        if version is None or version == self.newest:
+            return DataVersionInfo(name, self.newest, f"azureml://d/{self.newest}", "uri_file", {})
+        return super().get_data_version(name, version)
+
+
+@pytest.mark.parametrize("newest", ["²", "9" * 5000])
+def test_a_version_that_only_looks_like_a_number_is_shown_alone_not_a_500(newest: str) -> None:
+    """`str.isdigit` is True for '²' and for 5,000 nines, which `int` cannot read: the whole page once failed."""
+    (dataset,) = reader(flow(), registry=OddVersions(newest)).read().datasets
+    assert [v.version for v in dataset.versions] == [newest]
 
 
 def test_filters_narrow_the_sections_and_the_audit_tail() -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import types
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,7 +20,14 @@ from shared.cli.tables import table
 from shared.domain.audit import AuditRecord
 from shared.domain.vocabulary import OperatorAction, RetrainAction
 from shared.services.audit import TableAuditLog
-from shared.services.operator import OperatorOutcome, OperatorRefused, RolloutStatus, Status
+from shared.services.operator import (
+    ApprovalStatus,
+    ComparisonStatus,
+    OperatorOutcome,
+    OperatorRefused,
+    RolloutStatus,
+    Status,
+)
 from shared.services.retrain import RetrainOutcome
 
 AT = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
@@ -91,8 +99,13 @@ def test_every_command_takes_json() -> None:
     parser, _ = cli.build_parser()
     for argv in (["audit"], ["status"], ["rollout", "abort", "ep"], ["rollout", "resume", "ep"], ["retrain", "d"],
                  ["retention"], ["reconcile"], ["redrive", "list"], ["redrive", "show", "x"],
-                 ["redrive", "replay", "x"]):
+                 ["redrive", "replay", "x"], ["approve", "m:1", "--reason", "r"], ["reject", "m:1", "--reason", "r"],
+                 ["lineage", "m:1"]):
         assert parser.parse_args([*argv, "--json"]).json is True, argv
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    # every command is in the list above; `validate` has its own parser (tests/unit/test_validate.py: --json)
+    assert set(commands.choices) == {"audit", "status", "rollout", "retrain", "retention", "reconcile", "redrive",
+                                     "approve", "reject", "lineage", "validate"}
 
 
 def test_audit_parses_its_filters() -> None:
@@ -122,6 +135,8 @@ def test_the_operator_is_named_by_by_then_the_environment(monkeypatch: pytest.Mo
 
 def test_validate_passes_its_arguments_to_the_validator_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[list[str], dict[str, object]]] = []
+    # The real readers import names from the real module: load them before it is faked (this test alone too).
+    importlib.import_module("shared.adapters.azure.workspace_facts")
     fake = types.ModuleType("shared.config.validate")
     fake.main = lambda argv, **readers: seen.append((argv, readers)) or 1  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "shared.config.validate", fake)
@@ -210,6 +225,20 @@ def test_status_text_names_each_section_and_the_rollouts_age() -> None:
     assert "Open batches\n  none" in text and "Retraining\n  none" in text
     assert "1h02m" in text and "shifting 50%" in text
     assert "Last retention run: none" in text and text.endswith("note: no retention run in the last 7 days")
+    assert "Comparisons in flight\n  none" in text and "Awaiting approval\n  none" in text
+
+
+def test_status_text_lists_comparisons_in_flight_and_candidates_awaiting_approval() -> None:
+    waiting = ApprovalStatus(endpoint="ep", candidate="m:3", state="pending", requested_at=AT,
+                             expires_at=AT + timedelta(hours=2), gate_reason="auc 0.91 > 0.88")
+    comparing = ComparisonStatus(job="cmp-m-4-3", candidate="m:4", champion="", since=AT)
+    text = render_status(Status(at=AT, batches=[], retraining=[], rollouts=[], last_retention=None,
+                                approvals=[waiting], comparisons=[comparing]))
+    approvals = text.split("Awaiting approval\n", 1)[1].split("\n\n", 1)[0]
+    assert "m:3" in approvals and "pending" in approvals and "auc 0.91 > 0.88" in approvals
+    assert (AT + timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S") in approvals
+    comparisons = text.split("Comparisons in flight\n", 1)[1].split("\n\n", 1)[0]
+    assert "cmp-m-4-3" in comparisons and "(scored alone)" in comparisons
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(42, "42s"), (307, "5m07s"), (11040, "3h04m"), (183600, "2d03h")])

@@ -7,15 +7,18 @@ from datetime import UTC, datetime
 
 import pytest
 
+from shared.config.policy import parse_policy
 from shared.domain.events import MAX_JSON_DEPTH, json_depth, load_json
 from shared.domain.vocabulary import version_order
 from shared.domain.webhooks import (
     Ignored,
     Received,
+    parse_event_delivery,
     parse_webhook_request,
     to_http,
 )
 from shared.errors import InvalidEventError
+from shared.services.status import parse_status_query
 from tests.unit.test_webhooks import SECRET, databricks_headers
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -80,3 +83,26 @@ def test_a_databricks_transition_to_staging_or_production_is_a_candidate(to_stag
 def test_defect5_superscript_version_sorts_as_a_label_and_does_not_crash() -> None:
     assert version_order("²") == (1, 0, "²")
     assert sorted(["10", "²", "9", "latest"], key=version_order) == ["9", "10", "latest", "²"]
+
+
+# `str.isdigit` is True for '²' (and '١٢'), which `int` cannot read (or reads as Arabic-Indic digits), and `int`
+# refuses 4,300+ digits: each of these answered 500 from a parser that checked `isdigit()` only.
+DIGIT_LIKE = ["²", "١٢", "9" * 5000]
+
+
+@pytest.mark.parametrize("rate", DIGIT_LIKE)
+def test_defect5_a_handshake_rate_that_is_not_a_plain_number_is_400_not_a_crash(rate: str) -> None:
+    headers = {"WebHook-Request-Origin": "eventgrid.azure.net", "WebHook-Request-Rate": rate}
+    for parse in (lambda: parse_event_delivery("OPTIONS", headers, b""),
+                  lambda: parse_webhook_request("OPTIONS", headers, b"", secret=SECRET, now=NOW)):
+        with pytest.raises(InvalidEventError, match="positive integer") as refused:
+            parse()
+        assert to_http(refused.value).status == 400
+
+
+@pytest.mark.parametrize("limit", DIGIT_LIKE)
+def test_defect5_a_status_page_limit_that_is_not_a_plain_number_is_refused_not_a_crash(limit: str) -> None:
+    policy = parse_policy({"datasets": [{"name": "d", "container": "landing", "prefix": "d/", "type": "uri_file",
+                                         "datastore": "landing"}]})
+    with pytest.raises(InvalidEventError, match="limit="):
+        parse_status_query({"limit": limit}, policy)

@@ -31,6 +31,7 @@ from shared.domain.webhooks import (
     parse_webhook_request,
 )
 from shared.errors import ConfigurationError, InvalidEventError, SignatureError
+from shared.services.status import parse_status_query
 from tests.unit.test_webhooks import SECRET, databricks_headers, mlflow_headers
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
@@ -61,11 +62,17 @@ def settles(call: Any, *args: Any, errors: tuple[type[Exception], ...] = INPUT_E
         call(*args, **kwargs)
 
 
+# Text that `str.isdigit` accepts but `int` may not read: other digit forms ('²', '١٢') and thousands of digits.
+digit_like = (st.text(st.characters(categories=("Nd", "No")), min_size=1, max_size=8)
+              | st.integers(min_value=1, max_value=6).map(lambda n: "9" * (n * 1000)))
+header_values = st.text(max_size=20) | digit_like
+
+
 @FUZZ
 @given(body=bodies, method=st.sampled_from(["POST", "OPTIONS", "GET"]),
        headers=st.dictionaries(st.sampled_from(["aeg-event-type", "content-type", "webhook-request-origin",
                                                 "webhook-request-rate", "ce-specversion", "x-mlflow-timestamp"]),
-                               st.text(max_size=20), max_size=3))
+                               header_values, max_size=3))
 def test_parse_event_delivery_and_parse_webhook_request(body: bytes, method: str, headers: dict[str, str]) -> None:
     settles(parse_event_delivery, method, headers, body)
     settles(parse_webhook_request, method, headers, body, secret=SECRET, now=NOW)
@@ -106,3 +113,14 @@ def test_the_policy_parser(document: Any) -> None:
     settles(parse_policy, document, errors=(ConfigurationError,))
     if isinstance(document, dict):
         settles(parse_policy, {"datasets": [document], "models": [document]}, errors=(ConfigurationError,))
+
+
+STATUS_POLICY = parse_policy({"datasets": [{"name": "d", "container": "landing", "prefix": "d/", "type": "uri_file",
+                                            "datastore": "landing"}]})
+
+
+@FUZZ
+@given(params=st.dictionaries(st.sampled_from(["dataset", "model", "endpoint", "kind", "limit", "code"])
+                              | st.text(max_size=8), header_values, max_size=5))
+def test_the_status_page_query_parser(params: dict[str, str]) -> None:
+    settles(parse_status_query, params, STATUS_POLICY)

@@ -86,3 +86,29 @@ def test_validate_checks_the_comparison_pipeline_declares_what_evergreen_sets(tm
     report = check_document(document(GOOD), root=tmp_path, landing_container="landing")
     missing = [p.describe() for p in report.errors if "ml/compare.yml does not declare" in p.describe()]
     assert any("'evaluation_data'" in line for line in missing) and len(missing) == 12, missing
+
+
+def test_the_comparison_job_declares_exactly_the_metrics_its_step_computes() -> None:
+    from shared.config.validate import YamlPipelineReader
+    from tests.unit.test_ml_steps import step_module
+
+    compare = step_module("compare")
+    declared = YamlPipelineReader().read(REPO / "ml" / "compare.yml").metrics
+    assert declared == {*compare.CLASSIFICATION_METRICS, *compare.REGRESSION_METRICS}
+    for metric in declared:  # each one is a primary metric the step accepts
+        assert compare.task_of(metric) in ("classification", "regression")
+
+
+def test_validate_refuses_a_promotion_metric_the_comparison_job_cannot_compute() -> None:
+    from shared.config.validate import check_document
+
+    doc = document(GOOD)
+    doc["retraining"][0]["metrics"].append("pr_auc")  # the training pipeline writes it; the comparison cannot
+    doc["models"][0]["promotion"]["metric"] = "pr_auc"
+    report = check_document(doc, root=REPO, landing_container="landing")
+    assert [p.describe() for p in report.errors] == [
+        "models[0].promotion.metric: 'pr_auc' is not a metric the comparison job computes (accuracy, f1, log_loss, "
+        "mae, r2, rmse, roc_auc); every candidate would be skipped as comparison_failed (did you mean 'roc_auc'?)"]
+    without = copy.deepcopy(doc)
+    del without["models"][0]["promotion"]["evaluation"]  # no fair gate: no comparison job to check against
+    assert not check_document(without, root=REPO, landing_container="landing").errors

@@ -604,6 +604,20 @@ def test_defect1_an_address_without_a_container_suspends_the_blob_rules(address:
     assert "Suspended (fail closed): 2 rule(s)" in render_plan_table(p)
 
 
+@pytest.mark.parametrize("address", [
+    f"https://{ACCOUNT}.blob.core.windows.net/?sv=2024&sig=secret",  # our account, no container
+    "azureml://datastores/deleted-datastore/paths/churn/v1/?sv=2024&sig=secret",
+    "s3://bucket/churn/v1/part.csv?X-Amz-Signature=secret",
+])
+def test_defect8_an_unreadable_address_is_shown_without_its_query_in_the_plan_and_its_reasons(address: str) -> None:
+    """The suspension's reason goes to the dry-run table, the audit log (`retention.suspended`) and the logs:
+    an address with a SAS or signed query must show neither."""
+    p = plan([DELETE_BLOBS], **_champion_trained_on(address))
+    assert [s.rule for s in p.suspended] == ["raw"]
+    shown = render_plan_table(p) + " ".join(s.reason for s in p.suspended)
+    assert "secret" not in shown and address.split("?", 1)[0] in shown
+
+
 def test_defect1_a_known_datastore_with_an_unknown_path_form_protects_its_whole_container() -> None:
     address = "azureml://datastores/landing/ExperimentRun/dcid.x"
     assert BOOK.locate(address) == Unreadable(address, "path form not understood", "landing")

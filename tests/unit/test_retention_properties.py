@@ -22,6 +22,7 @@ from shared.domain.retention import (
     Action,
     ActionKind,
     AddressBook,
+    Approval,
     AssetLabel,
     Blob,
     BlobKey,
@@ -58,6 +59,8 @@ MODEL_NAMES = ("clf", "clf-big")
 ENDPOINTS = ("e1", "e2")
 JOB_STATUSES = ("Running", "Queued", "Completed", "Failed", "Canceled", "Finalizing")
 ROLLOUT_STATES = ("shifting", "grace", "canary", "succeeded", "rolled_back")  # canary: unknown, so in flight
+APPROVAL_STATES = ("pending", "approved", "rejected", "expired", "")  # "": unreadable, so it protects
+NEVER_DEPLOYED = ("rejected", "expired")  # the only approval states that protect nothing
 
 ages = st.integers(min_value=0, max_value=400).map(lambda d: NOW - timedelta(days=d))
 tags = st.sampled_from([{}, {}, {TAG: "true"}, {TAG: "false"}, {"stage": "raw"}])
@@ -121,8 +124,10 @@ def inventories(draw):
                 draw(st.sampled_from(ROLLOUT_STATES)), draw(st.none() | st.sampled_from(["blue", "green", "red"])))
         for _ in range(draw(st.integers(0, 2)))
     )
+    approvals = tuple(Approval(draw(st.sampled_from(ENDPOINTS)), draw(st.sampled_from(model_keys)),
+                               draw(st.sampled_from(APPROVAL_STATES))) for _ in range(draw(st.integers(0, 2))))
     return Inventory(NOW, tuple(data.values()), tuple(models.values()), tuple(blobs.values()),
-                     tuple(deployments.values()), jobs, rollouts)
+                     tuple(deployments.values()), jobs, rollouts, approvals)
 
 
 days = st.integers(0, 200)
@@ -253,6 +258,11 @@ class _Oracle:
                 if d.endpoint == r.endpoint and (d.name == r.deployment or d.model == r.candidate):
                     self.keys.add(d.key)
 
+    def approvals(self) -> None:
+        for a in self.inv.approvals:
+            if a.state not in NEVER_DEPLOYED:  # waiting, or approved and not yet rolled out: the next champion
+                self.protect_model(a.candidate, True)
+
     def tagged(self) -> None:
         for v in self.inv.data_versions:
             if tagged(v.tags):
@@ -268,6 +278,7 @@ def oracle(inv: Inventory) -> tuple[set[Any], list[BlobPath], list[BlobPath]]:
     o.deployments()
     o.jobs()
     o.rollouts()
+    o.approvals()
     o.tagged()
     in_use = [p for v in inv.data_versions if not v.archived for p in v.blob_paths]
     in_use += [p for m in inv.model_versions if not m.archived for p in m.blob_paths]
@@ -294,6 +305,7 @@ def check_safe(inv: Inventory, plan: RetentionPlan) -> None:
         if isinstance(a.target, JobOutputKey):
             job = jobs[a.target.job]
             assert job.finished and not tagged(job.tags), a
+            assert a.written_before == job.finished_at, f"{a}: must keep what was written after the job's end"
             assert not any(m.job == job.name for m in inv.model_versions), a
             for ref in protected_paths + in_use:
                 assert not overlaps(ref, a.target.path), f"{a} deletes an output used via {ref}"
@@ -536,8 +548,11 @@ def generated(seed: int) -> Graph:
                 rng.choice([None, "blue", "green", "red"]), champion_deployment=rng.choice([None, "blue", "green"]),
                 champion_model=rng.choice([None, *model_keys]))
         for _ in range(rng.randint(0, 2)))
+    jobs = tuple(_jobs(rng, g, data, models))
+    approvals = tuple(Approval(rng.choice(ENDPOINTS), rng.choice(model_keys), rng.choice(APPROVAL_STATES))
+                      for _ in range(rng.randint(0, 2)))
     inventory = Inventory(NOW, tuple(data), tuple(models), tuple(blobs.values()), tuple(deployments.values()),
-                          tuple(_jobs(rng, g, data, models)), rollouts)
+                          jobs, rollouts, approvals)
     return Graph(inventory, g)
 
 
@@ -611,6 +626,7 @@ def violations(graph: Graph, plan: RetentionPlan) -> list[str]:
     o.deployments()
     o.jobs()
     o.rollouts()
+    o.approvals()
     o.tagged()
     in_use = [t for v in inv.data_versions if not v.archived for t in graph.truths.get(v.key, [])]
     in_use += [t for m in inv.model_versions if not m.archived for t in graph.truths.get(m.key, [])]
@@ -634,6 +650,7 @@ def violations(graph: Graph, plan: RetentionPlan) -> list[str]:
 def _job_output_violations(graph: Graph, used: list[Truth], job: Job, a: Action) -> list[str]:
     inv, path = graph.inventory, a.target.path  # type: ignore[union-attr]
     bad = [f"{a}: job not finished or tagged"] if not job.finished or tagged(job.tags) else []
+    bad += [f"{a}: would delete what was written after the job's end"] if a.written_before != job.finished_at else []
     bad += [f"{a}: a model was registered from it"] if any(m.job == job.name for m in inv.model_versions) else []
     others = list(used)
     for key, truths in graph.truths.items():

@@ -186,6 +186,20 @@ def test_main_exits_0_on_warnings_only(capsys: pytest.CaptureFixture[str]) -> No
     assert "ok: 0 error(s), 1 warning(s)" in out
 
 
+def test_json_reports_every_problem_with_its_fields_and_the_same_exit_code(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    policy = CORPUS / "several_mistakes.yaml"
+    assert main(["--policy", str(policy), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["source"], doc["ok"], doc["errors"], doc["warnings"]) == (str(policy), False, 5, 0)
+    expected = (CORPUS / "several_mistakes.expected").read_text().splitlines()
+    described = [Problem(p["path"], p["message"], p["hint"], Severity(p["severity"])).line() for p in doc["problems"]]
+    assert described[:len(expected)] == expected
+    assert main(["--policy", str(CORPUS / "legacy_direction.yaml"), "--json"],
+                workspace=Workspace({"cpu-cluster"}, {"landing"})) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+
+
 def test_write_schema_writes_what_the_test_compares(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "schema" / "evergreen.schema.json"
@@ -219,3 +233,15 @@ def test_no_workspace_settings_no_workspace_facts() -> None:
     assert workspace_facts(credential, {"AZURE_SUBSCRIPTION_ID": "s", "AZURE_RESOURCE_GROUP": "rg"}) is None
     assert isinstance(workspace_facts(credential, {"AZURE_SUBSCRIPTION_ID": "s", "AZURE_RESOURCE_GROUP": "rg",
                                                    "AZUREML_WORKSPACE_NAME": "ws"}), AmlWorkspaceFacts)
+
+
+def test_the_inputs_validate_requires_are_exactly_those_every_submission_sets() -> None:
+    from shared.config.validate import EVERGREEN_INPUTS
+    from shared.domain.retrain import SubmitRetrain, pipeline_submission
+
+    (entry,) = [r for r in load_policy(SHIPPED).retraining if r.dataset == "house-prices"]
+    decision = SubmitRetrain(dataset=entry.dataset, asset_name=entry.dataset, data_version="3", asset_type="uri_file",
+                             job_name="job", pipeline=entry, reason="test")
+    submission = pipeline_submission(decision, REPO, "event-1")
+    set_by_evergreen = {submission.data_input_name, *submission.inputs} - set(entry.inputs)
+    assert set_by_evergreen == set(EVERGREEN_INPUTS)

@@ -47,7 +47,7 @@ from shared.domain.retention.inventory import (
     ModelVersion,
 )
 from shared.domain.retention.planner import Action, ActionKind
-from shared.domain.vocabulary import FINISHED_JOB_STATUSES, METRIC_TAG_PREFIX, Tag
+from shared.domain.vocabulary import FINISHED_JOB_STATUSES, METRIC_TAG_PREFIX, ApplyStatus, Tag
 from shared.domain.workspace import model_ref
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ class AmlRetention:
         return [_job(item, book) for item in self._rest.jobs()]
 
     # -- actions ------------------------------------------------------------------------------
-    def execute(self, action: Action) -> str:
+    def execute(self, action: Action) -> ApplyStatus:
         """Do one Azure ML action; 'done', or 'already' when the asset was gone or already archived.
 
         Raises ValueError for an action that is not Azure ML's; any Azure error other than a 404
@@ -202,25 +202,25 @@ class AmlRetention:
                 kind = "data" if action.kind is ActionKind.DELETE_DATA else "models"
                 self._rest.version(kind, target.name, target.version)  # ARM answers 204 when gone
                 self._rest.delete_version(kind, target.name, target.version)
-                return "done"
+                return ApplyStatus.DONE
             if action.kind is ActionKind.DELETE_DEPLOYMENT:
                 assert isinstance(target, DeploymentKey)
                 deployments = self._client.online_deployments
                 deployments.get(name=target.name, endpoint_name=target.endpoint)  # ARM answers 204 when gone
                 deployments.begin_delete(name=target.name, endpoint_name=target.endpoint).result()
-                return "done"
+                return ApplyStatus.DONE
         except ResourceNotFoundError:
-            return "already"  # gone already: a re-run after a crash, or someone else did it
+            return ApplyStatus.ALREADY  # gone already: a re-run after a crash, or someone else did it
         raise ValueError(f"not an Azure ML action: {action.kind.value}")
 
-    def _archive(self, data: bool, target: DataKey | ModelKey) -> str:
+    def _archive(self, data: bool, target: DataKey | ModelKey) -> ApplyStatus:
         """Archive one version; 'already' if it is archived (the SDK's archive would silently rewrite it)."""
         current = self._rest.version("data" if data else "models", target.name, target.version)
         if _archived(current.get("properties") or {}):
-            return "already"
+            return ApplyStatus.ALREADY
         ops: Any = self._client.data if data else self._client.models
         ops.archive(name=target.name, version=target.version)
-        return "done"
+        return ApplyStatus.DONE
 
 
 def _archived(props: Mapping[str, Any]) -> bool:

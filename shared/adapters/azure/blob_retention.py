@@ -10,7 +10,8 @@ Deletes are conditional on the ETag listed (`If-Match`): a blob overwritten betw
 the apply answers 412 and is reported as 'changed', untouched. Set Blob Tier takes no ETag
 condition, so a tier reads the blob's properties first and skips a changed blob; the window left is
 milliseconds, and a tier move loses no data. A job output's blobs are each deleted on the ETag of the
-listing that found them.
+listing that found them, and only those last modified before the job finished: a blob written later
+(a job started after the plan's listing, writing under the same prefix) is kept and reported ('newer').
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobPrefix, BlobServiceClient, ContainerClient, StandardBlobTier
 
-from shared.domain.retention.inventory import Blob, BlobKey, BlobTier, JobOutputKey
-from shared.domain.retention.planner import Action, ActionKind
+from shared.domain.retention.inventory import Blob, BlobKey, BlobTier
+from shared.domain.retention.planner import Action, ActionKind, job_output_scope
+from shared.domain.vocabulary import ApplyStatus
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ class BlobRetention:
                 continue  # a container named by a rule but not created yet holds nothing to retire
         return out
 
-    def execute(self, action: Action) -> str:
+    def execute(self, action: Action) -> ApplyStatus:
         """Delete or tier one blob if it still has the listed ETag.
 
         Returns 'done'; 'already' when it is gone (a re-run after a crash) or already in that tier;
@@ -76,30 +79,33 @@ class BlobRetention:
                                      match_condition=MatchConditions.IfNotModified)
                 else:
                     blob.delete_blob(delete_snapshots="include")
-                return "done"
+                return ApplyStatus.DONE
             assert action.tier is not None  # a tier_blob action always names its tier
             props = blob.get_blob_properties()
             if _TIERS.get(str(props.blob_tier or "").lower()) is action.tier:
-                return "already"
+                return ApplyStatus.ALREADY
             if action.etag and _quoted(str(props.etag)) != _quoted(action.etag):
-                return "changed"
+                return ApplyStatus.CHANGED
             blob.set_standard_blob_tier(StandardBlobTier(action.tier.value))
         except ResourceNotFoundError:
-            return "already"
+            return ApplyStatus.ALREADY
         except ResourceModifiedError:  # 412: changed since listed, or gone (If-Match on a missing blob)
             if not blob.exists():
-                return "already"
+                return ApplyStatus.ALREADY
             log.info("retention: %s changed since it was listed (ETag %s); left as it is", target, action.etag)
-            return "changed"
-        return "done"
+            return ApplyStatus.CHANGED
+        return ApplyStatus.DONE
 
-    def delete_job_output(self, action: Action) -> str:
-        """Delete a finished job's output folder; 'already' when nothing is left under it."""
-        target = action.target
-        assert isinstance(target, JobOutputKey)
-        path = target.path.path
-        prefix = path if path == "" or path.endswith("/") else path + "/"
-        return "done" if delete_prefix(self._blobs, target.path.container, prefix) else "already"
+    def delete_job_output(self, action: Action) -> ApplyStatus:
+        """Delete a finished job's output folder, only blobs written before the job finished; 'already' when none
+        is left, 'newer' when some were written after it (kept). Raises ValueError as `job_output_scope`."""
+        container, prefix, cutoff = job_output_scope(action)
+        deleted, kept = delete_prefix(self._blobs, container, prefix, before=cutoff)
+        if kept:
+            log.warning("retention: %s: kept %d blob(s) written after the job finished at %s, e.g. %s",
+                        action.target, len(kept), cutoff.isoformat(), kept[0])
+            return ApplyStatus.NEWER
+        return ApplyStatus.DONE if deleted else ApplyStatus.ALREADY
 
 
 def _blob(container: str, item: Any) -> Blob:
@@ -127,15 +133,20 @@ def _list_container(container: ContainerClient) -> list[Blob]:
     return sorted([*top, *listed], key=lambda b: b.name)
 
 
-def delete_prefix(blobs: BlobServiceClient, container: str, prefix: str) -> int:
-    """Delete every blob under `prefix` (a finished job's output folder); 0 when it is already empty.
+def delete_prefix(blobs: BlobServiceClient, container: str, prefix: str, *,
+                  before: datetime) -> tuple[int, list[str]]:
+    """Delete the blobs under `prefix` (a finished job's output folder) last modified before `before`:
+    (how many were deleted, names of those kept because they were written at or after `before`).
 
     Each blob is deleted on the ETag its listing showed: one rewritten meanwhile is left alone.
     """
     client = blobs.get_container_client(container)
-    deleted = 0
+    deleted, kept = 0, []
     try:
         for item in client.list_blobs(name_starts_with=prefix):
+            if item.last_modified is None or item.last_modified >= before:
+                kept.append(str(item.name))  # another writer's (a job started after the listing): never ours
+                continue
             try:
                 client.delete_blob(item.name, delete_snapshots="include", etag=_quoted(str(item.etag)),
                                    match_condition=MatchConditions.IfNotModified)
@@ -143,5 +154,5 @@ def delete_prefix(blobs: BlobServiceClient, container: str, prefix: str) -> int:
             except (ResourceNotFoundError, ResourceModifiedError):
                 continue
     except ResourceNotFoundError:
-        return deleted
-    return deleted
+        return deleted, kept
+    return deleted, kept

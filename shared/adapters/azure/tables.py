@@ -56,8 +56,17 @@ class AzureTable:
         if operations:
             self._table.submit_transaction(operations)
 
-    def query(self, partition: str) -> Iterator[Row]:
-        for entity in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": partition}):
+    def query(self, partition: str, *, start: str = "", end: str = "") -> Iterator[Row]:
+        # The bounds go to the service as an OData filter, so only the range crosses the wire (paged by the SDK).
+        conditions = ["PartitionKey eq @pk"]
+        parameters = {"pk": partition}
+        if start:
+            conditions.append("RowKey ge @start")
+            parameters["start"] = start
+        if end:
+            conditions.append("RowKey lt @end")
+            parameters["end"] = end
+        for entity in self._table.query_entities(" and ".join(conditions), parameters=parameters):
             yield Row(dict(entity), str(entity.metadata["etag"]))
 
     def delete(self, partition: str, row: str) -> None:

@@ -4,7 +4,8 @@
 hold the inventory values directly (`DataVersion`, `Blob`, ...) and execute actions with Azure's
 semantics, as `tests/contract/test_retention_adapters.py` checks against the Azure adapters:
 archive marks a version archived, delete removes it, tier moves a blob (never changing its
-last-modified time), a job output is deleted by prefix; doing it again answers 'already'. A
+last-modified time), a job output is deleted by prefix (only blobs written before the job finished:
+later ones are kept and it answers 'newer'); doing it again answers 'already'. A
 deployment that takes traffic cannot be deleted (Azure ML answers 400). Every upload gives a blob a
 new ETag, and a blob action carrying another ETag than the blob's answers 'changed' (as Azure's 412).
 A version may be `put_addressed` with raw Azure ML addresses, read through the run's `AddressBook`
@@ -38,11 +39,11 @@ from shared.domain.retention.inventory import (
     Deployment,
     DeploymentKey,
     Job,
-    JobOutputKey,
     ModelKey,
     ModelVersion,
 )
-from shared.domain.retention.planner import Action, ActionKind
+from shared.domain.retention.planner import Action, ActionKind, job_output_scope
+from shared.domain.vocabulary import ApplyStatus
 from shared.errors import TransientError
 from shared.ports import Clock
 
@@ -192,7 +193,7 @@ class MemoryRetentionWorkspace:
         with self._lock:
             return [self._jobs[name] for name in sorted(self._jobs)]
 
-    def execute(self, action: Action) -> str:
+    def execute(self, action: Action) -> ApplyStatus:
         """Archive or delete a version, or delete a deployment; 'already' when nothing was left to do.
 
         Raises ValueError for a blob action, or for deleting a deployment that takes traffic (as
@@ -209,29 +210,29 @@ class MemoryRetentionWorkspace:
                 return self._delete_deployment(target)
         raise ValueError(f"not an Azure ML action: {action.kind.value}")
 
-    def _delete_deployment(self, key: DeploymentKey) -> str:
+    def _delete_deployment(self, key: DeploymentKey) -> ApplyStatus:
         current = self._deployments.get(key)
         if current is None:
-            return "already"
+            return ApplyStatus.ALREADY
         if current.takes_traffic:
             raise ValueError(f"Deployment {key.name} cannot be deleted because it receives traffic "
                              f"({current.traffic_percent}%); set its traffic to 0 first")
         del self._deployments[key]
-        return "done"
+        return ApplyStatus.DONE
 
 
-def _version_action(store: dict[K, V], key: K, *, delete: bool) -> str:
+def _version_action(store: dict[K, V], key: K, *, delete: bool) -> ApplyStatus:
     """Archive (mark) or delete (remove) one version in `store`; 'already' if gone or archived already."""
     current = store.get(key)
     if current is None:
-        return "already"
+        return ApplyStatus.ALREADY
     if delete:
         del store[key]
-        return "done"
+        return ApplyStatus.DONE
     if current.archived:
-        return "already"
+        return ApplyStatus.ALREADY
     store[key] = dataclasses.replace(current, archived=True)
-    return "done"
+    return ApplyStatus.DONE
 
 
 class MemoryRetentionBlobs:
@@ -274,7 +275,7 @@ class MemoryRetentionBlobs:
         with self._lock:
             return [self._blobs[k] for k in sorted(self._blobs) if k[0] in wanted]
 
-    def execute(self, action: Action) -> str:
+    def execute(self, action: Action) -> ApplyStatus:
         """Delete or tier one blob if it has the action's ETag; 'already' when it is gone or already in that
         tier, 'changed' when its ETag differs (nothing done). Raises ValueError for another action."""
         self.faults.check("execute", str(action.target))
@@ -284,27 +285,27 @@ class MemoryRetentionBlobs:
         with self._lock:
             current = self._blobs.get((target.container, target.name))
             if current is None:
-                return "already"
+                return ApplyStatus.ALREADY
             if action.etag and current.etag != action.etag:
-                return "changed"
+                return ApplyStatus.CHANGED
             if action.kind is ActionKind.DELETE_BLOB:
                 del self._blobs[(target.container, target.name)]
-                return "done"
+                return ApplyStatus.DONE
             if (current.tier or BlobTier.HOT) is action.tier:
-                return "already"
+                return ApplyStatus.ALREADY
             self._blobs[(target.container, target.name)] = dataclasses.replace(current, tier=action.tier)
-            return "done"
+            return ApplyStatus.DONE
 
-    def delete_job_output(self, action: Action) -> str:
-        """Delete every blob under a job output's folder; 'already' when nothing is left under it."""
+    def delete_job_output(self, action: Action) -> ApplyStatus:
+        """Delete the blobs under a job output's folder written before the job finished; 'already' when none is
+        left, 'newer' when some were written after it (kept). Raises ValueError as `job_output_scope`."""
         self.faults.check("delete_job_output", str(action.target))
-        target = action.target
-        if not isinstance(target, JobOutputKey):
-            raise ValueError(f"not a job output: {action.target}")
-        path = target.path.path
-        prefix = path if path == "" or path.endswith("/") else path + "/"
+        container, prefix, cutoff = job_output_scope(action)
         with self._lock:
-            doomed = [k for k in self._blobs if k[0] == target.path.container and k[1].startswith(prefix)]
+            under = [k for k in self._blobs if k[0] == container and k[1].startswith(prefix)]
+            doomed = [k for k in under if self._blobs[k].last_modified.replace(microsecond=0) < cutoff]
             for key in doomed:
                 del self._blobs[key]
-        return "done" if doomed else "already"
+        if len(doomed) < len(under):
+            return ApplyStatus.NEWER
+        return ApplyStatus.DONE if doomed else ApplyStatus.ALREADY

@@ -5,6 +5,7 @@ Thread-safe, so the services' concurrency tests can race instances against it.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -78,13 +79,16 @@ class MemoryTable:
                 for entity in batch[start:start + TRANSACTION_LIMIT]:
                     self._put(self._key(entity), self._stamp(entity))
 
-    def query(self, partition: str) -> Iterator[Row]:
+    def query(self, partition: str, *, start: str = "", end: str = "") -> Iterator[Row]:
         with self._lock:
             keys = self._order.get(partition)
             if keys is None:
                 keys = self._order[partition] = sorted(self._partitions.get(partition, {}))
             rows = self._partitions.get(partition, {})
-            snapshot = [rows[k] for k in keys]  # the partition as it is now (no sort unless keys changed)
+            first = bisect.bisect_left(keys, start)
+            last = bisect.bisect_left(keys, end) if end else len(keys)
+            # the range as it is now (no sort unless keys changed)
+            snapshot = [rows[k] for k in keys[first:last]]
         yield from snapshot
 
     def delete(self, partition: str, row: str) -> None:

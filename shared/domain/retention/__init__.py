@@ -6,7 +6,7 @@ Pure (no I/O), in four small modules:
 - `addresses`: reading Azure ML data paths (every datastore kind and URI form) into blob paths,
   failing closed on what it cannot read;
 - `protection`: what is never touched and why (deployed, champions and their lineage, unfinished
-  jobs, in-flight rollouts, the protection tag) and which blobs versions still reference;
+  jobs, in-flight rollouts, candidates awaiting approval, the protection tag) and which blobs versions still reference;
 - `planner`: the plan types and `plan_retention`, inventory + rules -> `RetentionPlan`;
 - `render`: the dry run's table.
 
@@ -33,6 +33,7 @@ from shared.config.retention import (
 from shared.domain.retention.addresses import AddressBook, Datastore, read_job_input
 from shared.domain.retention.inventory import (
     TIER_RANK,
+    Approval,
     AssetKey,
     AssetLabel,
     Blob,
@@ -66,6 +67,7 @@ __all__ = [
     "AddressBook",
     "AfterCreation",
     "AfterModification",
+    "Approval",
     "AssetKey",
     "AssetLabel",
     "Blob",

@@ -15,6 +15,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from shared.domain.urls import strip_query
 from shared.domain.vocabulary import FINISHED_JOB_STATUSES, rollout_finished, version_order
 
 
@@ -97,7 +98,8 @@ class Unreadable:
     container: str = ""
 
     def __str__(self) -> str:
-        return f"{self.address} ({self.why})"
+        """The address as plans, audit records and logs show it: never with its query (a SAS token)."""
+        return f"{strip_query(self.address)} ({self.why})"
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,19 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class Approval:
+    """A candidate held for manual approval (pending, or approved and not yet handed to its rollout).
+
+    Until its rollout starts (and protects it) it is the next champion-to-be: it and its training data
+    must survive the wait.
+    """
+
+    endpoint: str
+    candidate: ModelKey
+    state: str  # the ledger's stored `ApprovalState` value
+
+
+@dataclass(frozen=True)
 class Inventory:
     """Everything retention may look at, listed at one instant `now` (timezone-aware)."""
 
@@ -282,6 +297,7 @@ class Inventory:
     deployments: tuple[Deployment, ...] = ()
     jobs: tuple[Job, ...] = ()
     rollouts: tuple[Rollout, ...] = ()
+    approvals: tuple[Approval, ...] = ()  # candidates awaiting approval (`Ledger.open_approvals`)
 
     def __post_init__(self) -> None:
         _require_aware(self, "now", self.now)

@@ -13,7 +13,8 @@ It fails closed. An address that protects but cannot be read, with no container 
 suspends every blob and jobOutputs rule for the run (`RetentionPlan.suspended` says which and why).
 A `keepTopK` metric that is NaN or infinite ranks last and is never in the top. A blob action carries
 the ETag listed, so a blob changed since is not touched. A job output is deleted only when the job
-owns it alone (no other job's output or input, no registered version overlaps it).
+owns it alone (no other job's output or input, no registered version overlaps it), and only its
+blobs written before the job finished: one written later (a job started after the listing) is kept.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Action:
     rule: str
     tier: BlobTier | None = None  # for tier_blob: the tier to move to
     etag: str = ""  # for blob actions: the ETag listed; the action applies only if the blob still has it
+    written_before: datetime | None = None  # for job outputs: the job's end; a blob written after it is kept
 
     @property
     def key(self) -> str:
@@ -117,6 +119,25 @@ class RetentionPlan:
 
     def targets(self) -> frozenset[AssetKey]:
         return frozenset(a.target for a in self.actions)
+
+
+def job_output_scope(action: Action) -> tuple[str, str, datetime]:
+    """What a job output delete may remove: (container, folder prefix, cutoff). Only a blob under the prefix
+    whose last-modified time is before the cutoff is the job's: one written later belongs to another writer
+    (a job started after the listing) and is kept. The cutoff is the job's end truncated to the second, as
+    Storage lists last-modified times, so a blob written in the job's last second is kept too (fail closed).
+
+    Raises ValueError for an action that is not a job output delete, or one without `written_before`.
+    """
+    target = action.target
+    if action.kind is not ActionKind.DELETE_JOB_OUTPUT or not isinstance(target, JobOutputKey):
+        raise ValueError(f"not a job output action: {action.kind.value} {target}")
+    if action.written_before is None:
+        raise ValueError(f"{target}: a job output delete needs the job's end (written_before), so that blobs "
+                         "written after it are kept; plan it with plan_retention")
+    path = target.path.path
+    prefix = path if path == "" or path.endswith("/") else path + "/"
+    return target.path.container, prefix, action.written_before.replace(microsecond=0)
 
 
 # == planning ========================================================================================
@@ -288,7 +309,8 @@ class _Planner:
         if reasons:
             self.spare(key, reasons)
         else:
-            self.act(Action(ActionKind.DELETE_JOB_OUTPUT, key, why, rule.name))
+            # the job's end rides along: a blob under the output written after it is another writer's, kept
+            self.act(Action(ActionKind.DELETE_JOB_OUTPUT, key, why, rule.name, written_before=job.finished_at))
 
     def plan(self, rules: Sequence[RetentionRule]) -> RetentionPlan:
         for rule in rules:

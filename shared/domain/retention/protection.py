@@ -2,7 +2,8 @@
 
 One function per protection: what is deployed or taking traffic, each endpoint's champion with its
 lineage (the data version it was trained from and that version's blobs), inputs and outputs of
-unfinished jobs, models and data of in-flight rollouts, and anything tagged with the protection tag.
+unfinished jobs, models and data of in-flight rollouts and of candidates awaiting approval, and
+anything tagged with the protection tag.
 Apart from those, `references` answers which blobs a non-archived data version or model still
 points at: such a blob is never deleted or tiered either. `claims` answers what a job's output shares
 with anything else (another job's output or input, a registered version): only what a job owns
@@ -234,6 +235,13 @@ def _protect_in_flight_rollouts(inventory: Inventory, lineage: _Lineage) -> None
             lineage.model(rollout.champion_model, target, with_data=True)
 
 
+def _protect_awaiting_approval(inventory: Inventory, lineage: _Lineage) -> None:
+    """A candidate awaiting approval (or approved, its rollout not yet started), with the data it was trained on."""
+    for approval in inventory.approvals:
+        why = f"candidate awaiting approval on {approval.endpoint} ({approval.state or 'state unknown'})"
+        lineage.model(approval.candidate, why, with_data=True)
+
+
 def _protect_tagged(inventory: Inventory, lineage: _Lineage, protect_tag: str) -> None:
     """Deployments, data versions and models carrying the protection tag (blobs and jobs: in the planner)."""
     why = f"tagged {protect_tag}"
@@ -256,6 +264,7 @@ def protect(inventory: Inventory, protect_tag: str) -> Guard:
     _protect_champions(inventory, lineage)
     _protect_unfinished_jobs(inventory, lineage)
     _protect_in_flight_rollouts(inventory, lineage)
+    _protect_awaiting_approval(inventory, lineage)
     _protect_tagged(inventory, lineage, protect_tag)
     return guard
 

@@ -157,6 +157,23 @@ def test_defect5_deeply_nested_json_is_400_and_audited_once(client: httpx.Client
     assert_rejected_once(local_stack, "registry_webhook", request_id, "nests deeper than")
 
 
+@pytest.mark.parametrize("rate", ["²".encode("latin-1"), b"9" * 5000])
+def test_defect5_a_handshake_rate_that_is_not_a_plain_number_is_400(client: httpx.Client, rate: bytes) -> None:
+    """`str.isdigit` accepts both ('²' as the header's ISO-8859-1 byte); `int` reads neither: once a 500."""
+    response = client.options("/api/registry-webhook", headers={"WebHook-Request-Origin": "eventgrid.azure.net",
+                                                                "WebHook-Request-Rate": rate})
+    assert response.status_code == 400 and "positive integer" in error_of(response), response.text[:300]
+
+
+# -- GET /api/status and /api/status.json --------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/api/status", "/api/status.json"])
+@pytest.mark.parametrize("params", [{"limit": "²"}, {"limit": "9" * 2000}, {"limit": "0"}, {"colour": "red"},
+                                    {"model": "\u202e<script>" * 20}, {"kind": "[" * 500}])
+def test_a_bad_status_filter_is_400_naming_it(client: httpx.Client, path: str, params: dict[str, str]) -> None:
+    response = client.get(path, params=params)
+    assert response.status_code == 400 and "bad status filter" in error_of(response), response.text[:300]
+
+
 # -- the Event Grid webhooks of the local host -------------------------------------------------------------------
 def blob_created(name: str) -> bytes:
     """A BlobCreated delivery naming a blob (that need not exist) in the landing container."""
