@@ -1,4 +1,4 @@
-"""The burst: one drop folder of N files (2,000; quick 100) and its marker, delivered under pressure.
+"""The burst: one drop folder of N files (2,000; quick 60) and its marker, delivered under pressure.
 
 Evergreen against the naive per-blob recipe, side by side on one local stack (`bench/stackbench.py`):
 the files are uploaded once, then the same deliveries (20 % duplicate deliveries, shuffled, 8
@@ -62,7 +62,7 @@ class Side:
 
 def run(quick: bool, files: int | None = None, naive_budget: float | None = None) -> list[BenchResult]:
     """The burst on a fresh local stack; `files`/`naive_budget` override the sizes (the smoke test uses tiny ones)."""
-    count = files or (100 if quick else 2000)
+    count = files or (60 if quick else 2000)
     budget = naive_budget or (10.0 if quick else 90.0)
     with bench_stack() as bench:
         return burst(bench, count, budget)

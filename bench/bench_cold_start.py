@@ -193,10 +193,10 @@ def measure_first_event(runs: int) -> BenchResult:
 
 
 def run(quick: bool, *, runs: int | None = None, first_event: bool = True) -> list[BenchResult]:
-    """The cold-start rows: `runs` alternating pairs (default 7, quick 3; first event 5, quick 2)."""
-    results = [measure_import(runs or (3 if quick else 7))]
+    """The cold-start rows: `runs` alternating pairs (default 7, quick 2; first event 5, quick 1)."""
+    results = [measure_import(runs or (2 if quick else 7))]
     if first_event:
-        results.append(measure_first_event(runs or (2 if quick else 5)))
+        results.append(measure_first_event(runs or (1 if quick else 5)))
     return results
 
 

@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -282,11 +283,14 @@ def measure_rollouts(rollouts: int) -> list[Rollout]:
     from devstack.stack import applied_env, stop_stack
     from tests.fixtures.models import train_model_folder, upload_model_folder
 
-    stack, state = _start_stack()
+    trained = Path(tempfile.mkdtemp(prefix="evergreen-bench-model-"))
+    with ThreadPoolExecutor(1) as pool:  # train the model while the stack starts (that is mostly waiting)
+        folder = pool.submit(train_model_folder, trained / "train")
+        stack, state = _start_stack()
     try:
         with applied_env(stack.env):
             bench = Bench(stack)
-            uri = upload_model_folder(stack.env["AzureWebJobsStorage"], train_model_folder(state / "train"))
+            uri = upload_model_folder(stack.env["AzureWebJobsStorage"], folder.result())
             champion = bench.register(uri, "0.900")
             bench.follow(f"{MODEL}:{champion.version}", timeout=300)
             time.sleep(1)
@@ -298,6 +302,7 @@ def measure_rollouts(rollouts: int) -> list[Rollout]:
                 return [bench.measure(uri, f"{0.910 + 0.01 * i:.3f}", load) for i in range(rollouts)]
     finally:
         stop_stack(stack)
+        shutil.rmtree(trained, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
 
 

@@ -35,6 +35,7 @@ def test_retention_runs_two_tiny_sizes_and_applies_under_429s_with_nothing_twice
     _shaped(dry)
     _shaped(applied)
     assert dry.figures["0.1x_data_versions"] == 1000 and dry.figures["0.12x_data_versions"] == 1200
+    assert dry.figures["0.1x_blobs"] == 2000 and dry.figures["0.12x_blobs"] == 2400  # Azurite read its seeded store
     fig = applied.figures
     assert fig["0.12x_deletes_planned"] > 0  # the apply rules delete the oldest data versions at this size
     assert fig["0.12x_deletes_processed"] == fig["0.12x_deletes_planned"]

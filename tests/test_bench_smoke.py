@@ -17,7 +17,7 @@ import pytest
 from bench import bench_burst, bench_overhead, bench_planning
 from bench.readme_table import render
 from bench.report import BENCHMARKS, BenchResult, write_latest
-from bench.stackbench import bench_stack
+from bench.stackbench import bench_stack, shared_stacks
 
 pytestmark = pytest.mark.e2e
 
@@ -36,9 +36,13 @@ def test_every_listed_benchmark_has_a_run_entry() -> None:
 
 
 def test_benchmarks_run_at_a_tiny_size_and_write_latest(tmp_path: Path) -> None:
-    with bench_stack() as bench:
-        burst = bench_burst.burst(bench, 12, budget=6.0)
-        overhead = bench_overhead.overhead(bench, 3)
+    with shared_stacks():  # as `make bench QUICK=1` runs them: one stack, not stopped between benchmarks
+        with bench_stack() as bench:
+            burst = bench_burst.burst(bench, 12, budget=6.0)
+        with bench_stack() as again:
+            assert again is bench and bench.stack.services[-1].process.poll() is None
+            overhead = bench_overhead.overhead(again, 3)
+    assert bench.stack.services[-1].process.poll() is not None  # stopped at the end of the block
     planning = bench_planning.run(True, scales=(0.01, 0.02), events=200)
     results = [*burst, *overhead, *planning]
     for result in results:

@@ -108,8 +108,8 @@ def test_every_evergreen_tag_is_named_only_in_the_vocabulary() -> None:
 
 
 def test_every_outcome_names_its_action_with_a_type() -> None:
-    """An executor's outcome (and the edge's own, for timers and HTTP) says what it did with a vocabulary enum
-    (or a typed plan action), not a free string."""
+    """An executor's outcome (and the edge's own, for timers and HTTP) says what it did, and how it went
+    (`status`), with a vocabulary enum (or a typed plan action), not a free string."""
     import dataclasses
     import importlib
     import pkgutil
@@ -122,9 +122,9 @@ def test_every_outcome_names_its_action_with_a_type() -> None:
     for module in map(importlib.import_module, [*names, "functions.edge"]):
         for cls in vars(module).values():
             if isinstance(cls, type) and cls.__module__ == module.__name__ and dataclasses.is_dataclass(cls):
-                hint = typing.get_type_hints(cls).get("action")
-                if hint is str:
-                    loose.append(f"{cls.__module__}.{cls.__qualname__}.action: str")
+                hints = typing.get_type_hints(cls)
+                loose += [f"{cls.__module__}.{cls.__qualname__}.{name}: str" for name in ("action", "status")
+                          if hints.get(name) is str]  # what it did, and (retention) how it went
     assert loose == []
 
 

@@ -2,9 +2,8 @@
 
 The runner takes only ports (`shared.ports`): the workspace and the data account as retention sees
 them (`RetentionWorkspace`, `RetentionBlobs`), the ledger's rollouts and candidates awaiting approval,
-the audit log and a clock. The
-composition root gives it the Azure adapters; tests give it the in-memory ones
-(`shared.adapters.memory.retention`).
+the audit log and a clock. The composition root gives it the Azure adapters; tests give it the
+in-memory ones (`shared.adapters.memory.retention`).
 
 Apply runs the actions on a small thread pool (bounded concurrency: Azure ML and Storage throttle
 bursts). Throttling (429 with Retry-After) is retried by the SDKs' own azure-core retry policies,
@@ -67,6 +66,7 @@ _WORKSPACE_KINDS = frozenset({ActionKind.ARCHIVE_DATA, ActionKind.ARCHIVE_MODEL,
 _BLOB_KINDS = frozenset({ActionKind.DELETE_BLOB, ActionKind.TIER_BLOB})
 SKIPPED_CHANGED = "changed since listed"
 SKIPPED_NEWER = "blobs written after the job finished were kept"
+QUEUED = "queued"  # the state retention gives a candidate queued behind a rollout: not a final phase, so in flight
 _NEVER_DEPLOYED = frozenset({ApprovalState.REJECTED, ApprovalState.EXPIRED})  # approvals that protect nothing
 _SKIPPED = {ApplyStatus.CHANGED: SKIPPED_CHANGED, ApplyStatus.NEWER: SKIPPED_NEWER}  # port answer -> why skipped
 
@@ -143,9 +143,12 @@ class RetentionIncomplete(EvergreenError):
 
 def rollouts_from(records: Sequence[RolloutRecord]) -> tuple[Rollout, ...]:
     """The ledger's active rollouts (the ledger and retention share `rollout_finished`), as the planner sees them,
-    each with its rollback target (the champion's deployment and model when it started)."""
+    each with its rollback target (the champion's deployment and model when it started); and a candidate queued
+    behind one (`queued_*`, its approval already closed) as a rollout in state `queued`, which is in flight."""
     out = []
     for r in records:
+        if r.queued_name and r.queued_version:
+            out.append(Rollout(r.endpoint, ModelKey(r.queued_name, r.queued_version), QUEUED))
         if not (r.active and r.candidate_name):
             continue
         champion = model_ref(r.champion_model) if r.champion_model else None
@@ -279,14 +282,14 @@ class RetentionRunner:
                                            decision=f"{decision} {action.target}", reason=action.reason,
                                            event_id=run_id, assets=assets))
         try:
-            status = self._execute(action)
+            status = ApplyStatus(self._execute(action))  # a word the vocabulary does not know fails the action
         except Exception as exc:  # reported, recorded, raised at the end: one failure must not stop the others
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             self._audit.record(AuditRecord(kind=retention_audit_kind(RetentionAudit.FAILED),
                                            decision=f"failed {action.kind.value} {action.target}", reason=error,
                                            event_id=run_id, assets=assets))
             return Outcome(action, ApplyStatus.FAILED, error)
-        skipped = _SKIPPED.get(ApplyStatus(status))
+        skipped = _SKIPPED.get(status)
         if skipped is not None:
             log.warning("retention run=%s %s %s skipped: %s", run_id, action.kind.value, action.target, skipped)
             self._audit.record(AuditRecord(kind=retention_audit_kind(RetentionAudit.SKIPPED),
@@ -294,4 +297,4 @@ class RetentionRunner:
                                            event_id=run_id, assets=assets))
             return Outcome(action, ApplyStatus.SKIPPED, skipped)
         log.info("retention run=%s %s %s: %s", run_id, action.kind.value, action.target, status)
-        return Outcome(action, ApplyStatus(status))
+        return Outcome(action, status)

@@ -9,6 +9,8 @@ adapters; this suite keeps them honest.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from shared.domain.retention.inventory import (
     DataKey,
     DataVersion,
     DeploymentKey,
+    Job,
     JobOutputKey,
     ModelKey,
     ModelVersion,
@@ -47,6 +50,7 @@ class Side:
     memory: bool
     info: Any = None  # the emulator (AmlInfo) for the Azure side
     blob_service: Any = None
+    ml_client: Any = None  # the Azure side's MLClient on the emulator (jobs are submitted, not seeded)
 
     def seed_data(self, name: str, version: str, days: float, folder: str, *, archived: bool = False,
                   tags: dict[str, str] | None = None) -> None:
@@ -71,6 +75,29 @@ class Side:
                                              "uri": f"azureml://datastores/workspaceblobstore/paths/{folder}",
                                              "tags": tags})
 
+    def start_job(self, name: str, data: str) -> None:
+        """A job that reads `data:1` and writes one output (`model`) to Azure ML's default place, still running."""
+        if isinstance(self.workspace, MemoryRetentionWorkspace):
+            self.workspace.put(Job(name, "Running", inputs=(DataKey(data, "1"),),
+                                   outputs={"model": BlobPath("azureml-blobstore", f"azureml/{name}/model/")}))
+            return
+        from azure.ai.ml import Input, Output, command
+
+        from devstack.testing.workloads import CURATED
+
+        self.ml_client.jobs.create_or_update(command(
+            name=name, command="python -c \"import time; time.sleep(60)\" ${{inputs.train}} ${{outputs.model}}",
+            inputs={"train": Input(type="uri_folder", path=f"azureml:{data}:1")},
+            outputs={"model": Output(type="uri_folder")},
+            environment=CURATED, compute="cpu-cluster", experiment_name="evergreen-tests"))
+
+    def cancel_job(self, name: str) -> None:
+        if isinstance(self.workspace, MemoryRetentionWorkspace):
+            [job] = [j for j in self.workspace.jobs(self.book()) if j.name == name]
+            self.workspace.put(dataclasses.replace(job, status="Canceled", finished_at=NOW))
+            return
+        self.ml_client.jobs.begin_cancel(name).result()
+
     def _emulator_seed(self, kind: str, name: str, version: dict[str, Any]) -> None:
         import httpx
 
@@ -78,14 +105,22 @@ class Side:
             client.post(f"{self.info.base_url}/_emulator/seed/{kind}/{name}", json={"versions": [version]},
                         headers={"Authorization": "Bearer local"}).raise_for_status()
 
-    def upload(self, container: str, name: str, *, tags: dict[str, str] | None = None) -> None:
+    def upload(self, container: str, name: str, *, tags: dict[str, str] | None = None, late: bool = False) -> None:
+        """Upload a blob now; `late`: after `job_finished()` (the memory side's clock stands still at NOW)."""
         if isinstance(self.blobs, MemoryRetentionBlobs):
-            self.blobs.put(container, name, tags=tags)
+            self.blobs.put(container, name, tags=tags, last_modified=NOW + timedelta(seconds=2) if late else None)
             return
         client = self.blob_service.get_container_client(container)
         if not client.exists():
             client.create_container()
         client.upload_blob(name, b"a,b\n1,2\n", overwrite=True, tags=tags)
+
+    def job_finished(self) -> datetime:
+        """When a job that wrote the blobs uploaded so far finished: after them (Storage keeps whole seconds)."""
+        if self.memory:
+            return NOW + timedelta(seconds=1)
+        time.sleep(1.1)
+        return datetime.now(UTC)
 
     def book(self) -> AddressBook:
         return AddressBook.of(self.workspace.datastores(), self.blobs.account_names())
@@ -117,11 +152,13 @@ def side(request: pytest.FixtureRequest) -> Iterator[Side]:
     azurite = request.getfixturevalue("azurite")
     service = BlobServiceClient.from_connection_string(azurite.connection_string)
     azureml = AzureML(DefaultAzureCredential(), aml.subscription_id, aml.resource_group, aml.workspace)
-    yield Side(uid, AmlRetention(azureml), BlobRetention(service), memory=False, info=aml, blob_service=service)
+    yield Side(uid, AmlRetention(azureml), BlobRetention(service), memory=False, info=aml, blob_service=service,
+               ml_client=request.getfixturevalue("ml_client"))
 
 
-def act(kind: ActionKind, target: Any, tier: BlobTier | None = None, *, etag: str = "") -> Action:
-    return Action(kind, target, "contract", "contract", tier=tier, etag=etag)
+def act(kind: ActionKind, target: Any, tier: BlobTier | None = None, *, etag: str = "",
+        written_before: datetime | None = None) -> Action:
+    return Action(kind, target, "contract", "contract", tier=tier, etag=etag, written_before=written_before)
 
 
 def test_the_datastores_map_to_their_containers_on_the_data_account(side: Side) -> None:
@@ -223,10 +260,27 @@ def test_blobs_are_deleted_and_tiered_once(side: Side) -> None:
 def test_a_job_output_is_deleted_by_prefix_once(side: Side) -> None:
     for name in ("out/model/a.bin", "out/model/sub/b.bin", "out/modelx/keep.bin", "other.bin"):
         side.upload(LANDING, f"{side.uid}/{name}")
-    action = act(ActionKind.DELETE_JOB_OUTPUT, JobOutputKey("job", "model", BlobPath(LANDING, f"{side.uid}/out/model")))
+    action = act(ActionKind.DELETE_JOB_OUTPUT, JobOutputKey("job", "model", BlobPath(LANDING, f"{side.uid}/out/model")),
+                 written_before=side.job_finished())
     assert side.blobs.delete_job_output(action) == "done"
     assert sorted(side.blob_names()) == [f"{side.uid}/other.bin", f"{side.uid}/out/modelx/keep.bin"]
     assert side.blobs.delete_job_output(action) == "already"
+
+
+def test_a_job_output_keeps_blobs_written_after_the_job_finished(side: Side) -> None:
+    """A job started after the plan's listing writes under the old job's output folder: its blob is kept
+    ('newer'), the old job's own are deleted; an action without the job's end is refused (fail closed)."""
+    side.upload(LANDING, f"{side.uid}/out/model/a.bin")
+    finished = side.job_finished()
+    side.upload(LANDING, f"{side.uid}/out/model/rerun/b.bin", late=True)
+    key = JobOutputKey("job", "model", BlobPath(LANDING, f"{side.uid}/out/model/"))
+    with pytest.raises(ValueError, match="written_before"):
+        side.blobs.delete_job_output(act(ActionKind.DELETE_JOB_OUTPUT, key))
+    assert sorted(side.blob_names()) == [f"{side.uid}/out/model/a.bin", f"{side.uid}/out/model/rerun/b.bin"]
+    action = act(ActionKind.DELETE_JOB_OUTPUT, key, written_before=finished)
+    assert side.blobs.delete_job_output(action) == "newer"
+    assert sorted(side.blob_names()) == [f"{side.uid}/out/model/rerun/b.bin"]
+    assert side.blobs.delete_job_output(action) == "newer"  # still there, still kept
 
 
 def test_an_action_sent_to_the_wrong_side_is_refused(side: Side) -> None:
@@ -234,3 +288,22 @@ def test_an_action_sent_to_the_wrong_side_is_refused(side: Side) -> None:
         side.workspace.execute(act(ActionKind.DELETE_BLOB, BlobKey(LANDING, "x")))
     with pytest.raises(ValueError, match="not a blob action"):
         side.blobs.execute(act(ActionKind.DELETE_DATA, DataKey("x", "1")))
+
+
+def test_jobs_are_listed_with_status_inputs_outputs_and_end(side: Side) -> None:
+    """What retention protects a running job by: its status (unfinished, no end), what it reads (a data version)
+    and where it writes (Azure ML's default output folder); once canceled it is finished."""
+    data, name = f"{side.uid}-data", f"{side.uid}-job"
+    side.seed_data(data, "1", 1, f"{side.uid}/d1/")
+    side.start_job(name, data)
+    try:
+        [job] = [j for j in side.workspace.jobs(side.book()) if j.name == name]
+        assert not job.finished and job.finished_at is None
+        assert job.inputs == (DataKey(data, "1"),)
+        # Azure ML adds its own `default` output (the run's artifacts): only the declared one is compared
+        assert job.outputs["model"] == BlobPath("azureml-blobstore", f"azureml/{name}/model/")
+    finally:
+        side.cancel_job(name)
+    [job] = [j for j in side.workspace.jobs(side.book()) if j.name == name]
+    assert job.finished  # canceled (or failed first: its data folder holds no file); it reads nothing any more
+    assert job.finished_at is None or job.finished_at.tzinfo is not None  # the emulator gives no end time

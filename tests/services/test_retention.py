@@ -459,3 +459,18 @@ def test_a_job_output_keeps_what_a_job_started_after_the_listing_writes_under_it
     [skipped] = w.records("skipped")
     assert skipped.reason == SKIPPED_NEWER and skipped.assets["target"] == "job-output:old-job/out"
     assert '"status": "skipped"' in summary.to_json()
+
+
+def test_a_candidate_queued_behind_a_rollout_keeps_its_model_and_training_data(world: World) -> None:
+    """A candidate that arrives (or is approved) mid-rollout waits in the rollout row's `queued_*`; its approval is
+    closed by then, so the row is what protects it until its own rollout starts."""
+    world.workspace.put(dataclasses.replace(model("3", 80, 0.60), data_asset="churn", data_version="3"))
+    table = MemoryTable()
+    table.insert({"PartitionKey": "rollout", "RowKey": "churn-ep", "Endpoint": "churn-ep", "State": "shifting",
+                  "CandidateName": "churn-model", "CandidateVersion": "4", "Deployment": "green",
+                  "QueuedName": "churn-model", "QueuedVersion": "3", "QueuedEvent": "ev-3"})
+    world.ledger = Ledger(table)
+    summary = world.runner().run(run_id="queued", dry_run=False)
+    assert world.archived(ModelKey("churn-model", "3"), DataKey("churn", "3")) == set()
+    spared = {p.target: p.reason for p in summary.plan.protected}
+    assert "candidate of the queued rollout on churn-ep" in spared[ModelKey("churn-model", "3")]

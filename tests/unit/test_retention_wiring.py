@@ -126,6 +126,8 @@ class _Rollout:
     deployment: str = "green"
     champion_deployment: str = "blue"
     champion_model: str = "churn-model:4"
+    queued_name: str = ""  # a candidate queued behind the rollout (none here)
+    queued_version: str = ""
 
     @property
     def active(self) -> bool:
