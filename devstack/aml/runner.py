@@ -135,11 +135,12 @@ class Runner:
     # --- API used by jobs.py ---
 
     def submit(self, name: str) -> None:
-        with self._lock:
-            self._cancel[name.lower()] = threading.Event()
         if stats.held(self.emu):  # POST /_emulator/compute {"hold": true}: accepted, stays queued
+            # No worker holds it, so no cancel event: a cancel finishes it at once (see `cancel`).
             log.info("job %s accepted and held (compute hold is on): not run", name)
             return
+        with self._lock:
+            self._cancel[name.lower()] = threading.Event()
         self.pool.submit(self._run, name)
 
     def cancel(self, name: str) -> None:

@@ -85,11 +85,24 @@ class Side:
 
         from devstack.testing.workloads import CURATED
 
-        self.ml_client.jobs.create_or_update(command(
-            name=name, command="python -c \"import time; time.sleep(60)\" ${{inputs.train}} ${{outputs.model}}",
-            inputs={"train": Input(type="uri_folder", path=f"azureml:{data}:1")},
-            outputs={"model": Output(type="uri_folder")},
-            environment=CURATED, compute="cpu-cluster", experiment_name="evergreen-tests"))
+        # Held at the emulator's compute: the job stays queued (unfinished) until canceled, whatever the load,
+        # instead of running, and perhaps failing, before it is listed.
+        self._hold_compute(True)
+        try:
+            self.ml_client.jobs.create_or_update(command(
+                name=name, command="python -c \"import time; time.sleep(60)\" ${{inputs.train}} ${{outputs.model}}",
+                inputs={"train": Input(type="uri_folder", path=f"azureml:{data}:1")},
+                outputs={"model": Output(type="uri_folder")},
+                environment=CURATED, compute="cpu-cluster", experiment_name="evergreen-tests"))
+        finally:
+            self._hold_compute(False)  # later jobs run again; this one stays queued
+
+    def _hold_compute(self, hold: bool) -> None:
+        import httpx
+
+        with httpx.Client(verify=self.info.env["REQUESTS_CA_BUNDLE"], timeout=30) as client:
+            client.post(f"{self.info.base_url}/_emulator/compute", json={"hold": hold},
+                        headers={"Authorization": "Bearer local"}).raise_for_status()
 
     def cancel_job(self, name: str) -> None:
         if isinstance(self.workspace, MemoryRetentionWorkspace):
