@@ -6,6 +6,8 @@ Three ways in, one record per (endpoint, candidate) in the ledger (`shared.domai
   or a recorded approval, lets the rollout start; otherwise the candidate is recorded `pending`
   (audit `promotion.awaiting_approval`, tag `evergreen.approval=pending`) and nothing is deployed.
   A rejected or expired candidate is refused, whenever it comes back (a redelivery, a queued hand-over).
+  An approved candidate's record stays open until the Promoter has written its rollout row and calls
+  `handed_over` (retention protects it through one or the other, never neither).
 - `decide` — `python -m shared.cli approve|reject` and the studio tag: the verdict is written with an
   ETag condition (a final state never changes again), tagged on the model (who, when, why) and
   audited; an approval then re-enters the rollout path as a `CandidateRetry` on the promotion retry
@@ -98,8 +100,8 @@ class Approvals:
             record = self._ledger.get_approval(endpoint, name, version)
             decision = plan_hold(record, manual=manual, now=now, expires_after=promotion.approval_expiry)
             if isinstance(decision, Proceed):
-                if record is not None:  # approved: the rollout starts now (or races and is decided again)
-                    self._ledger.close_approval(record)
+                # approved: the rollout starts now (or races and is decided again). Its approval stays open
+                # (and keeps it from retention) until the rollout row exists: `handed_over` closes it.
                 log.info("approval event=%s model=%s:%s on %s: %s", event_id, name, version, endpoint, decision.reason)
                 return None
             if isinstance(decision, Refuse):
@@ -114,6 +116,17 @@ class Approvals:
             if outcome is not None:
                 return outcome
         raise ConcurrentUpdateError(f"the approval of {name}:{version} on {endpoint} kept changing; retry")
+
+    def handed_over(self, name: str, version: str, endpoint: str) -> None:
+        """The Promoter wrote the candidate's rollout row: close its approval (if it had one). Closed only now,
+        so retention protects it without a gap (the rollout row protects it from here on); a crash before
+        this leaves it open, and `reconcile` closes it on finding the rollout row."""
+        promotion = self._promotion(name)
+        if promotion is None or not promotion.manual_approval:
+            return
+        record = self._ledger.get_approval(endpoint, name, version)
+        if record is not None:
+            self._ledger.close_approval(record)
 
     def _await(self, decision: Await, name: str, version: str, endpoint: str, event_id: str, gate_reason: str,
                promotion: PromotionPolicy) -> ApprovalOutcome | None:

@@ -458,9 +458,12 @@ class Promoter:
                                          decision.reason)
             if held is not None:
                 return PromotionOutcome(held.action, held.detail)
-        return self._start(current, candidate.name, candidate.version, event_id, decision.reason,
-                           champion_deployment, decision.champion.model if decision.champion else "",
-                           decision.endpoint)
+        outcome = self._start(current, candidate.name, candidate.version, event_id, decision.reason,
+                              champion_deployment, decision.champion.model if decision.champion else "",
+                              decision.endpoint)
+        if outcome is not None and self._approvals is not None:  # its rollout row protects it now
+            self._approvals.handed_over(candidate.name, candidate.version, decision.endpoint)
+        return outcome
 
     def _champion(self, model: tuple[str, str]) -> ModelSnapshot:
         """The serving model as the gate sees it (just its name and version if the registry lost it)."""

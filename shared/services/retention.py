@@ -1,9 +1,9 @@
 """One retention run: list the inventory, plan (pure, shared.domain.retention), then apply or only show the plan.
 
 The runner takes only ports (`shared.ports`): the workspace and the data account as retention sees
-them (`RetentionWorkspace`, `RetentionBlobs`), the ledger's rollouts and candidates awaiting approval,
-the audit log and a clock. The composition root gives it the Azure adapters; tests give it the
-in-memory ones (`shared.adapters.memory.retention`).
+them (`RetentionWorkspace`, `RetentionBlobs`), the ledger's rollouts, candidates awaiting approval and
+comparisons in flight (the promoter's open work), the audit log and a clock. The composition root
+gives it the Azure adapters; tests give it the in-memory ones (`shared.adapters.memory.retention`).
 
 Apply runs the actions on a small thread pool (bounded concurrency: Azure ML and Storage throttle
 bursts). Throttling (429 with Retry-After) is retried by the SDKs' own azure-core retry policies,
@@ -36,13 +36,14 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from shared.config.retention import RetentionPolicy, RuleType
 from shared.domain.approval import ApprovalRecord
 from shared.domain.audit import AuditRecord
 from shared.domain.records import RolloutRecord, utcnow
 from shared.domain.retention.addresses import AddressBook
-from shared.domain.retention.inventory import Approval, Inventory, ModelKey, Rollout
+from shared.domain.retention.inventory import Approval, Inventory, ModelKey, OpenComparison, Rollout
 from shared.domain.retention.planner import Action, ActionKind, RetentionPlan, plan_retention
 from shared.domain.retention.render import render_plan_table
 from shared.domain.telemetry import Attr
@@ -51,6 +52,7 @@ from shared.domain.vocabulary import (
     ApplyStatus,
     ApprovalState,
     RetentionAudit,
+    Tag,
     retention_audit_kind,
 )
 from shared.domain.workspace import model_ref
@@ -74,6 +76,8 @@ RolloutSource = Callable[[], Sequence[RolloutRecord]]
 """The ledger's rollout rows (`Ledger.rollouts`): retention protects what an active one references."""
 ApprovalSource = Callable[[], Sequence[ApprovalRecord]]
 """The ledger's open approvals (`Ledger.open_approvals`): retention protects each candidate with its data."""
+ComparisonSource = Callable[[], Sequence[Mapping[str, Any]]]
+"""The promoter's open comparison work (`Ledger.open_work(COMPARISON_WORK)` rows: RowKey = job, Tags = JSON)."""
 
 
 @dataclass(frozen=True)
@@ -165,15 +169,52 @@ def approvals_from(records: Sequence[ApprovalRecord]) -> tuple[Approval, ...]:
                  if r.state not in _NEVER_DEPLOYED)
 
 
+def _model_key(text: str) -> ModelKey | None:
+    """`name:version` (or `azureml:name:version`, an ARM model id) as a key; None unless both parts are there."""
+    ref = model_ref(text)
+    return ModelKey(*ref) if ref is not None and all(ref) else None
+
+
+def _comparison(item: Mapping[str, Any]) -> OpenComparison:
+    """One open-work row as the planner sees it; what cannot be read is said in `unreadable` (fail closed)."""
+    job = str(item.get("RowKey") or "") or "(no job name)"
+    try:
+        tags = json.loads(str(item.get("Tags") or "{}"))
+    except ValueError as exc:
+        return OpenComparison(job, None, unreadable=f"its tags are not JSON ({exc})")
+    if not isinstance(tags, dict):
+        return OpenComparison(job, None, unreadable="its tags are not a JSON object")
+    model, compared = str(tags.get(Tag.MODEL.value) or ""), str(tags.get(Tag.COMPARED_WITH.value) or "")
+    challenger, champion = _model_key(model), _model_key(compared)
+    problems = [] if challenger is not None else [f"challenger {model or '(none)'} is not name:version"]
+    if compared and champion is None:
+        problems.append(f"champion {compared} is not name:version")
+    name = model.removeprefix("azureml:").split(":", 1)[0] if challenger is None and "/" not in model else ""
+    return OpenComparison(job, challenger, champion, challenger_name=name, unreadable="; ".join(problems))
+
+
+def comparisons_from(items: Sequence[Mapping[str, Any]]) -> tuple[OpenComparison, ...]:
+    """The comparisons submitted and not yet decided, as the planner sees them. Every entry protects what can
+    be read of it (challenger with its data, champion); a garbled one is logged and never stops the run."""
+    out = tuple(_comparison(item) for item in items)
+    for comparison in out:
+        if comparison.unreadable:
+            log.warning("retention job=%s: open comparison entry partly unreadable, failing closed: %s",
+                        comparison.job, comparison.unreadable)
+    return out
+
+
 class RetentionRunner:
     """Builds the inventory, plans with the policy's rules, and applies (or dry-runs) the plan."""
 
     def __init__(self, *, policy: RetentionPolicy, workspace: RetentionWorkspace, blobs: RetentionBlobs,
                  rollouts: RolloutSource, approvals: ApprovalSource, audit: AuditLog, clock: Clock = utcnow,
-                 max_workers: int = MAX_WORKERS) -> None:
+                 comparisons: ComparisonSource | None = None, max_workers: int = MAX_WORKERS) -> None:
+        """`comparisons` None: the caller keeps no comparisons (only benches and tests without a promoter)."""
         self.policy = policy
         self._workspace, self._blobs, self._rollouts, self._audit = workspace, blobs, rollouts, audit
         self._approvals = approvals
+        self._comparisons = comparisons
         self._clock = clock
         self._max_workers = max_workers
 
@@ -188,8 +229,10 @@ class RetentionRunner:
         Order matters because the listings are not one atomic snapshot: a data version registered
         while blobs are listed is still seen (and protects its blobs), and a job or rollout started
         meanwhile is seen by the last listings. Anything created after its own listing is simply not
-        in the plan, so it is not touched. A listing that fails raises (nothing is planned from half
-        an inventory).
+        in the plan, so it is not touched. The ledger's work is read in the order a candidate moves
+        through it (comparison, approval, rollout): each hand-over writes the next record before closing
+        the last, so a candidate moving on during the listing is seen in one or the other. A listing
+        that fails raises (nothing is planned from half an inventory).
         """
         mark = time.perf_counter()
         blobs = self._blobs.list(self.watched_containers())
@@ -204,14 +247,16 @@ class RetentionRunner:
         mark = time.perf_counter()
         deployments = self._workspace.deployments()
         jobs = self._workspace.jobs(book)
-        rollouts = rollouts_from(self._rollouts())
+        comparisons = comparisons_from(self._comparisons()) if self._comparisons is not None else ()
         approvals = approvals_from(self._approvals())
+        rollouts = rollouts_from(self._rollouts())
         timings["list_deployments_jobs_rollouts"] = time.perf_counter() - mark
         log.info("retention run=%s listed %d data version(s), %d model version(s), %d deployment(s), %d job(s), "
-                 "%d rollout(s), %d approval(s), %d blob(s)", run_id, len(data), len(models), len(deployments),
-                 len(jobs), len(rollouts), len(approvals), len(blobs))
+                 "%d rollout(s), %d approval(s), %d comparison(s), %d blob(s)", run_id, len(data), len(models),
+                 len(deployments), len(jobs), len(rollouts), len(approvals), len(comparisons), len(blobs))
         return Inventory(now=now, data_versions=tuple(data), model_versions=tuple(models), blobs=tuple(blobs),
-                         deployments=tuple(deployments), jobs=tuple(jobs), rollouts=rollouts, approvals=approvals)
+                         deployments=tuple(deployments), jobs=tuple(jobs), rollouts=rollouts, approvals=approvals,
+                         comparisons=comparisons)
 
     def run(self, *, run_id: str, dry_run: bool, now: datetime | None = None) -> RetentionSummary:
         """One run; `now` is the clock the rules' ages are measured against (default: the runner's clock).
@@ -226,6 +271,7 @@ class RetentionRunner:
         listed = {"data_versions": len(inventory.data_versions), "model_versions": len(inventory.model_versions),
                   "deployments": len(inventory.deployments), "jobs": len(inventory.jobs),
                   "rollouts": len(inventory.rollouts), "approvals": len(inventory.approvals),
+                  "comparisons": len(inventory.comparisons),
                   "blobs": len(inventory.blobs)}
         log.info("retention run=%s planned %d action(s), %d protected, dry_run=%s", run_id, len(plan.actions),
                  len(plan.protected), dry_run)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import pytest
 
 from shared.adapters.memory.queues import MemoryDelayedQueue
+from shared.domain.approval import ApprovalRecord
 from shared.domain.rollout import CandidateRetry
 from shared.domain.vocabulary import ApprovalState, Phase, PromotionAction, Tag
+from shared.errors import TransientError
 from shared.services.approval import HANDOVER_GRACE, ApprovalRefused, Approvals
 from shared.services.ledger import Ledger
 from shared.services.promotion import Promoter
@@ -254,3 +256,53 @@ def test_a_lost_hand_over_after_an_approval_is_re_sent_by_the_reconciler(arig: A
     assert arig.approvals().reconcile(arig.clock()) == []  # its rollout started: it left the index
     assert arig.ledger.open_approvals() == []
     assert arig.run().phase is Phase.SUCCEEDED
+
+
+class _WatchedRig(ApprovalRig):
+    """Approvals whose ledger notes, at each close, whether the endpoint's rollout row already carries the
+    candidate (retention protects it through the one or the other); `fail_closes` makes that many closes crash."""
+
+    def __init__(self) -> None:
+        self.closes: list[bool] = []
+        self.fail_closes = 0
+        super().__init__()
+
+    def approvals(self) -> Approvals:
+        assert self.retries is not None
+        rig = self
+
+        class Watched(Ledger):
+            def close_approval(self, record: ApprovalRecord) -> None:
+                rollout = self.get_rollout(record.endpoint)
+                rig.closes.append(rollout is not None and rollout.candidate == record.model)
+                if rig.fail_closes:
+                    rig.fail_closes -= 1
+                    raise TransientError("the table is throttling")
+                super().close_approval(record)
+
+        return Approvals(policy=self.policy, ledger=Watched(self.table, clock=self.clock), endpoints=self.endpoints,
+                         retries=self.retries, audit=self.audit, clock=self.clock)
+
+
+def test_an_approved_candidate_leaves_the_open_work_only_once_its_rollout_row_exists() -> None:
+    """No moment where neither the approval nor the rollout row protects the candidate from retention."""
+    rig = _WatchedRig()
+    rig.deliver(rig.register("0.80"))
+    rig.approve("1")
+    assert rig.deliver_retries() == [PromotionAction.STARTED]
+    assert rig.closes == [True]
+    assert rig.ledger.open_approvals() == []
+
+
+def test_a_crash_after_the_rollout_row_leaves_the_approval_open_until_the_reconciler_closes_it() -> None:
+    rig = _WatchedRig()
+    rig.deliver(rig.register("0.80"))
+    rig.approve("1")
+    rig.fail_closes = 1
+    with pytest.raises(TransientError):
+        rig.deliver_retries()
+    rollout = rig.ledger.get_rollout(ENDPOINT)
+    assert rollout is not None and rollout.candidate == f"{MODEL}:1"
+    assert [r.model for r in rig.ledger.open_approvals()] == [f"{MODEL}:1"]  # still protected by both
+    assert rig.approvals().reconcile(rig.clock()) == []
+    assert rig.ledger.open_approvals() == [] and rig.closes == [True, True]

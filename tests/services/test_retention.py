@@ -8,6 +8,8 @@ failure at one call gets its own test.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -37,11 +39,12 @@ from shared.domain.retention.inventory import (
     ModelVersion,
 )
 from shared.domain.retention.planner import Action, ActionKind, RetentionPlan
-from shared.domain.vocabulary import ApplyStatus, ApprovalState
+from shared.domain.vocabulary import ApplyStatus, ApprovalState, Tag
 from shared.errors import EvergreenError
 from shared.services.audit import TableAuditLog
 from shared.services.ledger import Ledger
-from shared.services.retention import SKIPPED_NEWER, RetentionIncomplete, RetentionRunner
+from shared.services.promotion import COMPARISON_WORK
+from shared.services.retention import SKIPPED_NEWER, RetentionIncomplete, RetentionRunner, comparisons_from
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(days=10)
@@ -91,8 +94,9 @@ class World:
     def runner(self, rules: str = RULES, **kwargs: object) -> RetentionRunner:
         return RetentionRunner(policy=parse_retention(yaml.safe_load(rules)), workspace=self.workspace,
                                blobs=self.blobs, rollouts=self.ledger.rollouts,
-                               approvals=self.ledger.open_approvals, audit=self.audit,
-                               clock=lambda: LATER, **kwargs)  # type: ignore[arg-type]
+                               approvals=self.ledger.open_approvals, audit=self.audit, clock=lambda: LATER,
+                               comparisons=functools.partial(self.ledger.open_work, COMPARISON_WORK),
+                               **kwargs)  # type: ignore[arg-type]
 
     def archived(self, *keys: DataKey | ModelKey) -> set[str]:
         out = set()
@@ -474,3 +478,78 @@ def test_a_candidate_queued_behind_a_rollout_keeps_its_model_and_training_data(w
     assert world.archived(ModelKey("churn-model", "3"), DataKey("churn", "3")) == set()
     spared = {p.target: p.reason for p in summary.plan.protected}
     assert "candidate of the queued rollout on churn-ep" in spared[ModelKey("churn-model", "3")]
+
+
+# -- session 5: comparisons in flight (the promoter's open work) ------------------------------------------------
+def compare(world: World, job: str, tags: str) -> None:
+    """Index a comparison job as the promoter does before submitting it (`Promoter._submit_comparison`)."""
+    world.ledger.track_work(COMPARISON_WORK, job, {"Tags": tags})
+
+
+def test_a_comparison_in_flight_keeps_both_models_their_training_data_and_its_blobs(world: World) -> None:
+    """Challenger 3 (old, not the latest, not the best) is compared with champion 2: until the promoter decides,
+    no rule archives either, their training data, or that data's blobs; once decided they are ordinary again."""
+    world.workspace.put(dataclasses.replace(model("3", 80, 0.60), data_asset="churn", data_version="3"),
+                        dataclasses.replace(model("2", 90, 0.70), data_asset="churn", data_version="1"))
+    world.blobs.put("landing", "churn/d3/part-0.csv")
+    compare(world, "cmp-churn-3-2", json.dumps({Tag.MODEL.value: "churn-model:3",
+                                                Tag.COMPARED_WITH.value: "churn-model:2"}))
+    for run in ("first", "second"):  # a data version archived by one run loses its blobs on the next
+        summary = world.runner().run(run_id=run, dry_run=False)
+    kept = (ModelKey("churn-model", "3"), ModelKey("churn-model", "2"), DataKey("churn", "3"), DataKey("churn", "1"))
+    assert world.archived(*kept) == set()
+    assert {"churn/d1/part-0.csv", "churn/d3/part-0.csv"} <= set(world.blobs.names("landing"))
+    spared = {p.target: p.reason for p in summary.plan.protected}
+    assert "challenger compared in job cmp-churn-3-2, not yet decided" in spared[ModelKey("churn-model", "3")]
+    assert "champion compared in job cmp-churn-3-2, not yet decided" in spared[ModelKey("churn-model", "2")]
+    assert "trained model:churn-model:3" in spared[DataKey("churn", "3")]
+    assert summary.listed["comparisons"] == 1 and not summary.plan.suspended
+    world.ledger.finish_work(COMPARISON_WORK, "cmp-churn-3-2")  # decided (not promoted)
+    world.runner().run(run_id="decided", dry_run=False)
+    assert world.archived(*kept) == {str(k) for k in kept}
+
+
+def test_a_comparison_whose_version_cannot_be_read_keeps_every_version_of_its_model(world: World) -> None:
+    compare(world, "cmp-odd", json.dumps({Tag.MODEL.value: "churn-model", Tag.COMPARED_WITH.value: "??"}))
+    summary = world.runner().run(run_id="odd", dry_run=False)
+    assert world.archived(*ALL_MODELS) == set()
+    assert world.archived(DataKey("churn", "1")) == {"data:churn:1"}  # what is unrelated still retires
+    spared = {p.target: p.reason for p in summary.plan.protected}
+    assert "may be the challenger compared in job cmp-odd" in spared[ModelKey("churn-model", "2")]
+    assert not summary.plan.suspended
+
+
+def test_a_comparison_of_which_nothing_can_be_read_suspends_the_version_and_blob_rules(world: World) -> None:
+    """Fail closed and say so: the run completes, retires nothing that may be the unknown challenger's, and the
+    plan and the audit log carry why; once the entry is gone the rules run again."""
+    compare(world, "cmp-garbled", "{not json")
+    rules = RULES + "  - {name: idle, type: deployments, actions: {deleteIdle: {hoursAtZeroTrafficGreaterThan: 24}}}\n"
+    world.workspace.put(Deployment("churn-ep", "old", 0, ago(3), "churn-model", "1"))
+    summary = world.runner(rules).run(run_id="garbled", dry_run=False)
+    assert [a.kind for a in summary.plan.actions] == [ActionKind.DELETE_DEPLOYMENT]  # deployments still retire
+    assert world.archived(*ALL_DATA, *ALL_MODELS) == {"data:churn:5"}  # archived before the run
+    assert set(world.blobs.names("landing")) >= {"churn/d5/part-0.csv", "churn/stray/notes.csv"}
+    assert {s.rule for s in summary.plan.suspended} == {"data", "models", "raw", "stray"}
+    assert all("comparison job cmp-garbled: its tags are not JSON" in s.reason for s in summary.plan.suspended)
+    assert {r.assets["rule"] for r in world.records("suspended")} == {"data", "models", "raw", "stray"}
+    world.ledger.finish_work(COMPARISON_WORK, "cmp-garbled")
+    assert world.runner().run(run_id="clean", dry_run=False).plan.suspended == ()
+    assert world.archived(DataKey("churn", "1")) == {"data:churn:1"}
+
+
+@pytest.mark.parametrize(("tags", "challenger", "champion", "name", "unreadable"), [
+    ('{"evergreen.model": "m:3", "evergreen.compared_with": "m:2"}', ModelKey("m", "3"), ModelKey("m", "2"), "", ""),
+    ('{"evergreen.model": "azureml:m:3", "evergreen.compared_with": ""}', ModelKey("m", "3"), None, "", ""),
+    ('{"evergreen.model": "m:", "evergreen.compared_with": "m:2"}', None, ModelKey("m", "2"), "m",
+     "challenger m: is not name:version"),
+    ('{"evergreen.compared_with": "x"}', None, None, "",
+     "challenger (none) is not name:version; champion x is not name:version"),
+    ('["m:3"]', None, None, "", "its tags are not a JSON object"),
+    (None, None, None, "", "challenger (none) is not name:version"),
+])
+def test_comparisons_from_reads_what_it_can_of_each_entry(tags: str | None, challenger: ModelKey | None,
+                                                          champion: ModelKey | None, name: str,
+                                                          unreadable: str) -> None:
+    [read] = comparisons_from([{"RowKey": "cmp-1", "Tags": tags}])
+    assert (read.job, read.challenger, read.champion, read.challenger_name, read.unreadable) == (
+        "cmp-1", challenger, champion, name, unreadable)

@@ -39,6 +39,7 @@ from shared.domain.retention import (
     Location,
     ModelKey,
     ModelVersion,
+    OpenComparison,
     RetentionPlan,
     RetentionRule,
     Rollout,
@@ -61,6 +62,21 @@ JOB_STATUSES = ("Running", "Queued", "Completed", "Failed", "Canceled", "Finaliz
 ROLLOUT_STATES = ("shifting", "grace", "canary", "succeeded", "rolled_back")  # canary: unknown, so in flight
 APPROVAL_STATES = ("pending", "approved", "rejected", "expired", "")  # "": unreadable, so it protects
 NEVER_DEPLOYED = ("rejected", "expired")  # the only approval states that protect nothing
+READS = ("whole",) * 8 + ("name", "nothing")  # how much of an open comparison entry could be read
+
+
+def open_comparison(job: str, challenger: ModelKey, champion: ModelKey | None, read: str) -> OpenComparison:
+    """A comparison in flight as the service reads it: whole, only the challenger's name, or nothing of it."""
+    if read == "whole":
+        return OpenComparison(job, challenger, champion)
+    if read == "name":
+        return OpenComparison(job, None, champion, challenger_name=challenger.name, unreadable="no version")
+    return OpenComparison(job, None, champion, unreadable="tags are not JSON")
+
+
+def unreadable_work(inv: Inventory) -> bool:
+    """A comparison of which nothing could be read: only the deployments rule may act (fail closed)."""
+    return any(c.challenger is None and not c.challenger_name for c in inv.comparisons)
 
 ages = st.integers(min_value=0, max_value=400).map(lambda d: NOW - timedelta(days=d))
 tags = st.sampled_from([{}, {}, {TAG: "true"}, {TAG: "false"}, {"stage": "raw"}])
@@ -126,8 +142,11 @@ def inventories(draw):
     )
     approvals = tuple(Approval(draw(st.sampled_from(ENDPOINTS)), draw(st.sampled_from(model_keys)),
                                draw(st.sampled_from(APPROVAL_STATES))) for _ in range(draw(st.integers(0, 2))))
+    comparisons = tuple(open_comparison(f"cmp{i}", draw(st.sampled_from(model_keys)),
+                                        draw(st.none() | st.sampled_from(model_keys)), draw(st.sampled_from(READS)))
+                        for i in range(draw(st.integers(0, 2))))
     return Inventory(NOW, tuple(data.values()), tuple(models.values()), tuple(blobs.values()),
-                     tuple(deployments.values()), jobs, rollouts, approvals)
+                     tuple(deployments.values()), jobs, rollouts, approvals, comparisons)
 
 
 days = st.integers(0, 200)
@@ -263,6 +282,17 @@ class _Oracle:
             if a.state not in NEVER_DEPLOYED:  # waiting, or approved and not yet rolled out: the next champion
                 self.protect_model(a.candidate, True)
 
+    def comparisons(self) -> None:
+        for c in self.inv.comparisons:  # both sides of an undecided comparison, each with its training data
+            if c.challenger is not None:
+                self.protect_model(c.challenger, True)
+            else:  # only the name was read: any version of it may be the challenger
+                for m in self.inv.model_versions:
+                    if c.challenger_name and m.name == c.challenger_name:
+                        self.protect_model(m.key, True)
+            if c.champion is not None:
+                self.protect_model(c.champion, True)
+
     def tagged(self) -> None:
         for v in self.inv.data_versions:
             if tagged(v.tags):
@@ -279,6 +309,7 @@ def oracle(inv: Inventory) -> tuple[set[Any], list[BlobPath], list[BlobPath]]:
     o.jobs()
     o.rollouts()
     o.approvals()
+    o.comparisons()
     o.tagged()
     in_use = [p for v in inv.data_versions if not v.archived for p in v.blob_paths]
     in_use += [p for m in inv.model_versions if not m.archived for p in m.blob_paths]
@@ -290,6 +321,8 @@ def check_safe(inv: Inventory, plan: RetentionPlan) -> None:
     blobs = {b.key: b for b in inv.blobs}
     deployments = {d.key: d for d in inv.deployments}
     jobs = {j.name: j for j in inv.jobs}
+    if unreadable_work(inv):
+        assert all(a.kind is ActionKind.DELETE_DEPLOYMENT for a in plan.actions), "unreadable work must suspend"
     for a in plan.actions:
         assert a.target not in keys, f"{a} touches a protected asset"
         if isinstance(a.target, BlobKey):
@@ -551,8 +584,10 @@ def generated(seed: int) -> Graph:
     jobs = tuple(_jobs(rng, g, data, models))
     approvals = tuple(Approval(rng.choice(ENDPOINTS), rng.choice(model_keys), rng.choice(APPROVAL_STATES))
                       for _ in range(rng.randint(0, 2)))
+    comparisons = tuple(open_comparison(f"cmp{i}", rng.choice(model_keys), rng.choice([None, *model_keys]),
+                                        rng.choice(READS)) for i in range(rng.randint(0, 2)))
     inventory = Inventory(NOW, tuple(data), tuple(models), tuple(blobs.values()), tuple(deployments.values()),
-                          jobs, rollouts, approvals)
+                          jobs, rollouts, approvals, comparisons)
     return Graph(inventory, g)
 
 
@@ -627,12 +662,16 @@ def violations(graph: Graph, plan: RetentionPlan) -> list[str]:
     o.jobs()
     o.rollouts()
     o.approvals()
+    o.comparisons()
     o.tagged()
     in_use = [t for v in inv.data_versions if not v.archived for t in graph.truths.get(v.key, [])]
     in_use += [t for m in inv.model_versions if not m.archived for t in graph.truths.get(m.key, [])]
     blobs = {b.key: b for b in inv.blobs}
     jobs = {j.name: j for j in inv.jobs}
     bad = [f"{a} touches protected {a.target}" for a in plan.actions if a.target in o.keys]
+    if unreadable_work(inv):
+        bad += [f"{a}: planned while work in flight cannot be read" for a in plan.actions
+                if a.kind is not ActionKind.DELETE_DEPLOYMENT]
     for a in plan.actions:
         if isinstance(a.target, BlobKey):
             b = blobs[a.target]

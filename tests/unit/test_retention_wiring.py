@@ -178,3 +178,24 @@ def test_defect4_as_of_without_dry_run_is_a_usage_error_and_applies_nothing(
     assert "--as-of previews a future run and requires --dry-run" in capsys.readouterr().err
     assert cli.main(["retention", "--dry-run", "--as-of", "2030-01-01"]) == 0
     assert runs == [{"dry_run": True, "as_json": False, "as_of": datetime(2030, 1, 1, tzinfo=UTC)}]
+
+
+def test_the_composition_root_feeds_retention_the_promoters_open_comparisons(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_Clients.retention` hands the runner the ledger's comparison work, the same rows the promoter indexes."""
+    from shared import composition
+    from shared.adapters.memory.tables import MemoryTable
+    from shared.config.settings import load_settings
+    from shared.services import retention as retention_service
+    from shared.services.ledger import Ledger
+    from shared.services.promotion import COMPARISON_WORK
+
+    given: dict[str, Any] = {}
+    monkeypatch.setattr(retention_service, "RetentionRunner", lambda **kwargs: given.update(kwargs))
+    clients = composition._Clients(load_settings(ENV))
+    ledger = Ledger(MemoryTable())
+    clients.__dict__.update(ledger=ledger, audit=object(), data_blobs=object(),
+                            azureml=type("Aml", (), {"workspace_rest": lambda self: object()})())
+    clients.retention(load_policy(REPO / "evergreen.yaml"))
+    ledger.track_work(COMPARISON_WORK, "cmp-1", {"Tags": json.dumps({"evergreen.model": "m:3"})})
+    [read] = retention_service.comparisons_from(given["comparisons"]())
+    assert (read.job, read.challenger) == ("cmp-1", ModelKey("m", "3"))

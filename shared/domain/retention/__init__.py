@@ -51,6 +51,7 @@ from shared.domain.retention.inventory import (
     Location,
     ModelKey,
     ModelVersion,
+    OpenComparison,
     Rollout,
     Unreadable,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "Location",
     "ModelKey",
     "ModelVersion",
+    "OpenComparison",
     "Protected",
     "RetentionPlan",
     "RetentionPolicy",

@@ -287,6 +287,23 @@ class Approval:
 
 
 @dataclass(frozen=True)
+class OpenComparison:
+    """A comparison job submitted and not yet decided (the promoter's open-work index, `COMPARISON_WORK`).
+
+    Its challenger may be promoted once the job is judged: it and its training data must survive the
+    job and the wait for the decision; so must the champion it is compared with. Read fail closed:
+    `challenger` None with a `challenger_name` protects every listed version of that name; with no name
+    either, `unreadable` says why, and the version and blob rules are suspended for the run.
+    """
+
+    job: str
+    challenger: ModelKey | None
+    champion: ModelKey | None = None
+    challenger_name: str = ""  # when only the name could be read
+    unreadable: str = ""  # what could not be read ("" when the entry was read whole)
+
+
+@dataclass(frozen=True)
 class Inventory:
     """Everything retention may look at, listed at one instant `now` (timezone-aware)."""
 
@@ -298,6 +315,7 @@ class Inventory:
     jobs: tuple[Job, ...] = ()
     rollouts: tuple[Rollout, ...] = ()
     approvals: tuple[Approval, ...] = ()  # candidates awaiting approval (`Ledger.open_approvals`)
+    comparisons: tuple[OpenComparison, ...] = ()  # comparison jobs in flight (the promoter's open work)
 
     def __post_init__(self) -> None:
         _require_aware(self, "now", self.now)

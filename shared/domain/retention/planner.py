@@ -10,7 +10,8 @@ its last deployment is gone. The price is that retention converges over a few ru
 any subset of a plan, applied in any order or concurrently, or cut short by a crash, is safe.
 
 It fails closed. An address that protects but cannot be read, with no container to keep instead,
-suspends every blob and jobOutputs rule for the run (`RetentionPlan.suspended` says which and why).
+suspends every blob and jobOutputs rule for the run (`RetentionPlan.suspended` says which and why);
+a comparison in flight whose challenger cannot be read suspends every rule but the deployments rule.
 A `keepTopK` metric that is NaN or infinite ranks last and is never in the top. A blob action carries
 the ETag listed, so a blob changed since is not touched. A job output is deleted only when the job
 owns it alone (no other job's output or input, no registered version overlaps it), and only its
@@ -224,6 +225,16 @@ class _Planner:
         self.suspended.append(Suspended(rule.name, f"an address in use cannot be read: {shown}"))
         return True
 
+    def suspend_for_work(self, rule: RetentionRule) -> bool:
+        """Fail closed: while work in flight names a model that cannot be read (a garbled comparison entry),
+        no rule that retires versions or blobs runs (that model and its data are unknown); deployments do."""
+        why = self.guard.unreadable_work
+        if not why or rule.type is RuleType.DEPLOYMENTS:
+            return False
+        shown = "; ".join(why[:3]) + (f"; and {len(why) - 3} more" if len(why) > 3 else "")
+        self.suspended.append(Suspended(rule.name, f"work in flight cannot be read: {shown}"))
+        return True
+
     # -- blobs --
     def blobs(self, rule: RetentionRule) -> None:
         if self.suspend(rule, self.unreadable):
@@ -314,7 +325,7 @@ class _Planner:
 
     def plan(self, rules: Sequence[RetentionRule]) -> RetentionPlan:
         for rule in rules:
-            if not rule.enabled:
+            if not rule.enabled or self.suspend_for_work(rule):
                 continue
             if rule.type is RuleType.DATA_VERSIONS:
                 self.versions(rule, self.inv.data_versions)

@@ -2,8 +2,8 @@
 
 One function per protection: what is deployed or taking traffic, each endpoint's champion with its
 lineage (the data version it was trained from and that version's blobs), inputs and outputs of
-unfinished jobs, models and data of in-flight rollouts and of candidates awaiting approval, and
-anything tagged with the protection tag.
+unfinished jobs, models and data of in-flight rollouts, of candidates awaiting approval and of both
+sides of comparisons not yet decided, and anything tagged with the protection tag.
 Apart from those, `references` answers which blobs a non-archived data version or model still
 points at: such a blob is never deleted or tiered either. `claims` answers what a job's output shares
 with anything else (another job's output or input, a registered version): only what a job owns
@@ -101,6 +101,7 @@ class Guard:
 
     keys: dict[AssetKey, list[str]] = field(default_factory=lambda: defaultdict(list))
     paths: PathIndex = field(default_factory=PathIndex)
+    unreadable_work: list[str] = field(default_factory=list)  # work in flight whose model cannot be read
 
     def protect(self, key: AssetKey, why: str) -> None:
         if why not in self.keys[key]:
@@ -162,6 +163,10 @@ class _Lineage:
                 found = True
         if not found:
             self.guard.paths.add(Unreadable(str(ref), f"no version of {ref.name} is listed"), why)
+
+    def versions_of(self, name: str) -> list[ModelKey]:
+        """Every listed version of the model `name`."""
+        return list(self._models_by_name.get(name, ()))
 
     def model(self, key: ModelKey, why: str, *, with_data: bool) -> None:
         self.guard.protect(key, why)
@@ -242,6 +247,25 @@ def _protect_awaiting_approval(inventory: Inventory, lineage: _Lineage) -> None:
         lineage.model(approval.candidate, why, with_data=True)
 
 
+def _protect_compared(inventory: Inventory, lineage: _Lineage) -> None:
+    """A comparison in flight: its challenger (with its training data) and the champion it is compared with.
+
+    A challenger whose version cannot be read protects every listed version of its name; one whose name
+    cannot be read either is noted in `Guard.unreadable_work` (the planner suspends the rules it could break).
+    """
+    for comparison in inventory.comparisons:
+        why = f"compared in job {comparison.job}, not yet decided"
+        if comparison.challenger is not None:
+            lineage.model(comparison.challenger, f"challenger {why}", with_data=True)
+        elif comparison.challenger_name:
+            for key in lineage.versions_of(comparison.challenger_name):
+                lineage.model(key, f"may be the challenger {why} ({comparison.unreadable})", with_data=True)
+        else:
+            lineage.guard.unreadable_work.append(f"comparison job {comparison.job}: {comparison.unreadable}")
+        if comparison.champion is not None:
+            lineage.model(comparison.champion, f"champion {why}", with_data=True)
+
+
 def _protect_tagged(inventory: Inventory, lineage: _Lineage, protect_tag: str) -> None:
     """Deployments, data versions and models carrying the protection tag (blobs and jobs: in the planner)."""
     why = f"tagged {protect_tag}"
@@ -265,6 +289,7 @@ def protect(inventory: Inventory, protect_tag: str) -> Guard:
     _protect_unfinished_jobs(inventory, lineage)
     _protect_in_flight_rollouts(inventory, lineage)
     _protect_awaiting_approval(inventory, lineage)
+    _protect_compared(inventory, lineage)
     _protect_tagged(inventory, lineage, protect_tag)
     return guard
 
