@@ -208,9 +208,9 @@ class RetentionRunner:
     """Builds the inventory, plans with the policy's rules, and applies (or dry-runs) the plan."""
 
     def __init__(self, *, policy: RetentionPolicy, workspace: RetentionWorkspace, blobs: RetentionBlobs,
-                 rollouts: RolloutSource, approvals: ApprovalSource, audit: AuditLog, clock: Clock = utcnow,
-                 comparisons: ComparisonSource | None = None, max_workers: int = MAX_WORKERS) -> None:
-        """`comparisons` None: the caller keeps no comparisons (only benches and tests without a promoter)."""
+                 rollouts: RolloutSource, approvals: ApprovalSource, comparisons: ComparisonSource, audit: AuditLog,
+                 clock: Clock = utcnow, max_workers: int = MAX_WORKERS) -> None:
+        """Every source of work in flight is required, so a new caller cannot forget one and lose its protection."""
         self.policy = policy
         self._workspace, self._blobs, self._rollouts, self._audit = workspace, blobs, rollouts, audit
         self._approvals = approvals
@@ -247,7 +247,7 @@ class RetentionRunner:
         mark = time.perf_counter()
         deployments = self._workspace.deployments()
         jobs = self._workspace.jobs(book)
-        comparisons = comparisons_from(self._comparisons()) if self._comparisons is not None else ()
+        comparisons = comparisons_from(self._comparisons())
         approvals = approvals_from(self._approvals())
         rollouts = rollouts_from(self._rollouts())
         timings["list_deployments_jobs_rollouts"] = time.perf_counter() - mark

@@ -196,7 +196,8 @@ def test_each_decision_is_recorded_before_it_is_executed(world: World) -> None:
         blobs.put("landing", name)
     runner = RetentionRunner(policy=parse_retention(yaml.safe_load(RULES)), workspace=world.workspace, blobs=blobs,
                              rollouts=world.ledger.rollouts,
-                             approvals=world.ledger.open_approvals, audit=recording, clock=lambda: LATER)
+                             approvals=world.ledger.open_approvals, comparisons=lambda: [], audit=recording,
+                             clock=lambda: LATER)
     runner.run(run_id="ordered", dry_run=False)
     assert seen == [True, True, True]  # two deletes and a tier, each recorded before it ran
 
@@ -284,7 +285,7 @@ def test_apply_runs_at_most_max_workers_actions_at_once(world: World) -> None:
         counting.put("landing", f"churn/stray/{i}.csv")
     runner = RetentionRunner(policy=parse_retention(yaml.safe_load(RULES)), workspace=world.workspace,
                              blobs=counting, rollouts=world.ledger.rollouts,
-                             approvals=world.ledger.open_approvals, audit=world.audit,
+                             approvals=world.ledger.open_approvals, comparisons=lambda: [], audit=world.audit,
                              clock=lambda: LATER, max_workers=3)
     summary = runner.run(run_id="bounded", dry_run=False)
     assert len([o for o in summary.outcomes if o.action.kind is ActionKind.TIER_BLOB]) == 24
