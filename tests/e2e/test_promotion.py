@@ -18,13 +18,13 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from devstack.host import start_host
-from devstack.procs import REPO_ROOT
+from devstack.procs import REPO_ROOT, Service
 from devstack.stack import Stack
 from shared.adapters.azure.tables import AzureTable
 from shared.domain.records import RolloutRecord
 from shared.domain.vocabulary import Phase, Tag
 from shared.services.ledger import LEDGER_TABLE, Ledger
-from tests.e2e.helpers import wait_for
+from tests.e2e.helpers import emulator_admin, wait_for
 from tests.fixtures.models import register, train_model_folder, upload_model_folder
 
 pytestmark = pytest.mark.e2e
@@ -116,27 +116,61 @@ def test_zero_failed_requests_during_a_rollout(local_stack: Stack, ml: Any, ledg
     assert {record.champion_deployment, record.deployment} <= continuous_scoring["deployments"]
 
 
-def test_a_host_restart_mid_rollout_does_not_lose_the_rollout(
-        local_stack: Stack, ml: Any, ledger: Ledger, model_uri: str, continuous_scoring: dict[str, Any]) -> None:
-    candidate = register(ml, MODEL, model_uri, "0.980")
-    wanted = f"{MODEL}:{candidate.version}"
+# A host killed while a rollout step runs keeps that step's `evergreen-rollout` message hidden for the host's
+# message lease (600 s, `devstack/host/queues.py`, like Azure's queue trigger); the reconciler re-sends the
+# step once it is overdue by min(STALL_FLOOR, EVERGREEN_LEASE_SECONDS). With the production defaults that is
+# 3 min plus up to one 5-minute timer period; the restarted host here runs with a 30 s lease and the timer
+# every 5 s (settings any deployment can choose), so the bound is about 40 s plus the rest of the rollout.
+FAST_RECOVERY = {"EVERGREEN_LEASE_SECONDS": "30", "EVERGREEN_AZUREML_TIMEOUT_SECONDS": "10",
+                 "EVERGREEN_RECONCILE_SCHEDULE": "*/5 * * * * *"}
+STEP_HANG_SECONDS = 20.0  # the deployment PUT answers this late: the host dies before the reply (a lost reply)
 
-    def mid_rollout() -> RolloutRecord | None:
-        record = ledger.get_rollout(ENDPOINT)
-        return record if record and record.candidate == wanted and record.phase in (
-            Phase.PROVISIONING, Phase.SMOKE, Phase.SHIFT, Phase.SHIFTING) else None
 
-    seen = wait_for(mid_rollout, "the rollout to be under way", timeout=120)
+def restart_host(local_stack: Stack, env: dict[str, str], *, kill: bool) -> Service:
+    """Stop the stack's host (SIGKILL with `kill`, no drain; else a graceful stop) and start it on `env`."""
     index, host = next((i, s) for i, s in enumerate(local_stack.services) if s.name == "functions-host")
-    host.process.kill()  # no drain: the function may die between its state write and its next message
-    host.process.wait(timeout=10)
-    time.sleep(2)
-    restarted = start_host(REPO_ROOT, local_stack.ports.host, state_dir=local_stack.state_dir, env=local_stack.env)
+    if kill:
+        host.process.kill()
+        host.process.wait(timeout=10)
+    else:
+        host.stop()
+    restarted = start_host(REPO_ROOT, local_stack.ports.host, state_dir=local_stack.state_dir, env=env)
     local_stack.services[index] = restarted
     restarted.wait_ready(timeout=60)
-    record = wait_for(lambda: rolled_out(ledger, candidate), "the rollout after the restart", timeout=240)
-    assert record.phase is Phase.SUCCEEDED, record.failure
-    assert record.seq > seen.seq
-    assert serving(ml) == wanted
-    assert continuous_scoring["errors"] == []
-    assert Path(restarted.log_path).exists()
+    return restarted
+
+
+def test_a_host_killed_during_a_rollout_step_does_not_lose_the_rollout(
+        local_stack: Stack, ml: Any, ledger: Ledger, model_uri: str, continuous_scoring: dict[str, Any]) -> None:
+    """The kill lands while the step that creates the candidate's deployment waits for Azure ML (its queue
+    message is in flight, the PUT takes effect after the host is gone): the reconciler re-sends the step and
+    the rollout ends as it would have, with the candidate serving and no failed scoring request."""
+    rule = emulator_admin(local_stack.env, "POST", "/_emulator/request-faults", {
+        "fault": "hang", "method": "PUT", "pathContains": f"/onlineEndpoints/{ENDPOINT}/deployments/",
+        "times": 1, "hangSeconds": STEP_HANG_SECONDS, "then": "process"})
+    try:
+        candidate = register(ml, MODEL, model_uri, "0.980")
+        wanted = f"{MODEL}:{candidate.version}"
+
+        def step_in_flight() -> bool:  # a rule with `times: 1` is removed when it fires
+            rules = emulator_admin(local_stack.env, "GET", "/_emulator/request-faults")["value"]
+            return all(r["id"] != rule["id"] for r in rules)
+
+        wait_for(step_in_flight, "the deployment step to call Azure ML", timeout=120)
+        seen = ledger.get_rollout(ENDPOINT)
+        assert seen is not None and seen.candidate == wanted and seen.phase is Phase.DEPLOY, seen
+        log_path = Path(next(s for s in local_stack.services if s.name == "functions-host").log_path)
+        log_offset = log_path.stat().st_size if log_path.exists() else 0
+        restarted = restart_host(local_stack, {**local_stack.env, **FAST_RECOVERY}, kill=True)
+        record = wait_for(lambda: rolled_out(ledger, candidate), "the rollout after the restart", timeout=240)
+        assert record.phase is Phase.SUCCEEDED, record.failure
+        assert record.seq > seen.seq
+        assert serving(ml) == wanted
+        assert continuous_scoring["errors"] == []
+        with open(restarted.log_path, "rb") as log:
+            log.seek(log_offset)
+            after = log.read().decode(errors="replace")
+        assert f"step {seen.seq} ({Phase.DEPLOY.value}) of {wanted}" in after, "the reconciler did not re-send it"
+    finally:
+        emulator_admin(local_stack.env, "DELETE", "/_emulator/request-faults")
+        restart_host(local_stack, dict(local_stack.env), kill=False)  # the rest of the session: the stack's settings
