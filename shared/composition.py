@@ -185,13 +185,12 @@ class _Clients:
     def retention(self, policy: Policy) -> RetentionRunner:
         from shared.adapters.azure.aml_retention import AmlRetention
         from shared.adapters.azure.blob_retention import BlobRetention
-        from shared.services.promotion import COMPARISON_WORK
         from shared.services.retention import RetentionRunner
 
         return RetentionRunner(policy=policy.retention, workspace=AmlRetention(self.azureml),
                                blobs=BlobRetention(self.data_blobs), rollouts=self.ledger.rollouts,
                                approvals=self.ledger.open_approvals, audit=self.audit,
-                               comparisons=functools.partial(self.ledger.open_work, COMPARISON_WORK))
+                               comparisons=self.ledger.open_comparisons)
 
 
 def build_services(settings: Settings, policy: Policy) -> Services:

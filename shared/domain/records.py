@@ -1,4 +1,5 @@
-"""What the ledger remembers, as typed values: content claims, batches, retraining state, rollouts.
+"""What the ledger remembers, as typed values: content claims, batches, retraining state, rollouts,
+comparisons in flight.
 
 Pure data. A record read from the ledger carries its `row` (the stored entity and the ETag it was
 read at) so that the ledger can write it back only if nobody changed it since; a record built in a
@@ -7,6 +8,7 @@ test or a plan has none.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -196,3 +198,17 @@ class RolloutRecord:
         return Phase(self.state)
 
 
+@dataclass(frozen=True)
+class ComparisonWork:
+    """A comparison job the promoter submitted and has not decided yet: one entry of its open-work index.
+
+    Read fail closed: `tags` (the job's tags as submitted) is None when the entry's tags cannot be read,
+    and `unreadable` says what could not be read ("" when the entry was read whole; an unreadable `since`
+    is said there too). Whoever relies on the tags must then assume the worst: retention suspends the
+    rules the unknown challenger could break, the reconciler reports the entry as a failure.
+    """
+
+    job: str
+    tags: Mapping[str, str] | None  # None: not readable (see `unreadable`)
+    since: datetime | None = None  # when it was indexed; None when missing or unreadable
+    unreadable: str = ""

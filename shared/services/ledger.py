@@ -21,6 +21,7 @@ from shared.domain.keys import digest
 from shared.domain.records import (
     DEFAULT_LEASES,
     BatchRecord,
+    ComparisonWork,
     ContentRecord,
     Leases,
     RetrainState,
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 LEDGER_TABLE = "evergreenledger"
 MAX_FILES_JSON = 30_000  # a content row keeps its file list only below this (a property holds 64 KiB)
+COMPARISON_WORK = "comparison"  # the open-work index of comparison jobs submitted and not yet decided
 
 
 def _iso(value: datetime) -> str:
@@ -181,6 +183,20 @@ class Ledger:
     def open_work(self, flow: str) -> list[dict[str, Any]]:
         """Every open item of `flow` (one small partition: only what is unfinished now)."""
         return [dict(data) for data in self._query(f"work-{flow}")]
+
+    # -- comparisons in flight (the promoter's open work: one entry per comparison job, keyed by its name) ----
+    def track_comparison(self, job: str, tags: Mapping[str, str]) -> None:
+        """Index comparison job `job` as open, with the tags it is submitted with (before submitting it)."""
+        self.track_work(COMPARISON_WORK, job, {"Tags": json.dumps(dict(tags))})
+
+    def finish_comparison(self, job: str) -> None:
+        """Drop comparison job `job` from the index: it is decided (or given up)."""
+        self.finish_work(COMPARISON_WORK, job)
+
+    def open_comparisons(self) -> list[ComparisonWork]:
+        """Every comparison job indexed and not yet decided, in job-name order; never raises for a garbled
+        entry: what cannot be read is said in its `unreadable` (see `ComparisonWork`)."""
+        return [_comparison_work(item) for item in self.open_work(COMPARISON_WORK)]
 
     # -- content (dedupe by hash; one registration per distinct content) --------------------------
     def _content(self, row: Row) -> ContentRecord:
@@ -665,6 +681,28 @@ class Ledger:
                                 reason=str(d.get("Reason", "")))
                   for d in self._query(f"score-{digest(endpoint)}")]
         return sorted(scores, key=lambda s: s.at)
+
+
+def _comparison_work(item: Mapping[str, Any]) -> ComparisonWork:
+    """One entry of the comparison index, read fail closed. Tags missing read as none; a tag value that is
+    not text reads as its text, and null, false, 0 or an empty value as ""."""
+    problems, tags = [], None
+    try:
+        read = json.loads(str(item.get("Tags") or "{}"))
+    except ValueError as exc:
+        problems.append(f"its tags are not JSON ({exc})")
+    else:
+        if isinstance(read, dict):
+            tags = {str(key): str(value) if value else "" for key, value in read.items()}
+        else:
+            problems.append("its tags are not a JSON object")
+    since = None
+    if item.get("Since"):
+        try:
+            since = datetime.fromisoformat(str(item["Since"]))
+        except ValueError:
+            problems.append(f"its time {item['Since']!r} is not an ISO time")
+    return ComparisonWork(str(item.get("RowKey") or ""), tags, since, "; ".join(problems))
 
 
 def approval_key(endpoint: str, name: str, version: str) -> str:

@@ -17,9 +17,9 @@ version); the ports' own errors propagate.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from shared.config.policy import Policy
 from shared.domain.audit import AuditRecord
 from shared.domain.events import DataVersionRegistered
-from shared.domain.records import BatchRecord, RetrainState, RolloutRecord, utcnow
+from shared.domain.records import BatchRecord, ComparisonWork, RetrainState, RolloutRecord, utcnow
 from shared.domain.rollout import RolloutTick
 from shared.domain.vocabulary import (
     ROLLBACK_PHASES,
@@ -41,7 +41,6 @@ from shared.domain.vocabulary import (
 from shared.errors import EvergreenError
 from shared.ports import AuditLog, Clock, DataRegistry, DelayedQueue
 from shared.services.ledger import Ledger
-from shared.services.promotion import COMPARISON_WORK
 from shared.services.retrain import Retrainer, RetrainOutcome
 
 log = logging.getLogger(__name__)
@@ -165,10 +164,13 @@ class Operator:
         last = next(iter(self._audit.query(days=RETENTION_LOOKBACK_DAYS, kind_prefix=RETENTION_RUN_KIND, now=now)),
                     None)
         notes = [] if last else [f"no retention run in the last {RETENTION_LOOKBACK_DAYS} days"]
+        works = self._ledger.open_comparisons()
+        notes += [f"comparison job {w.job}: its open-work entry cannot be read ({w.unreadable})"
+                  for w in works if w.unreadable]
         return Status(at=now, batches=self.batches(),
                       retraining=sorted(self._ledger.retrain_states(), key=lambda s: s.dataset),
                       rollouts=sorted(rollouts, key=lambda r: r.endpoint), last_retention=last, notes=notes,
-                      approvals=self.approvals(), comparisons=self.comparisons())
+                      approvals=self.approvals(), comparisons=self.comparisons(works))
 
     def approvals(self) -> list[ApprovalStatus]:
         """Candidates waiting for a verdict, or approved and not yet handed to a rollout, oldest first."""
@@ -181,15 +183,14 @@ class Operator:
                                         expires_at=record.expires_at(expiry) if expiry is not None else None))
         return sorted(found, key=lambda a: a.requested_at)
 
-    def comparisons(self) -> list[ComparisonStatus]:
-        """Comparison jobs submitted and not yet judged (the promoter's open-work index), oldest first."""
+    def comparisons(self, works: Sequence[ComparisonWork] | None = None) -> list[ComparisonStatus]:
+        """Comparison jobs submitted and not yet judged (`works`, by default the ledger's open comparisons),
+        oldest first; an entry whose tags cannot be read shows with no candidate (`status` notes why)."""
         found = []
-        for item in self._ledger.open_work(COMPARISON_WORK):
-            tags = json.loads(str(item.get("Tags") or "{}"))
-            found.append(ComparisonStatus(job=str(item.get("RowKey", "")), candidate=tags.get(Tag.MODEL.value, ""),
-                                          champion=tags.get(Tag.COMPARED_WITH.value, ""),
-                                          since=datetime.fromisoformat(str(item["Since"])) if item.get("Since")
-                                          else None))
+        for work in self._ledger.open_comparisons() if works is None else works:
+            tags = work.tags or {}
+            found.append(ComparisonStatus(job=work.job, candidate=tags.get(Tag.MODEL.value, ""),
+                                          champion=tags.get(Tag.COMPARED_WITH.value, ""), since=work.since))
         return sorted(found, key=lambda c: (c.since is None, c.since or datetime.min, c.job))
 
     def batches(self) -> list[BatchStatus]:

@@ -37,6 +37,7 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -119,7 +120,6 @@ STALL_POLL_INTERVALS = 5  # a step overdue by this many poll intervals has lost 
 STALL_FLOOR = timedelta(minutes=3)  # ...and by at least this: the Functions host polls an idle queue ~once a minute
 _DECIDE_ATTEMPTS = 8  # re-reads of the endpoint's row before a candidate is re-scheduled
 _KNOWN_PHASES = frozenset(phase.value for phase in Phase)
-COMPARISON_WORK = "comparison"  # the ledger's open-work index of submitted, undecided comparison jobs
 PROMOTION_COMPARED = "compared"  # audit kind `promotion.compared`: a judged comparison, with the whole comparison
 _MAX_AUDIT_COMPARISON = 30_000  # characters: a Table Storage string property holds at most 32K
 _COMPARING_CODES = frozenset({PromoteCode.IMPROVED.value, SkipCode.NOT_BETTER.value, SkipCode.TOO_SMALL.value})
@@ -293,7 +293,7 @@ class Promoter:
         outcome = self._consider(name, version, event_id, model_policy, finished)
         # Decided, queued behind a rollout, re-scheduled or compared again against a new champion: this
         # job's part is over either way (what follows has its own recovery).
-        self._ledger.finish_work(COMPARISON_WORK, finished.run_id)
+        self._ledger.finish_comparison(finished.run_id)
         return outcome
 
     def _consider(self, name: str, version: str, event_id: str, model_policy: ModelPolicy,
@@ -392,7 +392,7 @@ class Promoter:
                                            contest.promotion, evaluation, self._app_root, contest.event_id)
         # Indexed before the submission, dropped once decided: `reconcile` finds a comparison whose
         # RunCompleted never came (Event Grid gave up) or whose submission died half-way.
-        self._ledger.track_work(COMPARISON_WORK, submission.job_name, {"Tags": json.dumps(dict(submission.tags))})
+        self._ledger.track_comparison(submission.job_name, submission.tags)
         try:
             status = self._jobs.submit_pipeline(submission)
         except JobRejectedError as exc:
@@ -445,7 +445,7 @@ class Promoter:
         else:
             outcome = self._on_promote(decision, contest.current, contest.event_id, contest.champion_deployment)
         if outcome is not None:
-            self._ledger.finish_work(COMPARISON_WORK, job)
+            self._ledger.finish_comparison(job)
         return outcome
 
     def _on_promote(self, decision: Promote, current: RolloutRecord | None, event_id: str,
@@ -736,16 +736,18 @@ class Promoter:
     def _reconcile_comparisons(self, now: datetime) -> tuple[list[TickOutcome], Exception | None]:
         """Re-drive comparisons open longer than the stall patience: an ended job whose RunCompleted never
         came is decided as its event would have; a job that was never created is submitted again (through
-        the gate, from the candidate); a running one is left alone. Each re-drive is `promotion.redriven`."""
+        the gate, from the candidate); a running one is left alone. Each re-drive is `promotion.redriven`.
+        A stale entry that cannot be read is not re-driven: it is returned as the failure (a ValueError)."""
         outcomes: list[TickOutcome] = []
         failure: Exception | None = None
-        for item in self._ledger.open_work(COMPARISON_WORK):
-            job = str(item.get("RowKey", ""))
-            since = datetime.fromisoformat(str(item["Since"])) if item.get("Since") else None
-            if since is not None and now - since <= self._stall_after:
+        for work in self._ledger.open_comparisons():
+            job = work.job
+            if work.since is not None and now - work.since <= self._stall_after:
                 continue
             try:
-                outcome = self._redrive_comparison(job, json.loads(str(item.get("Tags") or "{}")))
+                if work.tags is None or work.unreadable:
+                    raise ValueError(f"open comparison entry {job} cannot be read: {work.unreadable}")
+                outcome = self._redrive_comparison(job, work.tags)
             except Exception as exc:  # one comparison's failure must not stop the others' re-drive
                 log.warning("promotion event=reconcile job=%s: re-drive failed, next pass retries: %s", job, exc)
                 failure = failure or exc
@@ -756,7 +758,7 @@ class Promoter:
                 outcomes.append(outcome)
         return outcomes, failure
 
-    def _redrive_comparison(self, job: str, tags: dict[str, str]) -> TickOutcome | None:
+    def _redrive_comparison(self, job: str, tags: Mapping[str, str]) -> TickOutcome | None:
         """One stale comparison: decide it, submit it again, or leave it running. None if nothing was done."""
         status = self._jobs.job_status(job) if self._jobs is not None else None
         event_id = tags.get(Tag.TRIGGER_EVENT.value) or f"reconcile:{job}"
@@ -768,7 +770,7 @@ class Promoter:
                                f"came: {result.action.value}: {result.detail}")
         name, _, version = tags.get(Tag.MODEL.value, "").rpartition(":")
         policy = self._policy.model(name) if name else None
-        self._ledger.finish_work(COMPARISON_WORK, job)  # a new submission indexes its own job
+        self._ledger.finish_comparison(job)  # a new submission indexes its own job
         if policy is None or not version:
             return TickOutcome(TickAction.REDRIVEN, f"comparison {job} was never submitted and its model has no "
                                "promotion policy any more; dropped")

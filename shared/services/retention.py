@@ -36,12 +36,11 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from shared.config.retention import RetentionPolicy, RuleType
 from shared.domain.approval import ApprovalRecord
 from shared.domain.audit import AuditRecord
-from shared.domain.records import RolloutRecord, utcnow
+from shared.domain.records import ComparisonWork, RolloutRecord, utcnow
 from shared.domain.retention.addresses import AddressBook
 from shared.domain.retention.inventory import Approval, Inventory, ModelKey, OpenComparison, Rollout
 from shared.domain.retention.planner import Action, ActionKind, RetentionPlan, plan_retention
@@ -76,8 +75,8 @@ RolloutSource = Callable[[], Sequence[RolloutRecord]]
 """The ledger's rollout rows (`Ledger.rollouts`): retention protects what an active one references."""
 ApprovalSource = Callable[[], Sequence[ApprovalRecord]]
 """The ledger's open approvals (`Ledger.open_approvals`): retention protects each candidate with its data."""
-ComparisonSource = Callable[[], Sequence[Mapping[str, Any]]]
-"""The promoter's open comparison work (`Ledger.open_work(COMPARISON_WORK)` rows: RowKey = job, Tags = JSON)."""
+ComparisonSource = Callable[[], Sequence[ComparisonWork]]
+"""The promoter's comparisons in flight (`Ledger.open_comparisons`): retention protects both sides of each."""
 
 
 @dataclass(frozen=True)
@@ -175,16 +174,13 @@ def _model_key(text: str) -> ModelKey | None:
     return ModelKey(*ref) if ref is not None and all(ref) else None
 
 
-def _comparison(item: Mapping[str, Any]) -> OpenComparison:
-    """One open-work row as the planner sees it; what cannot be read is said in `unreadable` (fail closed)."""
-    job = str(item.get("RowKey") or "") or "(no job name)"
-    try:
-        tags = json.loads(str(item.get("Tags") or "{}"))
-    except ValueError as exc:
-        return OpenComparison(job, None, unreadable=f"its tags are not JSON ({exc})")
-    if not isinstance(tags, dict):
-        return OpenComparison(job, None, unreadable="its tags are not a JSON object")
-    model, compared = str(tags.get(Tag.MODEL.value) or ""), str(tags.get(Tag.COMPARED_WITH.value) or "")
+def _comparison(work: ComparisonWork) -> OpenComparison:
+    """One comparison in flight as the planner sees it; what cannot be read is said in `unreadable` (fail closed:
+    an entry whose tags cannot be read names no model, which suspends the version and blob rules)."""
+    job = work.job or "(no job name)"
+    if work.tags is None:
+        return OpenComparison(job, None, unreadable=work.unreadable)
+    model, compared = work.tags.get(Tag.MODEL.value, ""), work.tags.get(Tag.COMPARED_WITH.value, "")
     challenger, champion = _model_key(model), _model_key(compared)
     problems = [] if challenger is not None else [f"challenger {model or '(none)'} is not name:version"]
     if compared and champion is None:
@@ -193,10 +189,10 @@ def _comparison(item: Mapping[str, Any]) -> OpenComparison:
     return OpenComparison(job, challenger, champion, challenger_name=name, unreadable="; ".join(problems))
 
 
-def comparisons_from(items: Sequence[Mapping[str, Any]]) -> tuple[OpenComparison, ...]:
+def comparisons_from(works: Sequence[ComparisonWork]) -> tuple[OpenComparison, ...]:
     """The comparisons submitted and not yet decided, as the planner sees them. Every entry protects what can
     be read of it (challenger with its data, champion); a garbled one is logged and never stops the run."""
-    out = tuple(_comparison(item) for item in items)
+    out = tuple(_comparison(work) for work in works)
     for comparison in out:
         if comparison.unreadable:
             log.warning("retention job=%s: open comparison entry partly unreadable, failing closed: %s",

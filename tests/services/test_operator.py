@@ -6,7 +6,6 @@ Abort and resume run against a real rollout driven by the Promoter (the same rig
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import pytest
@@ -17,9 +16,8 @@ from shared.domain.records import SUBMIT_LEASE, RolloutRecord
 from shared.domain.retrain import job_name_for
 from shared.domain.vocabulary import Phase, PromotionAction, RetrainAction, Tag
 from shared.domain.workspace import DataVersionSpec
-from shared.services.ledger import Ledger
+from shared.services.ledger import COMPARISON_WORK, Ledger
 from shared.services.operator import Operator, OperatorRefused
-from shared.services.promotion import COMPARISON_WORK
 from tests.services.conftest import FakeClock
 from tests.services.test_promotion import ENDPOINT, MODEL, Rig, first_model
 from tests.services.test_retrain import POLICY, World
@@ -264,8 +262,8 @@ def test_status_shows_comparisons_in_flight_and_candidates_awaiting_approval() -
     arig = ApprovalRig()
     assert arig.deliver(arig.register("0.80")).action is PromotionAction.AWAITING_APPROVAL
     requested = arig.clock()
-    arig.ledger.track_work(COMPARISON_WORK, "cmp-churn-3-2", {"Tags": json.dumps(
-        {Tag.MODEL.value: f"{MODEL}:3", Tag.COMPARED_WITH.value: f"{MODEL}:2"})})  # as the promoter indexes it
+    arig.ledger.track_comparison("cmp-churn-3-2", {Tag.MODEL.value: f"{MODEL}:3",
+                                                   Tag.COMPARED_WITH.value: f"{MODEL}:2"})  # as the promoter does
     arig.clock.advance(60)
 
     status = operator_for(arig).status()
@@ -278,3 +276,13 @@ def test_status_shows_comparisons_in_flight_and_candidates_awaiting_approval() -
     doc = status.to_json()
     assert doc["awaiting_approval"][0]["expires_at"] == (requested + timedelta(hours=2)).isoformat()
     assert doc["comparisons"][0]["job"] == "cmp-churn-3-2"
+
+
+def test_status_shows_a_comparison_entry_it_cannot_read_and_says_why(rig: Rig) -> None:
+    rig.ledger.track_work(COMPARISON_WORK, "cmp-garbled", {"Tags": "[]"})  # a garbled index entry
+    status = operator_for(rig).status()
+    (comparison,) = status.comparisons
+    assert (comparison.job, comparison.candidate, comparison.champion, comparison.since) == (
+        "cmp-garbled", "", "", rig.clock())
+    assert "comparison job cmp-garbled: its open-work entry cannot be read (its tags are not a JSON object)" \
+        in status.notes

@@ -8,7 +8,6 @@ failure at one call gets its own test.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import threading
 import time
@@ -42,8 +41,7 @@ from shared.domain.retention.planner import Action, ActionKind, RetentionPlan
 from shared.domain.vocabulary import ApplyStatus, ApprovalState, Tag
 from shared.errors import EvergreenError
 from shared.services.audit import TableAuditLog
-from shared.services.ledger import Ledger
-from shared.services.promotion import COMPARISON_WORK
+from shared.services.ledger import COMPARISON_WORK, Ledger
 from shared.services.retention import SKIPPED_NEWER, RetentionIncomplete, RetentionRunner, comparisons_from
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -95,7 +93,7 @@ class World:
         return RetentionRunner(policy=parse_retention(yaml.safe_load(rules)), workspace=self.workspace,
                                blobs=self.blobs, rollouts=self.ledger.rollouts,
                                approvals=self.ledger.open_approvals, audit=self.audit, clock=lambda: LATER,
-                               comparisons=functools.partial(self.ledger.open_work, COMPARISON_WORK),
+                               comparisons=self.ledger.open_comparisons,
                                **kwargs)  # type: ignore[arg-type]
 
     def archived(self, *keys: DataKey | ModelKey) -> set[str]:
@@ -505,7 +503,7 @@ def test_a_comparison_in_flight_keeps_both_models_their_training_data_and_its_bl
     assert "champion compared in job cmp-churn-3-2, not yet decided" in spared[ModelKey("churn-model", "2")]
     assert "trained model:churn-model:3" in spared[DataKey("churn", "3")]
     assert summary.listed["comparisons"] == 1 and not summary.plan.suspended
-    world.ledger.finish_work(COMPARISON_WORK, "cmp-churn-3-2")  # decided (not promoted)
+    world.ledger.finish_comparison("cmp-churn-3-2")  # decided (not promoted)
     world.runner().run(run_id="decided", dry_run=False)
     assert world.archived(*kept) == {str(k) for k in kept}
 
@@ -533,7 +531,7 @@ def test_a_comparison_of_which_nothing_can_be_read_suspends_the_version_and_blob
     assert {s.rule for s in summary.plan.suspended} == {"data", "models", "raw", "stray"}
     assert all("comparison job cmp-garbled: its tags are not JSON" in s.reason for s in summary.plan.suspended)
     assert {r.assets["rule"] for r in world.records("suspended")} == {"data", "models", "raw", "stray"}
-    world.ledger.finish_work(COMPARISON_WORK, "cmp-garbled")
+    world.ledger.finish_comparison("cmp-garbled")
     assert world.runner().run(run_id="clean", dry_run=False).plan.suspended == ()
     assert world.archived(DataKey("churn", "1")) == {"data:churn:1"}
 
@@ -551,6 +549,8 @@ def test_a_comparison_of_which_nothing_can_be_read_suspends_the_version_and_blob
 def test_comparisons_from_reads_what_it_can_of_each_entry(tags: str | None, challenger: ModelKey | None,
                                                           champion: ModelKey | None, name: str,
                                                           unreadable: str) -> None:
-    [read] = comparisons_from([{"RowKey": "cmp-1", "Tags": tags}])
+    ledger = Ledger(MemoryTable())
+    ledger.track_work(COMPARISON_WORK, "cmp-1", {"Tags": tags})  # the raw entry, garbled or not
+    [read] = comparisons_from(ledger.open_comparisons())
     assert (read.job, read.challenger, read.champion, read.challenger_name, read.unreadable) == (
         "cmp-1", challenger, champion, name, unreadable)

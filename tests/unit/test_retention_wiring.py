@@ -187,7 +187,6 @@ def test_the_composition_root_feeds_retention_the_promoters_open_comparisons(mon
     from shared.config.settings import load_settings
     from shared.services import retention as retention_service
     from shared.services.ledger import Ledger
-    from shared.services.promotion import COMPARISON_WORK
 
     given: dict[str, Any] = {}
     monkeypatch.setattr(retention_service, "RetentionRunner", lambda **kwargs: given.update(kwargs))
@@ -196,6 +195,6 @@ def test_the_composition_root_feeds_retention_the_promoters_open_comparisons(mon
     clients.__dict__.update(ledger=ledger, audit=object(), data_blobs=object(),
                             azureml=type("Aml", (), {"workspace_rest": lambda self: object()})())
     clients.retention(load_policy(REPO / "evergreen.yaml"))
-    ledger.track_work(COMPARISON_WORK, "cmp-1", {"Tags": json.dumps({"evergreen.model": "m:3"})})
+    ledger.track_comparison("cmp-1", {"evergreen.model": "m:3"})
     [read] = retention_service.comparisons_from(given["comparisons"]())
     assert (read.job, read.challenger) == ("cmp-1", ModelKey("m", "3"))

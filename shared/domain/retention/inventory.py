@@ -288,7 +288,7 @@ class Approval:
 
 @dataclass(frozen=True)
 class OpenComparison:
-    """A comparison job submitted and not yet decided (the promoter's open-work index, `COMPARISON_WORK`).
+    """A comparison job submitted and not yet decided (the promoter's open work, `Ledger.open_comparisons`).
 
     Its challenger may be promoted once the job is judged: it and its training data must survive the
     job and the wait for the decision; so must the champion it is compared with. Read fail closed:
