@@ -14,7 +14,7 @@ import pytest
 
 from devstack.procs import free_port
 from devstack.stack import Ports, Stack, applied_env, start_stack, stop_stack
-from tests.e2e.helpers import tags_path_policy
+from tests.e2e.helpers import QUIET_DAILY_TIMERS, tags_path_policy
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +22,8 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ports = Ports(blob=free_port(), queue=free_port(), table=free_port(), aml=free_port(),
                   eventgrid=free_port(), host=free_port())
     policy = tags_path_policy(tmp_path_factory.mktemp("app"))
-    stack = start_stack(tmp_path_factory.mktemp("stack"), ports, env={"EVERGREEN_POLICY_PATH": str(policy)})
+    stack = start_stack(tmp_path_factory.mktemp("stack"), ports,
+                        env={"EVERGREEN_POLICY_PATH": str(policy), **QUIET_DAILY_TIMERS})
     try:
         with applied_env(stack.env):
             yield stack

@@ -89,6 +89,10 @@ def start_host_again(local_stack: Stack) -> None:
 def test_abort_during_a_rollout_rolls_back_and_the_champion_keeps_serving(
         local_stack: Stack, ml: Any, ledger: Ledger, tmp_path: Path) -> None:
     uri = upload_model_folder(local_stack.env["AzureWebJobsStorage"], train_model_folder(tmp_path))
+    # an earlier test's rollout (a module's first model creates the endpoint) may still be under way: the
+    # champion is read once nothing rolls out, or a champion registered now would queue behind it and lose
+    wait_for(lambda: (r := ledger.get_rollout(ENDPOINT)) is None or not r.active or None,
+             f"no rollout in flight on {ENDPOINT}", timeout=180)
     now = serving(ml)
     if now is None or ledger.get_rollout(ENDPOINT) is None:
         champion = register(ml, MODEL, uri, f"{(now[1] if now else 0.5) + 0.01:.4f}")

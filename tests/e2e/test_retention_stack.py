@@ -74,7 +74,7 @@ def test_dry_run_cli_then_manual_timer_run_through_the_host(local_stack: Stack, 
     table = TableServiceClient.from_connection_string(local_stack.env["AzureWebJobsStorage"]).get_table_client(
         AUDIT_TABLE)
     audit = TableAuditLog(AzureTable(table))
-    runs_before = {r.event_id for r in audit.query(kind_prefix="retention.run")}
+    runs_before = {r.event_id for r in audit.query(days=2, kind_prefix="retention.run")}
     reply = httpx.post(f"{local_stack.env['EVERGREEN_HOST_URL']}/admin/functions/retention", json={"input": ""},
                        timeout=30)
     assert reply.status_code == 202
@@ -83,12 +83,12 @@ def test_dry_run_cli_then_manual_timer_run_through_the_host(local_stack: Stack, 
     new_runs: set[str] = set()
     while not new_runs and time.monotonic() < deadline:
         time.sleep(0.5)
-        new_runs = {r.event_id for r in audit.query(kind_prefix="retention.run")} - runs_before
+        new_runs = {r.event_id for r in audit.query(days=2, kind_prefix="retention.run")} - runs_before
     assert new_runs, "the manual run of the retention timer left no retention.run record"
     run_id = new_runs.pop()
     now_archived = archived(ml)
     assert {versions[0], versions[1]} <= now_archived and versions[2] not in now_archived
-    decisions = {r.assets["target"]: r for r in audit.query(kind_prefix="retention.archive_data")
+    decisions = {r.assets["target"]: r for r in audit.query(days=2, kind_prefix="retention.archive_data")
                  if r.event_id == run_id}
     assert f"data:{DATASET}:{versions[0]}" in decisions
     assert decisions[f"data:{DATASET}:{versions[0]}"].assets["rule"] == "archive-old-training-data"

@@ -67,7 +67,7 @@ def test_a_retrain_recheck_message_is_handled_by_the_host_and_audited(local_stac
     audit = TableAuditLog(AzureTable(TableServiceClient.from_connection_string(storage).get_table_client(AUDIT_TABLE)))
 
     def audited():
-        return [r for r in audit.query(kind_prefix="retrain.skipped") if r.event_id == sent.id] or None
+        return [r for r in audit.query(days=2, kind_prefix="retrain.skipped") if r.event_id == sent.id] or None
 
     (record,) = wait_for(audited, "the re-check's audit record")
     assert record.assets["data"] == dataset and "nothing is known" in record.reason

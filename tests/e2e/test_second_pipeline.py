@@ -140,7 +140,7 @@ def test_the_second_pipeline_retrains_gates_on_rmse_and_rolls_out(
     assert float(worse.properties["evergreen.metric.rmse"]) > first_rmse + 0.5
 
     def rejected() -> list[AuditRecord] | None:
-        return [r for r in audit.query(kind_prefix="promotion.skipped")
+        return [r for r in audit.query(days=2, kind_prefix="promotion.skipped")
                 if r.assets.get("model") == f"{MODEL}:{worse.version}"] or None
 
     (skip,) = wait_for(rejected, "the gate's verdict on the worse model", timeout=90)

@@ -77,6 +77,10 @@ def retention_dry_run(local_stack: Stack) -> dict[str, Any]:
 def test_the_status_page_shows_what_serves_why_a_candidate_was_rejected_and_what_retention_would_do(
         local_stack: Stack, ml: Any, ledger: Ledger, browser: Any, tmp_path: Path) -> None:
     uri = upload_model_folder(local_stack.env["AzureWebJobsStorage"], train_model_folder(tmp_path))
+    # an earlier test's rollout (a module's first model creates the endpoint) may still be under way: the
+    # champion is read once nothing rolls out, or a champion registered now would queue behind it and lose
+    wait_for(lambda: (r := ledger.get_rollout(ENDPOINT)) is None or not r.active or None,
+             f"no rollout in flight on {ENDPOINT}", timeout=180)
     now = serving_now(ml)
     champion = register(ml, MODEL, uri, f"{(now[1] if now else 0.9) + 0.01:.4f}")  # clears min_improvement
     record = wait_for(lambda: finished(ledger, champion), "the champion's rollout", timeout=240)

@@ -53,7 +53,7 @@ def test_same_content_again_registers_nothing_new(local_stack, ml, landing):
     landing.upload_blob(f"reference/{tag}-copy.csv", body)
     # the copy is delivered and handled (logged as a duplicate); wait until the host has seen it
     eventgrid = local_stack.env["EVERGREEN_EVENTGRID_URL"]
-    wait_for(lambda: [d for d in httpx.get(f"{eventgrid}/deliveries").json()
+    wait_for(lambda: [d for d in httpx.get(f"{eventgrid}/deliveries", params={"limit": 1000}).json()
                       if f"{tag}-copy.csv" in str(d) and d.get("status") == "delivered"], "the copy's delivery")
     assert len(versions(ml, "churn-reference")) == before
     assert with_tag(ml, "churn-reference", "evergreen.source_url", first.url)
@@ -77,6 +77,6 @@ def test_defect8_a_marker_mid_way_through_a_drop_loses_no_file_and_fails_no_exec
     holding = wait_for(all_files_versioned, "a version holding every file of the drop", timeout=180)
     assert len(holding) == 1
     eventgrid = local_stack.env["EVERGREEN_EVENTGRID_URL"]
-    ours = [d for d in httpx.get(f"{eventgrid}/deliveries").json() if folder in str(d)]
+    ours = [d for d in httpx.get(f"{eventgrid}/deliveries", params={"limit": 1000}).json() if folder in str(d)]
     assert len(ours) >= len(names) + 1
     assert [d for d in ours if d["attempts"] != 1 or d["status"] != "delivered"] == []

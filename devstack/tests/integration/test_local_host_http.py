@@ -103,22 +103,23 @@ def test_host_keeps_serving_while_a_slow_function_runs(sample_host: SampleHost) 
     outcome: dict[str, object] = {}
 
     def call_slow() -> None:
-        outcome["response"] = httpx.get(f"{sample_host.url}/api/slow?seconds=3", timeout=30)
+        outcome["response"] = httpx.get(f"{sample_host.url}/api/slow?seconds=5", timeout=30)
 
     caller = threading.Thread(target=call_slow)
-    started = time.monotonic()
     caller.start()
     wait_for(lambda: httpx.get(f"{sample_host.url}/admin/host/status").json()["runningInvocations"] >= 1,
              message="the slow invocation to start")
-    status = httpx.get(f"{sample_host.url}/admin/host/status", timeout=1)
+    status = httpx.get(f"{sample_host.url}/admin/host/status", timeout=5)
     assert status.status_code == 200
-    assert httpx.get(f"{sample_host.url}/api/hello/quick", timeout=1).status_code == 200
-    assert time.monotonic() - started < 2.5, "the host answered only after the slow function finished"
+    assert httpx.get(f"{sample_host.url}/api/hello/quick", timeout=5).status_code == 200
+    # the property, judged without a clock: both answers came while the slow invocation (5 s, under the
+    # sample's 6 s functionTimeout) was still running
+    assert caller.is_alive(), "the host answered only after the slow function finished"
     caller.join(timeout=30)
     response = outcome["response"]
     assert isinstance(response, httpx.Response)
     assert response.status_code == 200
-    assert response.text == "slept 3.0"
+    assert response.text == "slept 5.0"
 
 
 def test_function_timeout_from_host_json_fails_the_invocation(sample_host: SampleHost) -> None:

@@ -97,7 +97,7 @@ def test_sigterm_waits_for_running_invocations(
     host = start_function_host(_copy_app(tmp_path), env)
     outcome: dict[str, httpx.Response] = {}
     caller = threading.Thread(
-        target=lambda: outcome.setdefault("r", httpx.get(f"{host.url}/api/slow?seconds=2", timeout=30))
+        target=lambda: outcome.setdefault("r", httpx.get(f"{host.url}/api/slow?seconds=4", timeout=30))
     )
     caller.start()
     wait_for(lambda: httpx.get(f"{host.url}/admin/host/status").json()["runningInvocations"] >= 1,

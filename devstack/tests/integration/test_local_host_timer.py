@@ -19,9 +19,11 @@ def test_timer_fires_on_schedule(sample_host: SampleHost) -> None:
     wait_for(lambda: len(set(read_results(sample_host, "tick")) - set(earlier)) >= 3, timeout=12,
              message="three timer firings")
     new = [v for k, v in read_results(sample_host, "tick").items() if k not in earlier]
-    stamps = sorted(float(str(v["at"])) for v in new)[-2:]
+    stamps = sorted(float(str(v["at"])) for v in new)[-3:]
     assert all(stamp > last_earlier for stamp in stamps)
-    assert stamps[1] - stamps[0] >= 1.5
+    # three firings two periods (4 s) apart by the schedule; judged over both periods so that one firing
+    # dispatched late on a loaded machine does not count as firing early
+    assert stamps[2] - stamps[0] >= 2.5
     assert all(v["past_due"] is False for v in new)
 
 
