@@ -222,7 +222,7 @@ def test_first_model_then_a_better_one_rolls_out_blue_green_with_zero_failed_req
     time.sleep(0.5)
     assert results["ok"] > 20 and results["failed"] == 0
 
-    kinds = [r.kind for r in rig.audit.query(kind_prefix="rollout.")]
+    kinds = [r.kind for r in rig.audit.query(days=2, kind_prefix="rollout.")]
     assert "rollout.shifting" in kinds and "rollout.succeeded" in kinds
     deployment = ml_client.online_deployments.get(name=second.deployment, endpoint_name=endpoint)
     assert deployment.tags[Tag.MODEL.value] == f"{model}:{v2.version}"
@@ -251,7 +251,7 @@ def test_a_failing_candidate_is_rolled_back_and_the_champion_keeps_serving(
     assert view.traffic == {champion.deployment: 100}
     assert [d.name for d in view.deployments] == [champion.deployment]  # the failed deployment is deleted
     assert serving_model(rig, endpoint) == f"{model}:{v1.version}"
-    (rolled,) = [r for r in rig.audit.query(kind_prefix="rollout.rolled_back")]
+    (rolled,) = [r for r in rig.audit.query(days=2, kind_prefix="rollout.rolled_back")]
     assert failed.failure in rolled.reason or rolled.reason
     # the same registration delivered again does not try again
     again = rig.promoter.on_model_version(event(v2))

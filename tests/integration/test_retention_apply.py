@@ -111,7 +111,7 @@ class World:
         return {str(v.version) for v in ops.list(name=name, list_view_type=ListViewType.ALL)}
 
     def retention_records(self) -> list[Any]:
-        return [r for r in self.audit.query(kind_prefix="retention.") if self.uid in r.reason + r.decision
+        return [r for r in self.audit.query(days=2, kind_prefix="retention.") if self.uid in r.reason + r.decision
                 + " ".join(r.assets.values())]
 
 
