@@ -6,6 +6,7 @@ with the number of versions or audit records (`bench/bench_status.py` measures i
 * data versions: the dataset's latest version, then the `limits.versions` before it (one `get` each);
 * model versions: the model's latest (`Endpoints.latest_model`), then the ones before it;
 * open batches: the ledger's open-work index (`Operator.batches`);
+* stuck work: the ledger's open-work index of ingest, approval and comparisons, and the rollout rows;
 * gate decisions, rollout timelines, failed runs, the last retention run and the audit tail: the audit
   log's time-ordered index (`AuditLog.tail`), newest first, with a cap on what a filtered search reads;
 * dead letters and poison messages: the first `limits.health` of each;
@@ -52,6 +53,7 @@ from shared.errors import InvalidEventError
 from shared.ports import AuditLog, Clock, DataRegistry, DeadLetters, Endpoints, PoisonQueue
 from shared.services.ledger import Ledger
 from shared.services.operator import BatchStatus, Operator
+from shared.services.promotion import STALL_FLOOR
 from shared.services.redrive import RedriveItem, _dead_letter_item, _poison_item
 from shared.services.retention import RetentionRunner, RetentionSummary
 
@@ -308,7 +310,8 @@ class StatusReader:
                  poison_queues: Sequence[PoisonQueue] | Callable[[], Sequence[PoisonQueue]] = (),
                  limits: StatusLimits = StatusLimits(), plan_ttl_seconds: float = 300.0,
                  stuck_after: timedelta = timedelta(minutes=10), clock: Clock = utcnow) -> None:
-        """`stuck_after`: how long open work may stay untouched before the page calls it stuck (the lease);
+        """`stuck_after`: how long open work may stay untouched before the page calls it stuck (the lease;
+        comparisons in flight get the reconciler's patience, at most `STALL_FLOOR` of it);
         `poison_queues` may be a function, called on each read (poison queues appear while the app runs)."""
         self._policy = policy
         self._registry = registry
@@ -453,18 +456,42 @@ class StatusReader:
             stuck=tuple(self._stuck(now))[:n])
 
     def _stuck(self, now: datetime) -> Iterable[HealthItem]:
-        """Work the reconciler would re-drive (dry): open items past their lease, rollouts past their step."""
+        """Work the reconciler would re-drive (dry): open items past their lease, comparisons in flight past
+        the promoter's patience (and unreadable ones), rollouts past their step."""
         lease = self._stuck_after
         for flow in ("ingest", "approval"):
             for item in self._ledger.open_work(flow):
-                since = datetime.fromisoformat(str(item["Since"])) if item.get("Since") else None
+                try:
+                    since = datetime.fromisoformat(str(item["Since"])) if item.get("Since") else None
+                except ValueError:  # a garbled entry is shown (it needs a look), never a failed page
+                    yield HealthItem("stuck", f"{flow}: {item.get('RowKey', '?')}",
+                                     f"its open-work time {str(item['Since'])[:40]!r} cannot be read", None)
+                    continue
                 if since is not None and now - since > lease:
                     yield HealthItem("stuck", f"{flow}: {item.get('RowKey', '?')}",
                                      f"open since {since.isoformat()} (longer than {lease})", since)
+        yield from self._stuck_comparisons(now, min(STALL_FLOOR, lease))
         for record in self._ledger.rollouts():
             if record.active and record.due_at is not None and now - record.due_at > lease:
                 yield HealthItem("stuck", f"rollout on {record.endpoint}",
                                  f"{record.state}: its step was due at {record.due_at.isoformat()}", record.due_at)
+
+    def _stuck_comparisons(self, now: datetime, patience: timedelta) -> Iterable[HealthItem]:
+        """Comparisons in flight the reconciler would re-drive: open longer than `patience` (its `stall_after`
+        rule; an entry with no time counts as stale, as it does there); and every entry that cannot be read,
+        whatever its age: the reconciler refuses to re-drive it, so it waits for an operator (only its job's
+        own RunCompleted would drop it)."""
+        for work in self._ledger.open_comparisons():
+            if work.tags is None or work.unreadable:
+                yield HealthItem("stuck", f"comparison: {work.job} (needs an operator)",
+                                 f"its open-work entry cannot be read ({work.unreadable}); the reconciler will not "
+                                 "re-drive it", work.since)
+            elif work.since is None or now - work.since > patience:
+                candidate = work.tags.get(Tag.MODEL.value) or "no candidate named"
+                age = (f"for {timedelta(seconds=int((now - work.since).total_seconds()))}" if work.since
+                       else "for an unknown time")
+                yield HealthItem("stuck", f"comparison: {work.job} ({candidate})",
+                                 f"open {age} (longer than {patience}); the reconciler re-drives it", work.since)
 
     # -- the audit tail -----------------------------------------------------------------------------
     def _audit_tail(self, query: StatusQuery, now: datetime) -> AuditTailView:

@@ -18,6 +18,8 @@ from shared.domain.retention.inventory import DataKey
 from shared.domain.vocabulary import Phase, PromotionAction, Tag
 from shared.domain.workspace import DataVersionInfo, DataVersionSpec
 from shared.errors import InvalidEventError
+from shared.services.ledger import COMPARISON_WORK
+from shared.services.promotion import STALL_FLOOR
 from shared.services.status import StatusLimits, StatusQuery, StatusReader, parse_status_query
 from shared.status_page import render_html, render_json
 from tests.services.test_promotion import ENDPOINT, MODEL, Rig, first_model
@@ -205,3 +207,60 @@ def test_an_empty_system_reads_without_errors_and_serialises_to_json() -> None:
     doc = json.loads(json.dumps(view.to_json()))
     assert doc["retention"]["note"] == "retention is not configured for this page"
     assert doc["models"][0]["name"] == MODEL and doc["at"] == rig.clock().isoformat()
+
+
+def _stuck_comparisons(rig: Rig, **kwargs: object) -> list[tuple[str, str]]:
+    return [(s.what, s.reason) for s in reader(rig, **kwargs).read().health.stuck if s.what.startswith("comparison")]
+
+
+def test_a_comparison_in_flight_is_stuck_only_past_the_reconcilers_patience() -> None:
+    """The reconciler re-drives a comparison open longer than `min(STALL_FLOOR, lease)`: the page says so then,
+    not before (a fresh job is just running) and not only after the whole lease."""
+    rig = Rig()
+    rig.ledger.track_comparison("cmp-old", {Tag.MODEL.value: f"{MODEL}:4", Tag.COMPARED_WITH.value: f"{MODEL}:3"})
+    rig.clock.advance(STALL_FLOOR.total_seconds())
+    rig.ledger.track_comparison("cmp-new", {Tag.MODEL.value: f"{MODEL}:5"})
+    lease = timedelta(minutes=10)
+    assert _stuck_comparisons(rig, stuck_after=lease) == []  # cmp-old is exactly at the patience: not past it
+    rig.clock.advance(1)
+    [(what, reason)] = _stuck_comparisons(rig, stuck_after=lease)
+    assert what == f"comparison: cmp-old ({MODEL}:4)"
+    assert reason == f"open for 0:03:01 (longer than {STALL_FLOOR}); the reconciler re-drives it"
+    short = timedelta(seconds=30)  # a lease shorter than the floor is the patience itself, as for the promoter
+    assert [w for w, _ in _stuck_comparisons(rig, stuck_after=short)] == [f"comparison: cmp-old ({MODEL}:4)"]
+    rig.clock.advance(30)  # cmp-new: 31 s
+    assert [w for w, _ in _stuck_comparisons(rig, stuck_after=lease)] == [f"comparison: cmp-old ({MODEL}:4)"]
+    assert [w for w, _ in _stuck_comparisons(rig, stuck_after=short)] == [
+        f"comparison: cmp-new ({MODEL}:5)", f"comparison: cmp-old ({MODEL}:4)"]
+    rig.ledger.finish_comparison("cmp-old")
+    assert [w for w, _ in _stuck_comparisons(rig, stuck_after=short)] == [f"comparison: cmp-new ({MODEL}:5)"]
+
+
+def test_an_unreadable_comparison_entry_is_listed_for_an_operator_at_once_and_shown_on_the_page() -> None:
+    rig = Rig()
+    rig.ledger.track_work(COMPARISON_WORK, "cmp-bad", {"Tags": "{not json"})
+    rig.table.upsert({"PartitionKey": f"work-{COMPARISON_WORK}", "RowKey": "cmp-timeless",
+                      "Tags": json.dumps({Tag.MODEL.value: f"{MODEL}:7"})})  # no time: stale for the reconciler
+    view = reader(rig).read()
+    stuck = [s for s in view.health.stuck if s.what.startswith("comparison")]
+    assert [(s.what, s.at) for s in stuck] == [("comparison: cmp-bad (needs an operator)", rig.clock()),
+                                              (f"comparison: cmp-timeless ({MODEL}:7)", None)]
+    assert stuck[0].reason.startswith("its open-work entry cannot be read (its tags are not JSON (")
+    assert stuck[0].reason.endswith("); the reconciler will not re-drive it")
+    assert stuck[1].reason.startswith("open for an unknown time")
+    page = render_html(view)
+    stuck_section = page[page.index("<h3>Stuck work</h3>"):page.index('<section id="audit"')]
+    assert "cmp-bad (needs an operator)" in stuck_section and f"cmp-timeless ({MODEL}:7)" in stuck_section
+    assert "Nothing stuck." not in stuck_section
+    doc = json.loads(render_json(view))
+    assert [s["what"] for s in doc["health"]["stuck"]] == [s.what for s in stuck]
+
+
+def test_an_open_work_entry_with_a_garbled_time_is_listed_and_never_fails_the_page() -> None:
+    rig = Rig()
+    rig.table.upsert({"PartitionKey": "work-ingest", "RowKey": "b-garbled", "Since": "yesterday-ish"})
+    rig.ledger.track_work("ingest", "b-fresh", {"Kind": "batch", "Dataset": "d", "Folder": "d/x/", "Generation": 1})
+    view = reader(rig).read()
+    stuck = [(s.what, s.reason) for s in view.health.stuck if s.what.startswith("ingest")]
+    assert stuck == [("ingest: b-garbled", "its open-work time 'yesterday-ish' cannot be read")]
+    assert "ingest: b-garbled" in render_html(view)
