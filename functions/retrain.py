@@ -26,7 +26,8 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
       subject=lambda data: f"{data.asset_name}:{data.version}")
 def on_data_version_registered(registered: DataVersionRegistered, delivery: Delivery) -> Settled:
     """Start (or coalesce, or skip with a reason) the dataset's retraining pipeline; a version of some model's
-    evaluation data re-scores that model's champion on it (`shared.services.monitor`)."""
+    evaluation data re-scores that model's champion on it (`shared.services.monitor`) and gates the candidates
+    that waited for it (`Promoter.on_evaluation_data`)."""
     return route_data_version(get_services(), registered, delivery.id)  # routed in the composition root
 
 

@@ -271,16 +271,23 @@ def on_data_version_registered(services: Services, registered: DataVersionRegist
                                event_id: str) -> RetrainOutcome | MonitorOutcome:
     """Where a DataVersionRegistered goes (`functions/retrain.py`'s trigger, the chaos harness): the dataset's
     retraining; a version of some model's evaluation data also re-scores that model's champion (the monitor),
-    and only that when nothing trains on the dataset. Raises RuntimeError if the services have no monitor."""
+    and only that when nothing trains on the dataset. Then the promoter gates the candidates that waited for
+    this evaluation data (`Promoter.on_evaluation_data`; its outcomes are logged, the answer stays the one
+    above). Raises RuntimeError if the services have no monitor."""
     monitor = services.monitor
     if monitor is None:
         raise RuntimeError("the services were built without the champion monitor")
     evaluated = monitor.evaluates(registered)
+    outcome: RetrainOutcome | MonitorOutcome
     if evaluated and services.policy.retraining_for(registered.dataset) is None:
-        return monitor.on_data_version(registered, event_id)
-    outcome = services.retrainer.on_data_version_registered(registered, event_id)
-    if evaluated:  # a dataset both trained on and evaluated on: both happen
-        monitor.on_data_version(registered, event_id)
+        outcome = monitor.on_data_version(registered, event_id)
+    else:
+        outcome = services.retrainer.on_data_version_registered(registered, event_id)
+        if evaluated:  # a dataset both trained on and evaluated on: both happen
+            monitor.on_data_version(registered, event_id)
+    for regated in services.promoter.on_evaluation_data(registered, event_id):
+        log.info("data version event=%s %s:%s: waiting candidate %s: %s", event_id, registered.asset_name,
+                 registered.version, regated.action.value, regated.detail)
     return outcome
 
 

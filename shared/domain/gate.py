@@ -49,6 +49,7 @@ class SkipCode(str, Enum):
     INVALID_COMPARISON = "invalid_comparison"
     COMPARISON_FAILED = "comparison_failed"
     EVALUATION_DATA_MISSING = "evaluation_data_missing"
+    SUPERSEDED = "superseded"  # a newer version of the same model is the candidate now (newest wins)
 
 
 # -- inputs (values) ------------------------------------------------------------------------------

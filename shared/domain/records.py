@@ -212,3 +212,26 @@ class ComparisonWork:
     tags: Mapping[str, str] | None  # None: not readable (see `unreadable`)
     since: datetime | None = None  # when it was indexed; None when missing or unreadable
     unreadable: str = ""
+
+
+@dataclass(frozen=True)
+class WaitingCandidate:
+    """A candidate skipped because its evaluation data had no version (`evaluation_data_missing`): one entry of
+    the promoter's open-work index of candidates waiting for that data, gated again when a version lands.
+
+    Read fail closed: `unreadable` says what of the entry could not be read ("" when it was read whole); an
+    entry that cannot be read is never guessed at (the reconciler reports it as a failure).
+    """
+
+    key: str  # the entry's row key
+    model_name: str
+    version: str
+    data_asset: str  # the evaluation data asset's name (`evaluation.data_name`): what DataVersionRegistered names
+    data: str  # the evaluation data as the policy wrote it (`name@latest`, `name:version`) when it was skipped
+    event_id: str  # the event that was skipped (the correlation id of the re-gate)
+    since: datetime | None = None  # when it was indexed
+    unreadable: str = ""
+
+    @property
+    def model(self) -> str:
+        return f"{self.model_name}:{self.version}"

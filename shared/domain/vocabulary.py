@@ -125,6 +125,7 @@ class PromotionAction(StrEnum):
     APPROVED = "approved"  # a person approved it (CLI or the studio tag): it continues into the rollout
     REJECTED = "rejected"  # a person rejected it: never deployed
     EXPIRED = "expired"  # nobody decided within `approval_expires_after`: never deployed
+    REGATED = "regated"  # it waited for its evaluation data (`evaluation_data_missing`); a version landed: gated
 
 
 class ComparisonPurpose(StrEnum):

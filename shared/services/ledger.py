@@ -27,6 +27,7 @@ from shared.domain.records import (
     RetrainState,
     RolloutRecord,
     Row,
+    WaitingCandidate,
     utcnow,
 )
 from shared.domain.vocabulary import ApprovalState, BatchState, ContentState, Phase, PromotionAction, RunStatus
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 LEDGER_TABLE = "evergreenledger"
 MAX_FILES_JSON = 30_000  # a content row keeps its file list only below this (a property holds 64 KiB)
 COMPARISON_WORK = "comparison"  # the open-work index of comparison jobs submitted and not yet decided
+EVALUATION_WAIT_WORK = "evaldata"  # the open-work index of candidates waiting for their evaluation data
 
 
 def _iso(value: datetime) -> str:
@@ -197,6 +199,25 @@ class Ledger:
         """Every comparison job indexed and not yet decided, in job-name order; never raises for a garbled
         entry: what cannot be read is said in its `unreadable` (see `ComparisonWork`)."""
         return [_comparison_work(item) for item in self.open_work(COMPARISON_WORK)]
+
+    # -- candidates waiting for their evaluation data (the promoter's open work: one entry per candidate) -----
+    def track_waiting(self, model_name: str, version: str, data_asset: str, data: str, event_id: str) -> None:
+        """Index a candidate skipped for `evaluation_data_missing` as waiting for `data_asset` (an upsert: a
+        redelivered skip rewrites the same entry). Entries of one (model, data asset) sort together, so a
+        reader sees the older versions the newest supersedes."""
+        self.track_work(EVALUATION_WAIT_WORK, waiting_key(model_name, data_asset, version),
+                        {"Model": model_name, "Version": version, "DataAsset": data_asset, "Data": data,
+                         "EventId": event_id})
+
+    def finish_waiting(self, waiting: WaitingCandidate) -> None:
+        """Drop `waiting` from the index: it was gated again (durably) or given up. Its own key only, so a
+        newer version indexed meanwhile stays."""
+        self.finish_work(EVALUATION_WAIT_WORK, waiting.key)
+
+    def waiting_candidates(self) -> list[WaitingCandidate]:
+        """Every candidate waiting for its evaluation data, grouped by (model, data asset); never raises for a
+        garbled entry: what cannot be read is said in its `unreadable` (see `WaitingCandidate`)."""
+        return [_waiting(item) for item in self.open_work(EVALUATION_WAIT_WORK)]
 
     # -- content (dedupe by hash; one registration per distinct content) --------------------------
     def _content(self, row: Row) -> ContentRecord:
@@ -703,6 +724,25 @@ def _comparison_work(item: Mapping[str, Any]) -> ComparisonWork:
         except ValueError:
             problems.append(f"its time {item['Since']!r} is not an ISO time")
     return ComparisonWork(str(item.get("RowKey") or ""), tags, since, "; ".join(problems))
+
+
+def waiting_key(model_name: str, data_asset: str, version: str) -> str:
+    """The index key of a candidate waiting for its evaluation data: (model, data asset) first, so they group."""
+    return f"{digest('evaldata', model_name, data_asset, length=16)}-{digest(version, length=16)}"
+
+
+def _waiting(item: Mapping[str, Any]) -> WaitingCandidate:
+    """One entry of the waiting index, read fail closed: a missing name, version or asset is said, not guessed."""
+    fields = {name: str(item.get(name) or "") for name in ("Model", "Version", "DataAsset", "Data", "EventId")}
+    problems = [f"it has no {name}" for name in ("Model", "Version", "DataAsset") if not fields[name]]
+    since = None
+    if item.get("Since"):
+        try:
+            since = datetime.fromisoformat(str(item["Since"]))
+        except ValueError:
+            problems.append(f"its time {item['Since']!r} is not an ISO time")
+    return WaitingCandidate(str(item.get("RowKey") or ""), fields["Model"], fields["Version"], fields["DataAsset"],
+                            fields["Data"], fields["EventId"], since, "; ".join(problems))
 
 
 def approval_key(endpoint: str, name: str, version: str) -> str:

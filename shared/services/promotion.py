@@ -20,6 +20,11 @@ row); a redelivered tick re-sends the next step or re-does the end (outcome, han
 intervals (its message was poisoned or lost) and finishes an end that was never recorded. Audit
 records are keyed by what they say (the step, the row's own times), so a retry rewrites them.
 
+Waiting for evaluation data. A candidate skipped because its `promotion.evaluation` data has no version
+(`evaluation_data_missing`) is indexed in the ledger as waiting (only the newest version of a model is
+kept); the DataVersionRegistered of that data (`on_evaluation_data`) or, if that is lost, `reconcile`
+puts it through `_consider` as its own event would have, and drops the entry only afterwards.
+
 Supersede rule. A candidate that arrives while a rollout is running is *queued* on the row (only
 the newest version is kept; an older one is dropped, with a reason). The running rollout is never
 interrupted: it finishes (or rolls back), and then the queued candidate goes through the gate
@@ -55,7 +60,7 @@ from shared.domain.comparison import (
     judge,
     parse_comparison,
 )
-from shared.domain.events import ModelVersionEvent
+from shared.domain.events import DataVersionRegistered, ModelVersionEvent
 from shared.domain.gate import (
     ModelSnapshot,
     Promote,
@@ -67,7 +72,7 @@ from shared.domain.gate import (
     precheck,
 )
 from shared.domain.keys import digest
-from shared.domain.records import RolloutRecord, utcnow
+from shared.domain.records import RolloutRecord, WaitingCandidate, utcnow
 from shared.domain.retrain import PipelineSubmission, RunFinished
 from shared.domain.rollout import (
     CandidateRetry,
@@ -129,6 +134,7 @@ _COMPARING_CODES = frozenset({PromoteCode.IMPROVED.value, SkipCode.NOT_BETTER.va
 class PromotionOutcome:
     action: PromotionAction
     detail: str
+    code: str = ""  # a skip's code (`SkipCode`), "" for anything else
 
 
 @dataclass(frozen=True)
@@ -296,6 +302,86 @@ class Promoter:
         self._ledger.finish_comparison(finished.run_id)
         return outcome
 
+    # -- candidates that waited for their evaluation data ---------------------------------------------------
+    def on_evaluation_data(self, event: DataVersionRegistered, event_id: str) -> list[PromotionOutcome]:
+        """A data version was registered: gate again every candidate waiting for it (`evaluation_data_missing`).
+
+        Only the newest waiting version of each model is gated (older ones are dropped, `skip:superseded`);
+        each re-gate is audited as `promotion.regated`, and its entry leaves the index only after the gate
+        has durably decided (a comparison submitted and indexed, a decision recorded), so a crash in between
+        is re-driven by a redelivery or by `reconcile`. A redelivered event finds nothing waiting any more.
+        Raises OperationFailedError if Azure ML cannot be read (transient: the platform retries the event).
+        """
+        assets = {event.asset_name, event.dataset}
+        if not any(m.promotion.evaluation is not None and m.promotion.evaluation.data_name in assets
+                   for m in self._policy.models):
+            return []  # nobody's evaluation data: the index is not even read
+        waiting = [w for w in self._ledger.waiting_candidates() if not w.unreadable and w.data_asset in assets]
+        trigger = f"{event.asset_name}:{event.version} was registered (event {event_id})"
+        outcomes = (self._wake(candidate, trigger) for candidate in self._newest(waiting))
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _newest(self, waiting: list[WaitingCandidate]) -> list[WaitingCandidate]:
+        """The newest waiting version of each (model, data asset), in the one version order; the older ones are
+        superseded: audited (`skip:superseded`), then dropped from the index."""
+        newest: dict[tuple[str, str], WaitingCandidate] = {}
+        for candidate in waiting:
+            group = (candidate.model_name, candidate.data_asset)
+            if group not in newest or version_order(candidate.version) > version_order(newest[group].version):
+                newest[group] = candidate
+        for candidate in waiting:
+            kept = newest[(candidate.model_name, candidate.data_asset)]
+            if candidate.key != kept.key:
+                self._drop_waiting(candidate, f"{candidate.model} waited for its evaluation data {candidate.data}, "
+                                   f"but {kept.model} is newer and waits too; the newest candidate wins")
+        return list(newest.values())
+
+    def _wake(self, waiting: WaitingCandidate, trigger: str) -> PromotionOutcome | None:
+        """Gate `waiting` again if its evaluation data has a version now; None if it has none yet (it waits on).
+
+        A newer version of the model in the registry supersedes it (that version went through the gate on
+        its own event), and so does a policy without the model. Raises OperationFailedError if Azure ML
+        cannot be read (the entry stays; the platform or the next `reconcile` retries).
+        """
+        model = waiting.model
+        model_policy = self._policy.model(waiting.model_name)
+        if model_policy is None:
+            return self._drop_waiting(waiting, f"{model} waited for its evaluation data {waiting.data}, but there is "
+                                      f"no promotion policy for model {waiting.model_name!r} any more")
+        evaluation, found = model_policy.promotion.evaluation, ""
+        if evaluation is not None:
+            if self._data is None:
+                raise OperationFailedError("promotion.evaluation needs a DataRegistry (composition)")
+            data = self._data.get_data_version(evaluation.data_name, evaluation.data_version)
+            if data is None:
+                return None  # e.g. a pinned `name:version` that is not there yet
+            found = f"{data.name}:{data.version}"
+        latest = self._endpoints.latest_model(waiting.model_name)
+        if latest is not None and version_order(latest.version) > version_order(waiting.version):
+            return self._drop_waiting(waiting, f"{model} waited for its evaluation data {waiting.data}, but "
+                                      f"{waiting.model_name}:{latest.version} is newer and went through the gate "
+                                      "itself; the newest candidate wins")
+        outcome = self._consider(waiting.model_name, waiting.version, waiting.event_id, model_policy)
+        if outcome.code == SkipCode.EVALUATION_DATA_MISSING.value:
+            return outcome  # the data went again meanwhile: the gate indexed it as waiting again
+        reason = (f"{model} waited for its evaluation data {waiting.data}; "
+                  + (f"{found} is there now" if found else "the policy no longer evaluates it")
+                  + f" ({trigger}): {outcome.action.value}: {outcome.detail}")
+        self._audit.record(AuditRecord(f"promotion.{PromotionAction.REGATED.value}", "regate", reason,
+                                       waiting.event_id, {"model": model, "endpoint": model_policy.promotion.endpoint,
+                                                          "data": found}, at=self._clock()))
+        self._ledger.finish_waiting(waiting)  # after the gate's own durable step, so a crash before re-drives
+        log.info("promotion event=%s model=%s re-gated: %s", waiting.event_id, model, reason)
+        return PromotionOutcome(outcome.action, reason, outcome.code)
+
+    def _drop_waiting(self, waiting: WaitingCandidate, reason: str) -> PromotionOutcome:
+        """Give a waiting candidate up: audited as `skip:superseded` first, then dropped from the index."""
+        model_policy = self._policy.model(waiting.model_name)
+        endpoint = model_policy.promotion.endpoint if model_policy is not None else ""
+        outcome = self._skip(waiting.event_id, waiting.model, endpoint, reason, code=SkipCode.SUPERSEDED.value)
+        self._ledger.finish_waiting(waiting)
+        return outcome
+
     def _consider(self, name: str, version: str, event_id: str, model_policy: ModelPolicy,
                   finished: RunFinished | None = None) -> PromotionOutcome:
         """Read the endpoint's row and decide (queue behind it, or gate and start); re-read and re-decide
@@ -385,9 +471,18 @@ class Promoter:
             raise OperationFailedError("promotion.evaluation needs a JobRunner and a DataRegistry (composition)")
         data = self._data.get_data_version(evaluation.data_name, evaluation.data_version)
         if data is None:
-            return self._skip(contest.event_id, model, contest.promotion.endpoint,
-                              f"the evaluation data {evaluation.data} has no such version in the workspace; "
-                              "upload a labelled drop of it", code=SkipCode.EVALUATION_DATA_MISSING.value)
+            # Indexed before the skip is audited: a version of the data gates it again (`on_evaluation_data`,
+            # or `reconcile` if that event is lost); only the newest waiting version of the model is kept.
+            candidate = contest.candidate
+            self._ledger.track_waiting(candidate.name, candidate.version, evaluation.data_name, evaluation.data,
+                                       contest.event_id)
+            skipped = self._skip(contest.event_id, model, contest.promotion.endpoint,
+                                 f"the evaluation data {evaluation.data} has no such version in the workspace; "
+                                 f"upload a labelled drop of it: {model} waits, and is gated when a version lands",
+                                 code=SkipCode.EVALUATION_DATA_MISSING.value)
+            self._newest([w for w in self._ledger.waiting_candidates() if not w.unreadable
+                          and (w.model_name, w.data_asset) == (candidate.name, evaluation.data_name)])
+            return skipped
         submission = comparison_submission(model, contest.compared_with, data.name, data.version, data.asset_type,
                                            contest.promotion, evaluation, self._app_root, contest.event_id)
         # Indexed before the submission, dropped once decided: `reconcile` finds a comparison whose
@@ -478,7 +573,7 @@ class Promoter:
         self._audit.record(AuditRecord(f"promotion.{PromotionAction.SKIPPED.value}",
                                        f"skip{':' + code if code else ''}", reason, event_id,
                                        {"model": model, "endpoint": endpoint}, at=self._clock()))
-        return PromotionOutcome(action, reason)
+        return PromotionOutcome(action, reason, code)
 
     def _queue(self, current: RolloutRecord, name: str, version: str, event_id: str) -> PromotionOutcome | None:
         """Queue the candidate behind the running rollout (only the newest version is kept); None on a lost race.
@@ -500,7 +595,7 @@ class Promoter:
         if current.queued_name == name and version_order(current.queued_version) > version_order(version):
             reason = (f"{model} is older than the queued {name}:{current.queued_version}; the newest queued "
                       "candidate wins")
-            return self._skip(event_id, model, current.endpoint, reason, code="superseded")
+            return self._skip(event_id, model, current.endpoint, reason, code=SkipCode.SUPERSEDED.value)
         replaced = f"{current.queued_name}:{current.queued_version}" if current.queued_name else ""
         updated = self._ledger.update_rollout(dataclasses.replace(
             current, queued_name=name, queued_version=version, queued_event=event_id))
@@ -713,6 +808,8 @@ class Promoter:
         go on; the next pass retries it.
         """
         outcomes, failure = self._reconcile_comparisons(now)
+        waiting, waiting_failure = self._reconcile_waiting()
+        outcomes, failure = outcomes + waiting, failure or waiting_failure
         for record in self._ledger.rollouts():
             try:
                 with continued(record.traceparent):  # what it re-sends continues the rollout's own trace
@@ -756,6 +853,31 @@ class Promoter:
                 self._audit.record(AuditRecord(f"promotion.{TickAction.REDRIVEN.value}", "redrive comparison",
                                                outcome.detail, f"reconcile:{job}", {"job": job}, at=now))
                 outcomes.append(outcome)
+        return outcomes, failure
+
+    def _reconcile_waiting(self) -> tuple[list[TickOutcome], Exception | None]:
+        """Gate again the candidates waiting for evaluation data that has a version now: the DataVersionRegistered
+        that should have woken them was lost (or its handler died before the entry was finished). Audited by
+        `_wake` (`promotion.regated`). An entry that cannot be read is returned as the failure (a ValueError)."""
+        outcomes: list[TickOutcome] = []
+        failure: Exception | None = None
+        readable = []
+        for waiting in self._ledger.waiting_candidates():
+            if waiting.unreadable:
+                failure = failure or ValueError(f"waiting candidate entry {waiting.key} cannot be read: "
+                                                f"{waiting.unreadable}")
+            else:
+                readable.append(waiting)
+        for waiting in self._newest(readable):
+            try:
+                outcome = self._wake(waiting, "found by the reconciler: no DataVersionRegistered woke it")
+            except Exception as exc:  # one candidate's failure must not stop the others' re-drive
+                log.warning("promotion event=%s model=%s: re-gate failed, next pass retries: %s", waiting.event_id,
+                            waiting.model, exc)
+                failure = failure or exc
+                continue
+            if outcome is not None:
+                outcomes.append(TickOutcome(TickAction.REDRIVEN, outcome.detail))
         return outcomes, failure
 
     def _redrive_comparison(self, job: str, tags: Mapping[str, str]) -> TickOutcome | None:

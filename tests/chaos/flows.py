@@ -193,6 +193,23 @@ def fair_gate(platform: Platform) -> None:
                 lambda: platform.register_model(MODEL, {metric_tag(METRIC): "0.10"}))  # its own holdout is ignored
 
 
+def waited_for_evaluation(platform: Platform) -> None:
+    """Version 1 serves; version 2 registers before any evaluation drop (skipped, waiting); ten minutes later
+    holdout:1 is registered: its DataVersionRegistered gates version 2 (compared with 1, then rolled out)."""
+    _champion(platform)
+    platform.at(0, "ModelRegistered churn-model:2 (no evaluation data yet: it waits)",
+                lambda: platform.register_model(MODEL, {metric_tag(METRIC): "0.10"}))
+
+    def land() -> None:
+        holdout = platform.stores.workspace.register_data_version(DataVersionSpec(
+            name="holdout", uri="azureml://datastores/landing/paths/holdout/1.csv", asset_type="uri_file",
+            description="", tags={Tag.SHA256.value: "h" * 64}))
+        platform.publish(DataVersionRegistered(dataset="holdout", asset_name="holdout", version=holdout.version,
+                                               uri=holdout.uri, asset_type="uri_file", sha256="h" * 64,
+                                               file_count=1))
+    platform.at(600, "DataVersionRegistered holdout:1 (the evaluation data lands)", land)
+
+
 def expect_compared_and_serving(end: EndState) -> list[str]:
     compared = [key for key in end.effects if key.startswith("job submitted: evergreen-compare-")]
     serving: list[str] = expect_serving("2", Phase.SUCCEEDED)(end)
@@ -313,6 +330,8 @@ FLOWS: tuple[Flow, ...] = (
     Flow("model-registered-to-100-percent", policy(promotion=True), rollout, expect_serving("2", Phase.SUCCEEDED)),
     Flow("rollback", policy(promotion=True), rollback, expect_serving("1", Phase.ROLLED_BACK)),
     Flow("model-registered-compared-then-rolled-out", policy(evaluation=True), fair_gate,
+         expect_compared_and_serving),
+    Flow("model-gated-when-evaluation-data-lands", policy(evaluation=True), waited_for_evaluation,
          expect_compared_and_serving),
     Flow("retention-apply", policy(retention=True), retention, expect_retired, retention=True,
          observe=retention_assets),

@@ -2,7 +2,8 @@
 (`functions/retrain.py`) and the chaos harness share.
 
 Training data goes to the retrainer; evaluation data nobody trains on to the champion monitor alone; a dataset
-both trained on and evaluated on to both (the retrainer's outcome is the trigger's answer).
+both trained on and evaluated on to both (the retrainer's outcome is the trigger's answer). Every version then
+goes to the promoter, which gates the candidates that waited for it (if any).
 """
 
 from __future__ import annotations
@@ -29,8 +30,13 @@ def services(calls: list[tuple[str, str]], *, monitor: bool = True) -> Services:
     policy = SimpleNamespace(retraining_for=lambda dataset: dataset if dataset in retraining else None)
     champion_monitor = SimpleNamespace(evaluates=lambda event: event.dataset in {EVALUATED, BOTH},
                                        on_data_version=record("monitor"))
+    def regate(event: DataVersionRegistered, event_id: str) -> list[object]:
+        calls.append(("promoter", event.dataset))
+        return []
+
     return cast(Services, SimpleNamespace(policy=policy, monitor=champion_monitor if monitor else None,
-                                          retrainer=SimpleNamespace(on_data_version_registered=record("retrainer"))))
+                                          retrainer=SimpleNamespace(on_data_version_registered=record("retrainer")),
+                                          promoter=SimpleNamespace(on_evaluation_data=regate)))
 
 
 def registered(dataset: str) -> DataVersionRegistered:
@@ -39,9 +45,9 @@ def registered(dataset: str) -> DataVersionRegistered:
 
 
 @pytest.mark.parametrize(("dataset", "answer", "called"), [
-    (TRAINED, "retrainer", [("retrainer", TRAINED)]),
-    (EVALUATED, "monitor", [("monitor", EVALUATED)]),
-    (BOTH, "retrainer", [("retrainer", BOTH), ("monitor", BOTH)]),
+    (TRAINED, "retrainer", [("retrainer", TRAINED), ("promoter", TRAINED)]),
+    (EVALUATED, "monitor", [("monitor", EVALUATED), ("promoter", EVALUATED)]),
+    (BOTH, "retrainer", [("retrainer", BOTH), ("monitor", BOTH), ("promoter", BOTH)]),
 ])
 def test_a_data_version_goes_to_retraining_the_champion_monitor_or_both(dataset: str, answer: str,
                                                                         called: list[tuple[str, str]]) -> None:
