@@ -200,7 +200,7 @@ def build_services(settings: Settings, policy: Policy) -> Services:
     from shared.domain.ingest import blob_created_to_json, seal_request_to_json
     from shared.domain.rollout import CandidateRetry, RolloutTick
     from shared.services.ingest import SNAPSHOT_COPY_WORKERS, Ingestor
-    from shared.services.promotion import PROMOTION_RETRY_QUEUE, ROLLOUT_QUEUE, STALL_FLOOR, Promoter
+    from shared.services.promotion import PROMOTION_RETRY_QUEUE, ROLLOUT_QUEUE, Promoter, stall_patience
 
     clients = _Clients(settings)
     ingestor = Ingestor(
@@ -221,7 +221,7 @@ def build_services(settings: Settings, policy: Policy) -> Services:
                         ticks=clients.queue(ROLLOUT_QUEUE, RolloutTick.to_json), audit=clients.audit,
                         app_root=settings.policy_path.parent,
                         retries=clients.queue(PROMOTION_RETRY_QUEUE, CandidateRetry.to_json),
-                        stall_after=min(STALL_FLOOR, timedelta(seconds=settings.lease_seconds)),
+                        stall_after=stall_patience(timedelta(seconds=settings.lease_seconds)),
                         approvals=approvals, jobs=clients.azureml, data=clients.azureml)
     retrainer = clients.retrainer(policy)
     return Services(settings=settings, policy=policy, ingestor=ingestor, retrainer=retrainer,

@@ -123,6 +123,12 @@ MAX_BACKOFF_SECONDS = 300.0
 RETRY_DELAY_SECONDS = 30.0  # when a re-scheduled candidate is looked at again
 STALL_POLL_INTERVALS = 5  # a step overdue by this many poll intervals has lost its message (`reconcile`)
 STALL_FLOOR = timedelta(minutes=3)  # ...and by at least this: the Functions host polls an idle queue ~once a minute
+
+
+def stall_patience(lease: timedelta) -> timedelta:
+    """How long open promotion work (a step, a comparison) may wait before `reconcile` re-drives it: the
+    claim lease, at most `STALL_FLOOR` (the Promoter's `stall_after`, and what the status page calls stuck)."""
+    return min(STALL_FLOOR, lease)
 _DECIDE_ATTEMPTS = 8  # re-reads of the endpoint's row before a candidate is re-scheduled
 _KNOWN_PHASES = frozenset(phase.value for phase in Phase)
 PROMOTION_COMPARED = "compared"  # audit kind `promotion.compared`: a judged comparison, with the whole comparison

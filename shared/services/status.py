@@ -53,7 +53,7 @@ from shared.errors import InvalidEventError
 from shared.ports import AuditLog, Clock, DataRegistry, DeadLetters, Endpoints, PoisonQueue
 from shared.services.ledger import Ledger
 from shared.services.operator import BatchStatus, Operator
-from shared.services.promotion import STALL_FLOOR
+from shared.services.promotion import stall_patience
 from shared.services.redrive import RedriveItem, _dead_letter_item, _poison_item
 from shared.services.retention import RetentionRunner, RetentionSummary
 
@@ -470,7 +470,7 @@ class StatusReader:
                 if since is not None and now - since > lease:
                     yield HealthItem("stuck", f"{flow}: {item.get('RowKey', '?')}",
                                      f"open since {since.isoformat()} (longer than {lease})", since)
-        yield from self._stuck_comparisons(now, min(STALL_FLOOR, lease))
+        yield from self._stuck_comparisons(now, stall_patience(lease))
         for record in self._ledger.rollouts():
             if record.active and record.due_at is not None and now - record.due_at > lease:
                 yield HealthItem("stuck", f"rollout on {record.endpoint}",
