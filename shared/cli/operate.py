@@ -183,6 +183,10 @@ def render_status(status: Status) -> str:
     parts.append(table([("job", "candidate", "champion", "since"),
                         *((c.job, c.candidate, c.champion or "(scored alone)", _time(c.since))
                           for c in status.comparisons)]) if status.comparisons else "  none")
+    parts += ["", "Waiting for evaluation data"]
+    parts.append(table([("candidate", "evaluation data", "since"),
+                        *((w.candidate, w.data, _time(w.since)) for w in status.waiting)])
+                 if status.waiting else "  none")
     parts += ["", "Awaiting approval"]
     parts.append(table([("endpoint", "candidate", "state", "since", "expires", "gate"),
                         *((a.endpoint, a.candidate, a.state, _time(a.requested_at), _time(a.expires_at),

@@ -90,6 +90,15 @@ class ComparisonStatus:
 
 
 @dataclass(frozen=True)
+class WaitingStatus:
+    """A candidate skipped because its evaluation data has no version yet: it is gated when a version lands."""
+
+    candidate: str
+    data: str  # the evaluation data as the policy names it (`name@latest`, `name:version`)
+    since: datetime | None
+
+
+@dataclass(frozen=True)
 class RolloutStatus:
     endpoint: str
     candidate: str
@@ -114,6 +123,7 @@ class Status:
     notes: list[str] = field(default_factory=list)
     approvals: list[ApprovalStatus] = field(default_factory=list)
     comparisons: list[ComparisonStatus] = field(default_factory=list)
+    waiting: list[WaitingStatus] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -123,6 +133,7 @@ class Status:
             "rollouts": [_jsonable(dataclasses.asdict(r)) for r in self.rollouts],
             "awaiting_approval": [_jsonable(dataclasses.asdict(a)) for a in self.approvals],
             "comparisons": [_jsonable(dataclasses.asdict(c)) for c in self.comparisons],
+            "waiting_for_evaluation_data": [_jsonable(dataclasses.asdict(w)) for w in self.waiting],
             "last_retention": audit_json(self.last_retention) if self.last_retention else None,
             "notes": list(self.notes),
         }
@@ -157,8 +168,8 @@ class Operator:
 
     # -- status -------------------------------------------------------------------------------------
     def status(self) -> Status:
-        """Open batches, retraining per dataset, comparisons in flight, candidates awaiting approval, active
-        rollouts with phase and age, the last retention run."""
+        """Open batches, retraining per dataset, comparisons in flight, candidates waiting for their evaluation
+        data or awaiting approval, active rollouts with phase and age, the last retention run."""
         now = self._clock()
         rollouts = [self._rollout_status(r, now) for r in self._ledger.rollouts() if r.active]
         last = next(iter(self._audit.query(days=RETENTION_LOOKBACK_DAYS, kind_prefix=RETENTION_RUN_KIND, now=now)),
@@ -167,10 +178,15 @@ class Operator:
         works = self._ledger.open_comparisons()
         notes += [f"comparison job {w.job}: its open-work entry cannot be read ({w.unreadable})"
                   for w in works if w.unreadable]
+        waiting = self._ledger.waiting_candidates()
+        notes += [f"waiting candidate entry {w.key}: it cannot be read ({w.unreadable})"
+                  for w in waiting if w.unreadable]
         return Status(at=now, batches=self.batches(),
                       retraining=sorted(self._ledger.retrain_states(), key=lambda s: s.dataset),
                       rollouts=sorted(rollouts, key=lambda r: r.endpoint), last_retention=last, notes=notes,
-                      approvals=self.approvals(), comparisons=self.comparisons(works))
+                      approvals=self.approvals(), comparisons=self.comparisons(works),
+                      waiting=sorted((WaitingStatus(w.model, w.data, w.since) for w in waiting if not w.unreadable),
+                                     key=lambda w: (w.since is None, w.since or datetime.min, w.candidate)))
 
     def approvals(self) -> list[ApprovalStatus]:
         """Candidates waiting for a verdict, or approved and not yet handed to a rollout, oldest first."""

@@ -286,3 +286,19 @@ def test_status_shows_a_comparison_entry_it_cannot_read_and_says_why(rig: Rig) -
         "cmp-garbled", "", "", rig.clock())
     assert "comparison job cmp-garbled: its open-work entry cannot be read (its tags are not a JSON object)" \
         in status.notes
+
+
+def test_status_shows_candidates_waiting_for_their_evaluation_data_and_a_garbled_entry(rig: Rig) -> None:
+    from shared.cli.operate import render_status
+    from shared.services.ledger import EVALUATION_WAIT_WORK
+
+    rig.ledger.track_waiting(MODEL, "4", "churn-eval", "churn-eval@latest", "ev-4")  # as the promoter does
+    rig.ledger.track_work(EVALUATION_WAIT_WORK, "w-garbled", {"Model": MODEL})  # no version, no asset
+    status = operator_for(rig).status()
+    (waiting,) = status.waiting
+    assert (waiting.candidate, waiting.data, waiting.since) == (f"{MODEL}:4", "churn-eval@latest", rig.clock())
+    assert "waiting candidate entry w-garbled: it cannot be read (it has no Version; it has no DataAsset)" \
+        in status.notes
+    assert status.to_json()["waiting_for_evaluation_data"][0]["candidate"] == f"{MODEL}:4"
+    text = render_status(status)
+    assert "Waiting for evaluation data" in text and f"{MODEL}:4" in text and "churn-eval@latest" in text
