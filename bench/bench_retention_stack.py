@@ -233,7 +233,8 @@ def runner_for(stack: Stack, rules: dict[str, Any], audit_table: str) -> Any:
     tables = TableServiceClient.from_connection_string(stack.storage)
     audit = TableAuditLog(AzureTable(tables.create_table_if_not_exists(audit_table)))
     return RetentionRunner(policy=parse_retention(rules), workspace=AmlRetention(azureml), blobs=blobs,
-                           rollouts=lambda: [], approvals=lambda: [], comparisons=lambda: [], audit=audit)
+                           rollouts=lambda: [], approvals=lambda: [], comparisons=lambda: [], waiting=lambda: [],
+                           audit=audit)
 
 
 def _cpu_s(service: Service) -> float | None:

@@ -83,7 +83,8 @@ def build(scale: float) -> StatusReader:
     _audit(audit, sizes["audit_records"] - sizes["rollouts"] * len(PHASES))
     runner = RetentionRunner(policy=parse_retention(RULES), workspace=retention_ws,
                              blobs=MemoryRetentionBlobs(clock=lambda: NOW), rollouts=ledger.rollouts,
-                             approvals=ledger.open_approvals, comparisons=lambda: [], audit=audit, clock=lambda: NOW)
+                             approvals=ledger.open_approvals, comparisons=lambda: [], waiting=lambda: [], audit=audit,
+                             clock=lambda: NOW)
     return StatusReader(policy=policy(), registry=registry, endpoints=endpoints, ledger=ledger, audit=audit,
                         retention_schedule="0 0 3 * * *", retention=runner, plan_ttl_seconds=3600,
                         clock=lambda: NOW)

@@ -190,7 +190,7 @@ class _Clients:
         return RetentionRunner(policy=policy.retention, workspace=AmlRetention(self.azureml),
                                blobs=BlobRetention(self.data_blobs), rollouts=self.ledger.rollouts,
                                approvals=self.ledger.open_approvals, audit=self.audit,
-                               comparisons=self.ledger.open_comparisons)
+                               comparisons=self.ledger.open_comparisons, waiting=self.ledger.waiting_candidates)
 
 
 def build_services(settings: Settings, policy: Policy) -> Services:

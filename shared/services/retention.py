@@ -1,9 +1,10 @@
 """One retention run: list the inventory, plan (pure, shared.domain.retention), then apply or only show the plan.
 
 The runner takes only ports (`shared.ports`): the workspace and the data account as retention sees
-them (`RetentionWorkspace`, `RetentionBlobs`), the ledger's rollouts, candidates awaiting approval and
-comparisons in flight (the promoter's open work), the audit log and a clock. The composition root
-gives it the Azure adapters; tests give it the in-memory ones (`shared.adapters.memory.retention`).
+them (`RetentionWorkspace`, `RetentionBlobs`), the ledger's rollouts, candidates awaiting approval,
+comparisons in flight and candidates waiting for their evaluation data (the promoter's open work), the
+audit log and a clock. The composition root gives it the Azure adapters; tests give it the in-memory ones
+(`shared.adapters.memory.retention`).
 
 Apply runs the actions on a small thread pool (bounded concurrency: Azure ML and Storage throttle
 bursts). Throttling (429 with Retry-After) is retried by the SDKs' own azure-core retry policies,
@@ -40,9 +41,16 @@ from datetime import datetime
 from shared.config.retention import RetentionPolicy, RuleType
 from shared.domain.approval import ApprovalRecord
 from shared.domain.audit import AuditRecord
-from shared.domain.records import ComparisonWork, RolloutRecord, utcnow
+from shared.domain.records import ComparisonWork, RolloutRecord, WaitingCandidate, utcnow
 from shared.domain.retention.addresses import AddressBook
-from shared.domain.retention.inventory import Approval, Inventory, ModelKey, OpenComparison, Rollout
+from shared.domain.retention.inventory import (
+    Approval,
+    Inventory,
+    ModelKey,
+    OpenComparison,
+    Rollout,
+    WaitingForData,
+)
 from shared.domain.retention.planner import Action, ActionKind, RetentionPlan, plan_retention
 from shared.domain.retention.render import render_plan_table
 from shared.domain.telemetry import Attr
@@ -77,6 +85,9 @@ ApprovalSource = Callable[[], Sequence[ApprovalRecord]]
 """The ledger's open approvals (`Ledger.open_approvals`): retention protects each candidate with its data."""
 ComparisonSource = Callable[[], Sequence[ComparisonWork]]
 """The promoter's comparisons in flight (`Ledger.open_comparisons`): retention protects both sides of each."""
+WaitingSource = Callable[[], Sequence[WaitingCandidate]]
+"""The promoter's candidates waiting for their evaluation data (`Ledger.waiting_candidates`): retention protects
+each with its training data."""
 
 
 @dataclass(frozen=True)
@@ -200,17 +211,41 @@ def comparisons_from(works: Sequence[ComparisonWork]) -> tuple[OpenComparison, .
     return out
 
 
+def _waiting(entry: WaitingCandidate) -> WaitingForData:
+    """One waiting candidate as the planner sees it, read as `_comparison` reads a challenger (fail closed): a
+    name without a version protects every version of the name; no name suspends the version and blob rules.
+    What retention does not need (the data asset, the time) being unreadable does not weaken the protection."""
+    if entry.model_name and entry.version:
+        return WaitingForData(entry.key, ModelKey(entry.model_name, entry.version), entry.data_asset)
+    why = entry.unreadable or "no model name:version"
+    return WaitingForData(entry.key or "(no key)", None, entry.data_asset, candidate_name=entry.model_name,
+                          unreadable=why)
+
+
+def waiting_from(entries: Sequence[WaitingCandidate]) -> tuple[WaitingForData, ...]:
+    """The candidates waiting for their evaluation data, as the planner sees them. Every entry protects what
+    can be read of it (the candidate with its data); a garbled one is logged and never stops the run."""
+    out = tuple(_waiting(entry) for entry in entries)
+    for waiting in out:
+        if waiting.unreadable:
+            log.warning("retention entry=%s: waiting candidate entry partly unreadable, failing closed: %s",
+                        waiting.entry, waiting.unreadable)
+    return out
+
+
 class RetentionRunner:
     """Builds the inventory, plans with the policy's rules, and applies (or dry-runs) the plan."""
 
     def __init__(self, *, policy: RetentionPolicy, workspace: RetentionWorkspace, blobs: RetentionBlobs,
-                 rollouts: RolloutSource, approvals: ApprovalSource, comparisons: ComparisonSource, audit: AuditLog,
-                 clock: Clock = utcnow, max_workers: int = MAX_WORKERS) -> None:
+                 rollouts: RolloutSource, approvals: ApprovalSource, comparisons: ComparisonSource,
+                 waiting: WaitingSource, audit: AuditLog, clock: Clock = utcnow,
+                 max_workers: int = MAX_WORKERS) -> None:
         """Every source of work in flight is required, so a new caller cannot forget one and lose its protection."""
         self.policy = policy
         self._workspace, self._blobs, self._rollouts, self._audit = workspace, blobs, rollouts, audit
         self._approvals = approvals
         self._comparisons = comparisons
+        self._waiting = waiting
         self._clock = clock
         self._max_workers = max_workers
 
@@ -226,9 +261,9 @@ class RetentionRunner:
         while blobs are listed is still seen (and protects its blobs), and a job or rollout started
         meanwhile is seen by the last listings. Anything created after its own listing is simply not
         in the plan, so it is not touched. The ledger's work is read in the order a candidate moves
-        through it (comparison, approval, rollout): each hand-over writes the next record before closing
-        the last, so a candidate moving on during the listing is seen in one or the other. A listing
-        that fails raises (nothing is planned from half an inventory).
+        through it (waiting for evaluation data, comparison, approval, rollout): each hand-over writes the
+        next record before closing the last, so a candidate moving on during the listing is seen in one or
+        the other. A listing that fails raises (nothing is planned from half an inventory).
         """
         mark = time.perf_counter()
         blobs = self._blobs.list(self.watched_containers())
@@ -243,16 +278,18 @@ class RetentionRunner:
         mark = time.perf_counter()
         deployments = self._workspace.deployments()
         jobs = self._workspace.jobs(book)
+        waiting = waiting_from(self._waiting())
         comparisons = comparisons_from(self._comparisons())
         approvals = approvals_from(self._approvals())
         rollouts = rollouts_from(self._rollouts())
         timings["list_deployments_jobs_rollouts"] = time.perf_counter() - mark
         log.info("retention run=%s listed %d data version(s), %d model version(s), %d deployment(s), %d job(s), "
-                 "%d rollout(s), %d approval(s), %d comparison(s), %d blob(s)", run_id, len(data), len(models),
-                 len(deployments), len(jobs), len(rollouts), len(approvals), len(comparisons), len(blobs))
+                 "%d rollout(s), %d approval(s), %d comparison(s), %d waiting candidate(s), %d blob(s)", run_id,
+                 len(data), len(models), len(deployments), len(jobs), len(rollouts), len(approvals), len(comparisons),
+                 len(waiting), len(blobs))
         return Inventory(now=now, data_versions=tuple(data), model_versions=tuple(models), blobs=tuple(blobs),
                          deployments=tuple(deployments), jobs=tuple(jobs), rollouts=rollouts, approvals=approvals,
-                         comparisons=comparisons)
+                         comparisons=comparisons, waiting=waiting)
 
     def run(self, *, run_id: str, dry_run: bool, now: datetime | None = None) -> RetentionSummary:
         """One run; `now` is the clock the rules' ages are measured against (default: the runner's clock).
@@ -267,7 +304,7 @@ class RetentionRunner:
         listed = {"data_versions": len(inventory.data_versions), "model_versions": len(inventory.model_versions),
                   "deployments": len(inventory.deployments), "jobs": len(inventory.jobs),
                   "rollouts": len(inventory.rollouts), "approvals": len(inventory.approvals),
-                  "comparisons": len(inventory.comparisons),
+                  "comparisons": len(inventory.comparisons), "waiting": len(inventory.waiting),
                   "blobs": len(inventory.blobs)}
         log.info("retention run=%s planned %d action(s), %d protected, dry_run=%s", run_id, len(plan.actions),
                  len(plan.protected), dry_run)

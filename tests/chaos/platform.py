@@ -349,7 +349,7 @@ class Platform:
                               error=azure_error),
             "blobs": wrap(s.retention_blobs, "retention_blobs", port_methods(RetentionBlobs), error=azure_error),
             "rollouts": ledger.rollouts, "approvals": ledger.open_approvals,
-            "comparisons": ledger.open_comparisons})
+            "comparisons": ledger.open_comparisons, "waiting": ledger.waiting_candidates})
         reconciler = Reconciler(flows={"ingest": ingestor, "retrain": retrainer, "promotion": promoter,
                                        "approval": approvals}, clock=self.clock)
         return Services(settings=SETTINGS, policy=self.policy, ingestor=ingestor, retrainer=retrainer,

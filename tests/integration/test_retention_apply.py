@@ -73,7 +73,8 @@ class World:
                                                 .replace("MODEL", self.model)))
         return RetentionRunner(policy=policy, workspace=AmlRetention(self.azureml), blobs=BlobRetention(self.blobs),
                                rollouts=self.ledger.rollouts,
-                               approvals=self.ledger.open_approvals, comparisons=lambda: [], audit=self.audit,
+                               approvals=self.ledger.open_approvals, comparisons=lambda: [], waiting=lambda: [],
+                               audit=self.audit,
                                **kwargs)
 
     def emulator(self, method: str, path: str, body: Any = None) -> Any:
@@ -365,8 +366,8 @@ def test_apply_runs_at_most_max_workers_actions_at_once(world: World) -> None:
     counting = CountingBlobs(world.blobs)
     runner = RetentionRunner(policy=policy, workspace=AmlRetention(world.azureml), blobs=counting,
                              rollouts=world.ledger.rollouts,
-                             approvals=world.ledger.open_approvals, comparisons=lambda: [], audit=world.audit,
-                             max_workers=3)
+                             approvals=world.ledger.open_approvals, comparisons=lambda: [], waiting=lambda: [],
+                             audit=world.audit, max_workers=3)
     summary = runner.run(run_id=f"bounded-{world.uid}", dry_run=False, now=LATER)
     assert len([o for o in summary.outcomes if o.action.kind is ActionKind.TIER_BLOB]) == 24
     assert counting.peak == 3

@@ -41,8 +41,14 @@ from shared.domain.retention.planner import Action, ActionKind, RetentionPlan
 from shared.domain.vocabulary import ApplyStatus, ApprovalState, Tag
 from shared.errors import EvergreenError
 from shared.services.audit import TableAuditLog
-from shared.services.ledger import COMPARISON_WORK, Ledger
-from shared.services.retention import SKIPPED_NEWER, RetentionIncomplete, RetentionRunner, comparisons_from
+from shared.services.ledger import COMPARISON_WORK, EVALUATION_WAIT_WORK, Ledger
+from shared.services.retention import (
+    SKIPPED_NEWER,
+    RetentionIncomplete,
+    RetentionRunner,
+    comparisons_from,
+    waiting_from,
+)
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(days=10)
@@ -93,7 +99,7 @@ class World:
         return RetentionRunner(policy=parse_retention(yaml.safe_load(rules)), workspace=self.workspace,
                                blobs=self.blobs, rollouts=self.ledger.rollouts,
                                approvals=self.ledger.open_approvals, audit=self.audit, clock=lambda: LATER,
-                               comparisons=self.ledger.open_comparisons,
+                               comparisons=self.ledger.open_comparisons, waiting=self.ledger.waiting_candidates,
                                **kwargs)  # type: ignore[arg-type]
 
     def archived(self, *keys: DataKey | ModelKey) -> set[str]:
@@ -194,7 +200,8 @@ def test_each_decision_is_recorded_before_it_is_executed(world: World) -> None:
         blobs.put("landing", name)
     runner = RetentionRunner(policy=parse_retention(yaml.safe_load(RULES)), workspace=world.workspace, blobs=blobs,
                              rollouts=world.ledger.rollouts,
-                             approvals=world.ledger.open_approvals, comparisons=lambda: [], audit=recording,
+                             approvals=world.ledger.open_approvals, comparisons=lambda: [], waiting=lambda: [],
+                             audit=recording,
                              clock=lambda: LATER)
     runner.run(run_id="ordered", dry_run=False)
     assert seen == [True, True, True]  # two deletes and a tier, each recorded before it ran
@@ -283,8 +290,8 @@ def test_apply_runs_at_most_max_workers_actions_at_once(world: World) -> None:
         counting.put("landing", f"churn/stray/{i}.csv")
     runner = RetentionRunner(policy=parse_retention(yaml.safe_load(RULES)), workspace=world.workspace,
                              blobs=counting, rollouts=world.ledger.rollouts,
-                             approvals=world.ledger.open_approvals, comparisons=lambda: [], audit=world.audit,
-                             clock=lambda: LATER, max_workers=3)
+                             approvals=world.ledger.open_approvals, comparisons=lambda: [], waiting=lambda: [],
+                             audit=world.audit, clock=lambda: LATER, max_workers=3)
     summary = runner.run(run_id="bounded", dry_run=False)
     assert len([o for o in summary.outcomes if o.action.kind is ActionKind.TIER_BLOB]) == 24
     assert counting.peak == 3
@@ -554,3 +561,72 @@ def test_comparisons_from_reads_what_it_can_of_each_entry(tags: str | None, chal
     [read] = comparisons_from(ledger.open_comparisons())
     assert (read.job, read.challenger, read.champion, read.challenger_name, read.unreadable) == (
         "cmp-1", challenger, champion, name, unreadable)
+
+
+# -- session 6: candidates waiting for their evaluation data (the promoter's open work) ------------------------
+def test_a_candidate_waiting_for_its_evaluation_data_keeps_its_model_training_data_and_blobs(world: World) -> None:
+    """Candidate 3 (old, not the latest, not the best) waits for its evaluation data: it is gated when a version
+    lands, so no rule archives it, its training data or that data's blobs; once gated it is ordinary again."""
+    world.workspace.put(dataclasses.replace(model("3", 80, 0.60), data_asset="churn", data_version="3"))
+    world.blobs.put("landing", "churn/d3/part-0.csv")
+    world.ledger.track_waiting("churn-model", "3", "churn-eval", "churn-eval@latest", "ev-3")
+    for run in ("first", "second"):  # a data version archived by one run loses its blobs on the next
+        summary = world.runner().run(run_id=run, dry_run=False)
+    kept = (ModelKey("churn-model", "3"), DataKey("churn", "3"))
+    assert world.archived(*kept) == set()
+    assert "churn/d3/part-0.csv" in world.blobs.names("landing")
+    assert world.archived(ModelKey("churn-model", "2")) == {"model:churn-model:2"}  # the others still retire
+    spared = {p.target: p.reason for p in summary.plan.protected}
+    assert "candidate waiting for its evaluation data churn-eval" in spared[ModelKey("churn-model", "3")]
+    assert "trained model:churn-model:3" in spared[DataKey("churn", "3")]
+    assert summary.listed["waiting"] == 1 and not summary.plan.suspended
+    [waiting] = world.ledger.waiting_candidates()
+    world.ledger.finish_waiting(waiting)  # gated (`Promoter._wake` finishes the entry after the gate's own step)
+    world.runner().run(run_id="gated", dry_run=False)
+    assert world.archived(*kept) == {str(k) for k in kept}
+
+
+def test_a_waiting_candidate_whose_version_cannot_be_read_keeps_every_version_of_its_model(world: World) -> None:
+    world.ledger.track_work(EVALUATION_WAIT_WORK, "0-odd", {"Model": "churn-model", "DataAsset": "churn-eval"})
+    summary = world.runner().run(run_id="odd", dry_run=False)
+    assert world.archived(*ALL_MODELS) == set()
+    assert world.archived(DataKey("churn", "1")) == {"data:churn:1"}  # what is unrelated still retires
+    spared = {p.target: p.reason for p in summary.plan.protected}
+    assert ("may be the candidate waiting for its evaluation data churn-eval (it has no Version)"
+            in spared[ModelKey("churn-model", "2")])
+    assert not summary.plan.suspended
+
+
+def test_a_waiting_candidate_of_which_nothing_can_be_read_suspends_the_version_and_blob_rules(world: World) -> None:
+    """Fail closed as for a garbled comparison: the unknown candidate may be any model (with its training data and
+    blobs), so only the deployments rule runs; the plan and the audit log name the entry; once it is gone the
+    rules run again."""
+    world.ledger.track_work(EVALUATION_WAIT_WORK, "0-garbled", {"DataAsset": "churn-eval"})
+    rules = RULES + "  - {name: idle, type: deployments, actions: {deleteIdle: {hoursAtZeroTrafficGreaterThan: 24}}}\n"
+    world.workspace.put(Deployment("churn-ep", "old", 0, ago(3), "churn-model", "1"))
+    summary = world.runner(rules).run(run_id="garbled", dry_run=False)
+    assert [a.kind for a in summary.plan.actions] == [ActionKind.DELETE_DEPLOYMENT]  # deployments still retire
+    assert world.archived(*ALL_DATA, *ALL_MODELS) == {"data:churn:5"}  # archived before the run
+    assert set(world.blobs.names("landing")) >= {"churn/d5/part-0.csv", "churn/stray/notes.csv"}
+    assert {s.rule for s in summary.plan.suspended} == {"data", "models", "raw", "stray"}
+    assert all("waiting candidate entry 0-garbled: it has no Model; it has no Version" in s.reason
+               for s in summary.plan.suspended)
+    assert {r.assets["rule"] for r in world.records("suspended")} == {"data", "models", "raw", "stray"}
+    [garbled] = world.ledger.waiting_candidates()
+    world.ledger.finish_waiting(garbled)
+    assert world.runner().run(run_id="clean", dry_run=False).plan.suspended == ()
+    assert world.archived(DataKey("churn", "1")) == {"data:churn:1"}
+
+
+@pytest.mark.parametrize(("entry", "candidate", "name", "unreadable"), [
+    ({"Model": "m", "Version": "3", "DataAsset": "ev"}, ModelKey("m", "3"), "", ""),
+    ({"Model": "m", "Version": "3", "Since": "yesterday"}, ModelKey("m", "3"), "", ""),  # protects what it reads
+    ({"Model": "m", "DataAsset": "ev"}, None, "m", "it has no Version"),
+    ({"Version": "3", "DataAsset": "ev"}, None, "", "it has no Model"),
+])
+def test_waiting_from_reads_what_it_can_of_each_entry(entry: dict[str, str], candidate: ModelKey | None, name: str,
+                                                      unreadable: str) -> None:
+    table = MemoryTable()
+    table.upsert({"PartitionKey": f"work-{EVALUATION_WAIT_WORK}", "RowKey": "w-1", **entry})  # the raw entry
+    [read] = waiting_from(Ledger(table).waiting_candidates())
+    assert (read.entry, read.candidate, read.candidate_name, read.unreadable) == ("w-1", candidate, name, unreadable)

@@ -43,6 +43,7 @@ from shared.domain.retention import (
     RetentionPlan,
     RetentionRule,
     Rollout,
+    WaitingForData,
     plan_retention,
     read_job_input,
 )
@@ -74,9 +75,19 @@ def open_comparison(job: str, challenger: ModelKey, champion: ModelKey | None, r
     return OpenComparison(job, None, champion, unreadable="tags are not JSON")
 
 
+def waiting_entry(entry: str, candidate: ModelKey, read: str) -> WaitingForData:
+    """A candidate waiting for its evaluation data as the service reads it: whole, only its name, or nothing."""
+    if read == "whole":
+        return WaitingForData(entry, candidate, "churn-eval")
+    if read == "name":
+        return WaitingForData(entry, None, "churn-eval", candidate_name=candidate.name, unreadable="it has no Version")
+    return WaitingForData(entry, None, "churn-eval", unreadable="it has no Model")
+
+
 def unreadable_work(inv: Inventory) -> bool:
-    """A comparison of which nothing could be read: only the deployments rule may act (fail closed)."""
-    return any(c.challenger is None and not c.challenger_name for c in inv.comparisons)
+    """A comparison or waiting candidate of which nothing could be read: only the deployments rule may act."""
+    return (any(c.challenger is None and not c.challenger_name for c in inv.comparisons)
+            or any(w.candidate is None and not w.candidate_name for w in inv.waiting))
 
 ages = st.integers(min_value=0, max_value=400).map(lambda d: NOW - timedelta(days=d))
 tags = st.sampled_from([{}, {}, {TAG: "true"}, {TAG: "false"}, {"stage": "raw"}])
@@ -145,8 +156,10 @@ def inventories(draw):
     comparisons = tuple(open_comparison(f"cmp{i}", draw(st.sampled_from(model_keys)),
                                         draw(st.none() | st.sampled_from(model_keys)), draw(st.sampled_from(READS)))
                         for i in range(draw(st.integers(0, 2))))
+    waiting = tuple(waiting_entry(f"w{i}", draw(st.sampled_from(model_keys)), draw(st.sampled_from(READS)))
+                    for i in range(draw(st.integers(0, 2))))
     return Inventory(NOW, tuple(data.values()), tuple(models.values()), tuple(blobs.values()),
-                     tuple(deployments.values()), jobs, rollouts, approvals, comparisons)
+                     tuple(deployments.values()), jobs, rollouts, approvals, comparisons, waiting)
 
 
 days = st.integers(0, 200)
@@ -293,6 +306,15 @@ class _Oracle:
             if c.champion is not None:
                 self.protect_model(c.champion, True)
 
+    def waiting(self) -> None:
+        for w in self.inv.waiting:  # a candidate gated when its evaluation data lands, with its training data
+            if w.candidate is not None:
+                self.protect_model(w.candidate, True)
+            else:  # only the name was read: any version of it may be the candidate
+                for m in self.inv.model_versions:
+                    if w.candidate_name and m.name == w.candidate_name:
+                        self.protect_model(m.key, True)
+
     def tagged(self) -> None:
         for v in self.inv.data_versions:
             if tagged(v.tags):
@@ -310,6 +332,7 @@ def oracle(inv: Inventory) -> tuple[set[Any], list[BlobPath], list[BlobPath]]:
     o.rollouts()
     o.approvals()
     o.comparisons()
+    o.waiting()
     o.tagged()
     in_use = [p for v in inv.data_versions if not v.archived for p in v.blob_paths]
     in_use += [p for m in inv.model_versions if not m.archived for p in m.blob_paths]
@@ -586,8 +609,9 @@ def generated(seed: int) -> Graph:
                       for _ in range(rng.randint(0, 2)))
     comparisons = tuple(open_comparison(f"cmp{i}", rng.choice(model_keys), rng.choice([None, *model_keys]),
                                         rng.choice(READS)) for i in range(rng.randint(0, 2)))
+    waiting = tuple(waiting_entry(f"w{i}", rng.choice(model_keys), rng.choice(READS)) for i in range(rng.randint(0, 2)))
     inventory = Inventory(NOW, tuple(data), tuple(models), tuple(blobs.values()), tuple(deployments.values()),
-                          jobs, rollouts, approvals, comparisons)
+                          jobs, rollouts, approvals, comparisons, waiting)
     return Graph(inventory, g)
 
 
@@ -663,6 +687,7 @@ def violations(graph: Graph, plan: RetentionPlan) -> list[str]:
     o.rollouts()
     o.approvals()
     o.comparisons()
+    o.waiting()
     o.tagged()
     in_use = [t for v in inv.data_versions if not v.archived for t in graph.truths.get(v.key, [])]
     in_use += [t for m in inv.model_versions if not m.archived for t in graph.truths.get(m.key, [])]

@@ -6,7 +6,8 @@ Pure (no I/O), in four small modules:
 - `addresses`: reading Azure ML data paths (every datastore kind and URI form) into blob paths,
   failing closed on what it cannot read;
 - `protection`: what is never touched and why (deployed, champions and their lineage, unfinished
-  jobs, in-flight rollouts, candidates awaiting approval, the protection tag) and which blobs versions still reference;
+  jobs, in-flight rollouts, candidates awaiting approval, both sides of comparisons not yet decided,
+  candidates waiting for their evaluation data, the protection tag) and which blobs versions still reference;
 - `planner`: the plan types and `plan_retention`, inventory + rules -> `RetentionPlan`;
 - `render`: the dry run's table.
 
@@ -54,6 +55,7 @@ from shared.domain.retention.inventory import (
     OpenComparison,
     Rollout,
     Unreadable,
+    WaitingForData,
 )
 from shared.domain.retention.planner import Action, ActionKind, Protected, RetentionPlan, Suspended, plan_retention
 from shared.domain.retention.protection import champions, protected_assets
@@ -101,6 +103,7 @@ __all__ = [
     "RuleType",
     "Suspended",
     "Unreadable",
+    "WaitingForData",
     "champions",
     "parse_retention",
     "plan_retention",

@@ -304,6 +304,23 @@ class OpenComparison:
 
 
 @dataclass(frozen=True)
+class WaitingForData:
+    """A candidate waiting for its evaluation data (the promoter's open work, `Ledger.waiting_candidates`).
+
+    It is gated when a version of that data lands and may then be promoted: it and its training data must
+    survive the wait. Read fail closed like `OpenComparison`: `candidate` None with a `candidate_name`
+    protects every listed version of that name; with no name either, `unreadable` says why, and the version
+    and blob rules are suspended for the run.
+    """
+
+    entry: str  # the index entry's key
+    candidate: ModelKey | None
+    data_asset: str = ""  # the evaluation data it waits for ("" when it cannot be read)
+    candidate_name: str = ""  # when only the name could be read
+    unreadable: str = ""  # what could not be read ("" when the candidate was read whole)
+
+
+@dataclass(frozen=True)
 class Inventory:
     """Everything retention may look at, listed at one instant `now` (timezone-aware)."""
 
@@ -316,6 +333,7 @@ class Inventory:
     rollouts: tuple[Rollout, ...] = ()
     approvals: tuple[Approval, ...] = ()  # candidates awaiting approval (`Ledger.open_approvals`)
     comparisons: tuple[OpenComparison, ...] = ()  # comparison jobs in flight (the promoter's open work)
+    waiting: tuple[WaitingForData, ...] = ()  # candidates waiting for their evaluation data (the promoter's too)
 
     def __post_init__(self) -> None:
         _require_aware(self, "now", self.now)

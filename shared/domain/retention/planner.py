@@ -11,7 +11,8 @@ any subset of a plan, applied in any order or concurrently, or cut short by a cr
 
 It fails closed. An address that protects but cannot be read, with no container to keep instead,
 suspends every blob and jobOutputs rule for the run (`RetentionPlan.suspended` says which and why);
-a comparison in flight whose challenger cannot be read suspends every rule but the deployments rule.
+a comparison in flight whose challenger cannot be read, or a candidate waiting for its evaluation data whose
+model cannot be read, suspends every rule but the deployments rule.
 A `keepTopK` metric that is NaN or infinite ranks last and is never in the top. A blob action carries
 the ETag listed, so a blob changed since is not touched. A job output is deleted only when the job
 owns it alone (no other job's output or input, no registered version overlaps it), and only its
@@ -226,8 +227,9 @@ class _Planner:
         return True
 
     def suspend_for_work(self, rule: RetentionRule) -> bool:
-        """Fail closed: while work in flight names a model that cannot be read (a garbled comparison entry),
-        no rule that retires versions or blobs runs (that model and its data are unknown); deployments do."""
+        """Fail closed: while work in flight names a model that cannot be read (a garbled comparison or waiting
+        candidate entry), no rule that retires versions or blobs runs (that model and its data are unknown);
+        deployments do."""
         why = self.guard.unreadable_work
         if not why or rule.type is RuleType.DEPLOYMENTS:
             return False

@@ -2,8 +2,9 @@
 
 One function per protection: what is deployed or taking traffic, each endpoint's champion with its
 lineage (the data version it was trained from and that version's blobs), inputs and outputs of
-unfinished jobs, models and data of in-flight rollouts, of candidates awaiting approval and of both
-sides of comparisons not yet decided, and anything tagged with the protection tag.
+unfinished jobs, models and data of in-flight rollouts, of candidates awaiting approval, of both
+sides of comparisons not yet decided and of candidates waiting for their evaluation data, and anything
+tagged with the protection tag.
 Apart from those, `references` answers which blobs a non-archived data version or model still
 points at: such a blob is never deleted or tiered either. `claims` answers what a job's output shares
 with anything else (another job's output or input, a registered version): only what a job owns
@@ -266,6 +267,23 @@ def _protect_compared(inventory: Inventory, lineage: _Lineage) -> None:
             lineage.model(comparison.champion, f"champion {why}", with_data=True)
 
 
+def _protect_waiting_for_data(inventory: Inventory, lineage: _Lineage) -> None:
+    """A candidate waiting for its evaluation data, with the data it was trained on: it is gated when that data
+    lands and may be promoted. Read fail closed as `_protect_compared` reads a challenger: a version that cannot
+    be read protects every listed version of the name; a name that cannot be read is noted in
+    `Guard.unreadable_work` (the planner suspends the rules it could break).
+    """
+    for waiting in inventory.waiting:
+        why = f"candidate waiting for its evaluation data {waiting.data_asset or '(asset unknown)'}"
+        if waiting.candidate is not None:
+            lineage.model(waiting.candidate, why, with_data=True)
+        elif waiting.candidate_name:
+            for key in lineage.versions_of(waiting.candidate_name):
+                lineage.model(key, f"may be the {why} ({waiting.unreadable})", with_data=True)
+        else:
+            lineage.guard.unreadable_work.append(f"waiting candidate entry {waiting.entry}: {waiting.unreadable}")
+
+
 def _protect_tagged(inventory: Inventory, lineage: _Lineage, protect_tag: str) -> None:
     """Deployments, data versions and models carrying the protection tag (blobs and jobs: in the planner)."""
     why = f"tagged {protect_tag}"
@@ -290,6 +308,7 @@ def protect(inventory: Inventory, protect_tag: str) -> Guard:
     _protect_in_flight_rollouts(inventory, lineage)
     _protect_awaiting_approval(inventory, lineage)
     _protect_compared(inventory, lineage)
+    _protect_waiting_for_data(inventory, lineage)
     _protect_tagged(inventory, lineage, protect_tag)
     return guard
 
