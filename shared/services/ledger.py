@@ -717,13 +717,19 @@ def _comparison_work(item: Mapping[str, Any]) -> ComparisonWork:
             tags = {str(key): str(value) if value else "" for key, value in read.items()}
         else:
             problems.append("its tags are not a JSON object")
-    since = None
-    if item.get("Since"):
-        try:
-            since = datetime.fromisoformat(str(item["Since"]))
-        except ValueError:
-            problems.append(f"its time {item['Since']!r} is not an ISO time")
-    return ComparisonWork(str(item.get("RowKey") or ""), tags, since, "; ".join(problems))
+    return ComparisonWork(str(item.get("RowKey") or ""), tags, _since(item, problems), "; ".join(problems))
+
+
+def _since(item: Mapping[str, Any], problems: list[str]) -> datetime | None:
+    """When an open-work entry was indexed; None when it has no time, or when its time cannot be read (said in
+    `problems`)."""
+    if not item.get("Since"):
+        return None
+    try:
+        return datetime.fromisoformat(str(item["Since"]))
+    except ValueError:
+        problems.append(f"its time {item['Since']!r} is not an ISO time")
+        return None
 
 
 def waiting_key(model_name: str, data_asset: str, version: str) -> str:
@@ -735,12 +741,7 @@ def _waiting(item: Mapping[str, Any]) -> WaitingCandidate:
     """One entry of the waiting index, read fail closed: a missing name, version or asset is said, not guessed."""
     fields = {name: str(item.get(name) or "") for name in ("Model", "Version", "DataAsset", "Data", "EventId")}
     problems = [f"it has no {name}" for name in ("Model", "Version", "DataAsset") if not fields[name]]
-    since = None
-    if item.get("Since"):
-        try:
-            since = datetime.fromisoformat(str(item["Since"]))
-        except ValueError:
-            problems.append(f"its time {item['Since']!r} is not an ISO time")
+    since = _since(item, problems)
     return WaitingCandidate(str(item.get("RowKey") or ""), fields["Model"], fields["Version"], fields["DataAsset"],
                             fields["Data"], fields["EventId"], since, "; ".join(problems))
 

@@ -82,18 +82,24 @@ def own_stack(state_dir: Path) -> Iterator[Stack]:
         stop_stack(stack)
 
 
-def kill_and_restart_host(stack: Stack, *, down_seconds: float = 0.0) -> Service:
-    """SIGKILL the stack's Functions host (no drain: a function may die between any two I/O calls), wait
-    `down_seconds`, start it again on the same port and state, and wait until it serves.
+def kill_and_restart_host(stack: Stack, *, down_seconds: float = 0.0, env: Mapping[str, str] | None = None,
+                          kill: bool = True) -> Service:
+    """SIGKILL the stack's Functions host (no drain: a function may die between any two I/O calls; with
+    `kill=False` a graceful stop instead), wait `down_seconds`, start it again on the same port and state with
+    `env` (default: the stack's settings), and wait until it serves.
 
     Raises `devstack.procs.ServiceStartError` if the new host does not come up.
     """
     index, host = next((i, s) for i, s in enumerate(stack.services) if s.name == "functions-host")
-    host.process.kill()
-    host.process.wait(timeout=10)
+    if kill:
+        host.process.kill()
+        host.process.wait(timeout=10)
+    else:
+        host.stop()
     if down_seconds:
         time.sleep(down_seconds)
-    restarted = start_host(REPO_ROOT, stack.ports.host, state_dir=stack.state_dir, env=stack.env)
+    restarted = start_host(REPO_ROOT, stack.ports.host, state_dir=stack.state_dir,
+                           env=stack.env if env is None else env)
     stack.services[index] = restarted
     restarted.wait_ready(timeout=60)
     return restarted

@@ -17,14 +17,12 @@ import httpx
 import pytest
 from azure.data.tables import TableServiceClient
 
-from devstack.host import start_host
-from devstack.procs import REPO_ROOT, Service
 from devstack.stack import Stack
 from shared.adapters.azure.tables import AzureTable
 from shared.domain.records import RolloutRecord
 from shared.domain.vocabulary import Phase, Tag
 from shared.services.ledger import LEDGER_TABLE, Ledger
-from tests.e2e.helpers import emulator_admin, wait_for
+from tests.e2e.helpers import emulator_admin, kill_and_restart_host, wait_for
 from tests.fixtures.models import register, train_model_folder, upload_model_folder
 
 pytestmark = pytest.mark.e2e
@@ -126,20 +124,6 @@ FAST_RECOVERY = {"EVERGREEN_LEASE_SECONDS": "30", "EVERGREEN_AZUREML_TIMEOUT_SEC
 STEP_HANG_SECONDS = 20.0  # the deployment PUT answers this late: the host dies before the reply (a lost reply)
 
 
-def restart_host(local_stack: Stack, env: dict[str, str], *, kill: bool) -> Service:
-    """Stop the stack's host (SIGKILL with `kill`, no drain; else a graceful stop) and start it on `env`."""
-    index, host = next((i, s) for i, s in enumerate(local_stack.services) if s.name == "functions-host")
-    if kill:
-        host.process.kill()
-        host.process.wait(timeout=10)
-    else:
-        host.stop()
-    restarted = start_host(REPO_ROOT, local_stack.ports.host, state_dir=local_stack.state_dir, env=env)
-    local_stack.services[index] = restarted
-    restarted.wait_ready(timeout=60)
-    return restarted
-
-
 def test_a_host_killed_during_a_rollout_step_does_not_lose_the_rollout(
         local_stack: Stack, ml: Any, ledger: Ledger, model_uri: str, continuous_scoring: dict[str, Any]) -> None:
     """The kill lands while the step that creates the candidate's deployment waits for Azure ML (its queue
@@ -161,7 +145,7 @@ def test_a_host_killed_during_a_rollout_step_does_not_lose_the_rollout(
         assert seen is not None and seen.candidate == wanted and seen.phase is Phase.DEPLOY, seen
         log_path = Path(next(s for s in local_stack.services if s.name == "functions-host").log_path)
         log_offset = log_path.stat().st_size if log_path.exists() else 0
-        restarted = restart_host(local_stack, {**local_stack.env, **FAST_RECOVERY}, kill=True)
+        restarted = kill_and_restart_host(local_stack, env={**local_stack.env, **FAST_RECOVERY})
         record = wait_for(lambda: rolled_out(ledger, candidate), "the rollout after the restart", timeout=240)
         assert record.phase is Phase.SUCCEEDED, record.failure
         assert record.seq > seen.seq
@@ -173,4 +157,4 @@ def test_a_host_killed_during_a_rollout_step_does_not_lose_the_rollout(
         assert f"step {seen.seq} ({Phase.DEPLOY.value}) of {wanted}" in after, "the reconciler did not re-send it"
     finally:
         emulator_admin(local_stack.env, "DELETE", "/_emulator/request-faults")
-        restart_host(local_stack, dict(local_stack.env), kill=False)  # the rest of the session: the stack's settings
+        kill_and_restart_host(local_stack, kill=False)  # the rest of the session: the stack's settings

@@ -297,23 +297,22 @@ class _Oracle:
 
     def comparisons(self) -> None:
         for c in self.inv.comparisons:  # both sides of an undecided comparison, each with its training data
-            if c.challenger is not None:
-                self.protect_model(c.challenger, True)
-            else:  # only the name was read: any version of it may be the challenger
-                for m in self.inv.model_versions:
-                    if c.challenger_name and m.name == c.challenger_name:
-                        self.protect_model(m.key, True)
+            self.protect_candidate(c.challenger, c.challenger_name)
             if c.champion is not None:
                 self.protect_model(c.champion, True)
 
     def waiting(self) -> None:
         for w in self.inv.waiting:  # a candidate gated when its evaluation data lands, with its training data
-            if w.candidate is not None:
-                self.protect_model(w.candidate, True)
-            else:  # only the name was read: any version of it may be the candidate
-                for m in self.inv.model_versions:
-                    if w.candidate_name and m.name == w.candidate_name:
-                        self.protect_model(m.key, True)
+            self.protect_candidate(w.candidate, w.candidate_name)
+
+    def protect_candidate(self, candidate: ModelKey | None, name: str) -> None:
+        """A model that may be promoted, with its training data; only its name read: any version of it."""
+        if candidate is not None:
+            self.protect_model(candidate, True)
+        else:
+            for m in self.inv.model_versions:
+                if name and m.name == name:
+                    self.protect_model(m.key, True)
 
     def tagged(self) -> None:
         for v in self.inv.data_versions:

@@ -180,8 +180,8 @@ def test_defect4_as_of_without_dry_run_is_a_usage_error_and_applies_nothing(
     assert runs == [{"dry_run": True, "as_json": False, "as_of": datetime(2030, 1, 1, tzinfo=UTC)}]
 
 
-def test_the_composition_root_feeds_retention_the_promoters_open_comparisons(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`_Clients.retention` hands the runner the ledger's comparison work, the same rows the promoter indexes."""
+def _retention_sources(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, dict[str, Any]]:
+    """The ledger `_Clients.retention` is built on, and the arguments it gives the RetentionRunner."""
     from shared import composition
     from shared.adapters.memory.tables import MemoryTable
     from shared.config.settings import load_settings
@@ -195,6 +195,14 @@ def test_the_composition_root_feeds_retention_the_promoters_open_comparisons(mon
     clients.__dict__.update(ledger=ledger, audit=object(), data_blobs=object(),
                             azureml=type("Aml", (), {"workspace_rest": lambda self: object()})())
     clients.retention(load_policy(REPO / "evergreen.yaml"))
+    return ledger, given
+
+
+def test_the_composition_root_feeds_retention_the_promoters_open_comparisons(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_Clients.retention` hands the runner the ledger's comparison work, the same rows the promoter indexes."""
+    from shared.services import retention as retention_service
+
+    ledger, given = _retention_sources(monkeypatch)
     ledger.track_comparison("cmp-1", {"evergreen.model": "m:3"})
     [read] = retention_service.comparisons_from(given["comparisons"]())
     assert (read.job, read.challenger) == ("cmp-1", ModelKey("m", "3"))
@@ -203,19 +211,9 @@ def test_the_composition_root_feeds_retention_the_promoters_open_comparisons(mon
 def test_the_composition_root_feeds_retention_the_promoters_waiting_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
     """`_Clients.retention` hands the runner the ledger's candidates waiting for their evaluation data, the same
     rows the promoter indexes (`Ledger.track_waiting`)."""
-    from shared import composition
-    from shared.adapters.memory.tables import MemoryTable
-    from shared.config.settings import load_settings
     from shared.services import retention as retention_service
-    from shared.services.ledger import Ledger
 
-    given: dict[str, Any] = {}
-    monkeypatch.setattr(retention_service, "RetentionRunner", lambda **kwargs: given.update(kwargs))
-    clients = composition._Clients(load_settings(ENV))
-    ledger = Ledger(MemoryTable())
-    clients.__dict__.update(ledger=ledger, audit=object(), data_blobs=object(),
-                            azureml=type("Aml", (), {"workspace_rest": lambda self: object()})())
-    clients.retention(load_policy(REPO / "evergreen.yaml"))
+    ledger, given = _retention_sources(monkeypatch)
     ledger.track_waiting("m", "3", "m-eval", "m-eval@latest", "ev-3")
     [read] = retention_service.waiting_from(given["waiting"]())
     assert (read.candidate, read.data_asset) == (ModelKey("m", "3"), "m-eval")

@@ -256,13 +256,8 @@ def _protect_compared(inventory: Inventory, lineage: _Lineage) -> None:
     """
     for comparison in inventory.comparisons:
         why = f"compared in job {comparison.job}, not yet decided"
-        if comparison.challenger is not None:
-            lineage.model(comparison.challenger, f"challenger {why}", with_data=True)
-        elif comparison.challenger_name:
-            for key in lineage.versions_of(comparison.challenger_name):
-                lineage.model(key, f"may be the challenger {why} ({comparison.unreadable})", with_data=True)
-        else:
-            lineage.guard.unreadable_work.append(f"comparison job {comparison.job}: {comparison.unreadable}")
+        _protect_candidate(lineage, comparison.challenger, comparison.challenger_name, f"challenger {why}",
+                           comparison.unreadable, f"comparison job {comparison.job}")
         if comparison.champion is not None:
             lineage.model(comparison.champion, f"champion {why}", with_data=True)
 
@@ -275,13 +270,21 @@ def _protect_waiting_for_data(inventory: Inventory, lineage: _Lineage) -> None:
     """
     for waiting in inventory.waiting:
         why = f"candidate waiting for its evaluation data {waiting.data_asset or '(asset unknown)'}"
-        if waiting.candidate is not None:
-            lineage.model(waiting.candidate, why, with_data=True)
-        elif waiting.candidate_name:
-            for key in lineage.versions_of(waiting.candidate_name):
-                lineage.model(key, f"may be the {why} ({waiting.unreadable})", with_data=True)
-        else:
-            lineage.guard.unreadable_work.append(f"waiting candidate entry {waiting.entry}: {waiting.unreadable}")
+        _protect_candidate(lineage, waiting.candidate, waiting.candidate_name, why, waiting.unreadable,
+                           f"waiting candidate entry {waiting.entry}")
+
+
+def _protect_candidate(lineage: _Lineage, candidate: ModelKey | None, name: str, why: str, unreadable: str,
+                       entry: str) -> None:
+    """A model version that may be promoted, with its training data, read fail closed: a version that cannot be
+    read protects every listed version of `name`; no name either notes `entry` in `Guard.unreadable_work`."""
+    if candidate is not None:
+        lineage.model(candidate, why, with_data=True)
+    elif name:
+        for key in lineage.versions_of(name):
+            lineage.model(key, f"may be the {why} ({unreadable})", with_data=True)
+    else:
+        lineage.guard.unreadable_work.append(f"{entry}: {unreadable}")
 
 
 def _protect_tagged(inventory: Inventory, lineage: _Lineage, protect_tag: str) -> None:
